@@ -1,0 +1,60 @@
+"""Turn a dataset into the tensors the hash heads see: image features (cached backbone
+features or given vectors), text features (given vectors, a bag of words over the training
+texts, or MiniLM embeddings) and labels."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from model.config import TrainConfig
+from model.data import CrossModalDataset, DataError
+from model.text import BagOfWords
+
+
+@dataclass
+class PreparedInputs:
+    """Model inputs for every item of a dataset (rows as in the dataset)."""
+
+    image: torch.Tensor  # n x d_i float32 image features (backbone output or given vectors)
+    text: torch.Tensor  # n x d_t float32 text features
+    labels: torch.Tensor  # n x K float32 multi-hot
+    bag_of_words: BagOfWords | None  # vocabulary that maps raw text to `text`, when there is one
+    image_from_pixels: bool  # True when `image` came from the backbone over image files
+
+
+def prepare_inputs(ds: CrossModalDataset, train_rows: np.ndarray, cfg: TrainConfig, progress: bool = True) -> PreparedInputs:
+    """Compute (or read from the cache) the inputs of every item; a BoW vocabulary is fitted on
+    the training rows only, so query texts never shape it."""
+    if ds.image_features is not None:
+        image = np.asarray(ds.image_features, dtype=np.float32)
+    else:
+        from model.features import image_features
+
+        image = image_features(ds.image_paths, cfg.image_backbone, cfg.cache_dir, progress=progress)
+    bow: BagOfWords | None = None
+    if cfg.text_encoder == "minilm":
+        if ds.texts is None:
+            raise DataError(f"{ds.name}: --text-encoder minilm needs raw texts, this dataset has only text features")
+        from model.features import text_embeddings
+
+        text = text_embeddings(ds.texts, cfg.cache_dir)
+    elif ds.text_features is not None:
+        text = np.asarray(ds.text_features, dtype=np.float32)
+        if ds.vocabulary is not None:
+            bow = BagOfWords(vocabulary=list(ds.vocabulary), binary=True)
+    else:
+        assert ds.texts is not None
+        bow = BagOfWords.fit([ds.texts[i] for i in train_rows], min_count=cfg.min_word_count)
+        if len(bow) == 0:
+            raise DataError(f"{ds.name}: the training texts produced an empty vocabulary")
+        text = bow.transform(ds.texts)
+    return PreparedInputs(
+        image=torch.from_numpy(np.ascontiguousarray(image)),
+        text=torch.from_numpy(np.ascontiguousarray(text, dtype=np.float32)),
+        labels=torch.from_numpy(np.asarray(ds.labels, dtype=np.float32)),
+        bag_of_words=bow,
+        image_from_pixels=ds.image_paths is not None,
+    )

@@ -1,0 +1,63 @@
+"""A training run as files: RUN_DIR holds config.json, split.json, checkpoint.pt,
+history.json, metrics.json, codes.npz and pr_curve.png; `evaluate_run` recomputes them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from model.config import TrainConfig
+from model.data import Split
+from model.evaluate import split_codes, write_evaluation
+from model.train import PreparedRun, load_checkpoint, prepare_run, save_checkpoint, train_model
+
+
+def _title(cfg: TrainConfig) -> str:
+    return f"{cfg.method} {cfg.bits} bits on {cfg.dataset} (seed {cfg.seed})"
+
+
+def train_run(cfg: TrainConfig, progress: bool = True) -> dict:
+    """Train `cfg.method`, evaluate on the query/retrieval split (or the validation part of the
+    training set) and write the run directory. Returns the metrics."""
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    run = prepare_run(cfg, progress)
+    (out / "config.json").write_text(cfg.model_dump_json(indent=2))
+    run.split.save(out / "split.json")
+    model, history = train_model(cfg, run, progress)
+    save_checkpoint(out / "checkpoint.pt", model, cfg, run)
+    (out / "history.json").write_text(json.dumps(history.to_json(), indent=2))
+    codes = _codes(model, run)
+    metrics = write_evaluation(out, codes, _title(cfg))
+    metrics["train"] = {
+        "seconds_per_epoch_mean": sum(history.seconds_per_epoch) / max(1, len(history.seconds_per_epoch)),
+        "epochs": len(history.seconds_per_epoch),
+        "peak_rss_mib": history.peak_rss_mib,
+        "n_train": int(len(run.eval_split.train)),
+        "evaluated_on": "validation" if cfg.validation_fraction > 0 else "query/retrieval",
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def _codes(model, run: PreparedRun) -> dict:
+    inp = run.inputs
+    return split_codes(model, inp.image, inp.text, inp.labels, run.eval_split.query, run.eval_split.retrieval)
+
+
+def evaluate_run(run_dir: Path, progress: bool = True) -> dict:
+    """Reload RUN_DIR's checkpoint, config and split, recompute the codes and metrics from the
+    data, and rewrite metrics.json, codes.npz and pr_curve.png."""
+    run_dir = Path(run_dir)
+    model, cfg, _ = load_checkpoint(run_dir / "checkpoint.pt")
+    run = prepare_run(cfg, progress)
+    saved = Split.load(run_dir / "split.json")
+    if cfg.validation_fraction == 0:
+        run.eval_split = saved
+    previous = run_dir / "metrics.json"
+    train_info = json.loads(previous.read_text()).get("train") if previous.exists() else None
+    metrics = write_evaluation(run_dir, _codes(model, run), _title(cfg))
+    if train_info is not None:
+        metrics["train"] = train_info
+        previous.write_text(json.dumps(metrics, indent=2))
+    return metrics
