@@ -33,6 +33,13 @@ def _parse_hp(items: list[str]) -> dict[str, float]:
     return out
 
 
+def _parse_hidden(hidden: str) -> list[int]:
+    try:
+        return [int(h) for h in hidden.split(",") if h.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"--hidden expects comma-separated integers, got {hidden!r}") from None
+
+
 def _fail(message: str) -> None:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(2)
@@ -73,7 +80,7 @@ def train(
     fields = dict(
         dataset=dataset, out=out, data=data, method=method, bits=bits, seed=seed, epochs=epochs,
         batch_size=batch_size, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
-        hidden=[int(h) for h in hidden.split(",") if h.strip()], dropout=dropout, hp=_parse_hp(hp),
+        hidden=_parse_hidden(hidden), dropout=dropout, hp=_parse_hp(hp),
         text_features=text_features, text_encoder=text_encoder, min_word_count=min_word_count,
         image_backbone=image_backbone, query_size=query_size, train_size=train_size,
         validation_fraction=validation_fraction, device=device, threads=threads,

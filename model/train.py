@@ -19,7 +19,7 @@ from model.encoders import CrossModalHasher, build_hasher
 from model.inputs import PreparedInputs, prepare_inputs
 from model.methods import build_method
 from model.methods.base import Batch, HashMethod, TrainState
-from model.methods.cca_itq import fit_cca_itq
+from model.methods.cca_itq import CcaItqParams, fit_cca_itq
 
 
 @dataclass
@@ -125,7 +125,8 @@ def fit_hasher(
 def fit_cca_itq_hasher(model: CrossModalHasher, image: torch.Tensor, text: torch.Tensor, cfg: TrainConfig) -> TrainHistory:
     """Fit CCA-ITQ in closed form and load its affine maps into linear hash heads."""
     start = time.perf_counter()
-    fitted = fit_cca_itq(image.double().numpy(), text.double().numpy(), cfg.bits, seed=cfg.seed, **cfg.hp)
+    params = CcaItqParams(**cfg.hp)
+    fitted = fit_cca_itq(image.double().numpy(), text.double().numpy(), cfg.bits, seed=cfg.seed, **params.model_dump())
     for head, weight, bias in (
         (model.image_head, fitted.image_weight, fitted.image_bias),
         (model.text_head, fitted.text_weight, fitted.text_bias),
@@ -149,8 +150,17 @@ class PreparedRun:
     inputs: PreparedInputs
 
 
+def check_hyper_parameters(cfg: TrainConfig) -> None:
+    """Validate `cfg.hp` against the method's parameters before any slow work starts."""
+    if cfg.method == "cca_itq":
+        CcaItqParams(**cfg.hp)
+    else:
+        build_method(cfg.method, cfg.hp)
+
+
 def prepare_run(cfg: TrainConfig, progress: bool = True) -> PreparedRun:
     """Load the dataset, draw (or take) the split and compute the inputs."""
+    check_hyper_parameters(cfg)
     ds = load_dataset(cfg.dataset, cfg.data_path(), text_features=cfg.text_features)
     split = resolve_split(ds, cfg.query_size, cfg.train_size, cfg.seed)
     eval_split = split

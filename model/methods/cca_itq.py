@@ -11,11 +11,21 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+from pydantic import Field
+
+from model.methods.base import MethodParams
 
 Modality = Literal["image", "text"]
 
 # Rows of float32 input cast to float64 at a time, so memory stays bounded on large sets.
 _ROWS_PER_CHUNK = 4096
+
+
+class CcaItqParams(MethodParams):
+    """CCA-ITQ's hyper-parameters."""
+
+    reg: float = Field(1e-4, gt=0, description="ridge on each covariance, times its mean diagonal")
+    iterations: int = Field(50, ge=1, description="ITQ alternations of B = sgn(VR) and the Procrustes step")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,540 @@
+"""Retrieval-quality benchmark: train every method at several code lengths and seeds on the real
+datasets, evaluate I->T and T->I retrieval (MAP, MAP@50, P-R curves) and write the tables of
+docs/results.md.
+
+    .venv/bin/python bench/quality.py                        # everything (hours on a CPU)
+    .venv/bin/python bench/quality.py --epochs 2 --seeds 0 --bits 16 \\
+        --methods bi_ncmh,cca_itq --datasets wikipedia-lda   # smoke test
+
+Training settings per (dataset, method) come from bench/settings.json; every flag can also be
+set by an environment variable CMHASH_BENCH_<FLAG> (e.g. CMHASH_BENCH_SEEDS=0,1).
+Output (--out): results.json (every run), quality.md (the tables, the command, the machine)
+and pr_<dataset>_<bits>bits.png (P-R curves of every method, fixed seed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import inspect
+import json
+import os
+import platform
+import re
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+
+from model.config import REPO_ROOT, TrainConfig  # noqa: E402
+from model.evaluate import MAP_TOP_K, evaluate_codes, split_codes, write_evaluation  # noqa: E402
+from model.metrics import map_variant_name  # noqa: E402
+from model.methods import build_method  # noqa: E402
+from model.methods.cca_itq import fit_cca_itq  # noqa: E402
+from model.train import (  # noqa: E402
+    PreparedRun, TrainHistory, prepare_run, resolve_device, save_checkpoint, train_model,
+)
+
+# Benchmark dataset keys: (TrainConfig.dataset, the fields that select the data variant).
+DATASETS: dict[str, tuple[str, dict[str, str]]] = {
+    "wikipedia-lda": ("wikipedia", {"text_features": "lda"}),
+    "wikipedia-tfidf": ("wikipedia", {"text_features": "tfidf"}),
+    "mirflickr": ("mirflickr", {}),
+}
+METHODS = ("bi_ncmh", "dcmh", "djsrh", "cca_itq")
+# TrainConfig fields the benchmark sets itself; bench/settings.json may not set them.
+BENCH_FIELDS = frozenset({"dataset", "out", "method", "bits", "seed", "text_features", "device", "threads"})
+# TrainConfig fields `prepare_run` reads: runs that agree on them share one PreparedRun.
+PREPARE_FIELDS = ("dataset", "data", "text_features", "text_encoder", "min_word_count", "image_backbone",
+                  "cache_dir", "query_size", "train_size", "validation_fraction")
+MAP_KEYS = ("map", f"map@{MAP_TOP_K}")
+DIRECTIONS = (("i2t", "I->T"), ("t2i", "T->I"))
+PLOT_BITS = 64  # P-R curves and the training-cost table use this code length when it ran
+DEFAULT_SETTINGS = Path(__file__).resolve().parent / "settings.json"
+DEFAULT_OUT = Path(__file__).resolve().parent / "out" / "quality"
+
+
+@dataclass
+class Job:
+    """One training run of the benchmark."""
+
+    key: str  # benchmark dataset key (DATASETS)
+    cfg: TrainConfig
+
+    def label(self) -> str:
+        return f"{self.key} {self.cfg.method} {self.cfg.bits} bits seed {self.cfg.seed}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+def _env(flag: str, default: str | None) -> str | None:
+    """The value of CMHASH_BENCH_<FLAG> when set, else `default`."""
+    return os.environ.get(f"CMHASH_BENCH_{flag.upper().replace('-', '_')}", default)
+
+
+def _choices(allowed: tuple[str, ...]):
+    """An argparse type: a comma list whose items must be in `allowed`."""
+
+    def parse(text: str) -> list[str]:
+        items = [s.strip() for s in text.split(",") if s.strip()]
+        bad = [s for s in items if s not in allowed]
+        if bad or not items:
+            raise argparse.ArgumentTypeError(f"expected a comma list of {', '.join(allowed)}; got {text!r}")
+        return list(dict.fromkeys(items))
+
+    return parse
+
+
+def _ints(text: str) -> list[int]:
+    """An argparse type: a non-empty comma list of integers."""
+    try:
+        items = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        items = []
+    if not items:
+        raise argparse.ArgumentTypeError(f"expected a comma list of integers; got {text!r}")
+    return list(dict.fromkeys(items))
+
+
+def _flag(text: str) -> bool:
+    """An environment value of a boolean flag: 1/true/yes/on or 0/false/no/off/''."""
+    value = text.strip().lower()
+    if value not in {"1", "true", "yes", "on", "0", "false", "no", "off", ""}:
+        raise argparse.ArgumentTypeError(f"expected a boolean; got {text!r}")
+    return value in {"1", "true", "yes", "on"}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Flags, each defaulting to its CMHASH_BENCH_<FLAG> environment variable when set."""
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="Every flag can be set by the environment variable CMHASH_BENCH_<FLAG> "
+        "(upper case, '-' as '_'), e.g. CMHASH_BENCH_KEEP_RUNS=1. Keys of settings.json that "
+        "start with '_' are comments.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--datasets", type=_choices(tuple(DATASETS)), default=_env("datasets", ",".join(DATASETS)),
+                   help="comma list of benchmark datasets")
+    p.add_argument("--methods", type=_choices(METHODS), default=_env("methods", ",".join(METHODS)),
+                   help="comma list of methods")
+    p.add_argument("--bits", type=_ints, default=_env("bits", "16,32,64,128"), help="comma list of code lengths")
+    p.add_argument("--seeds", type=_ints, default=_env("seeds", "0,1,2"),
+                   help="comma list of seeds; the first is the fixed seed of the tables and plots")
+    p.add_argument("--epochs", type=int, default=_env("epochs", None),
+                   help="override the epochs of every deep method (smoke tests only)")
+    p.add_argument("--settings", type=Path, default=_env("settings", str(DEFAULT_SETTINGS)),
+                   help="JSON {dataset-key: {method: {TrainConfig fields}}}")
+    p.add_argument("--out", type=Path, default=_env("out", str(DEFAULT_OUT)), help="output folder")
+    p.add_argument("--keep-runs", action="store_true", default=_flag(_env("keep-runs", "") or ""),
+                   help="also write every run directory under OUT/runs/<dataset>/<method>-<bits>-s<seed>")
+    p.add_argument("--threads", type=int, default=_env("threads", None),
+                   help="torch CPU threads; None: every CPU this process may use")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=_env("device", "auto"), help="torch device")
+    args = p.parse_args(argv)
+    if args.epochs is not None and args.epochs < 1:
+        p.error("--epochs must be >= 1")
+    if args.threads is not None and args.threads < 1:
+        p.error("--threads must be >= 1")
+    return args
+
+
+# ---------------------------------------------------------------------------------------------
+# Settings and jobs
+
+
+def _public(d: dict) -> dict:
+    """`d` without its comment keys (those starting with '_')."""
+    return {k: v for k, v in d.items() if not k.startswith("_")}
+
+
+def load_settings(path: Path) -> dict[str, dict[str, dict]]:
+    """Read settings.json and check its dataset keys, method keys and field names."""
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"error: cannot read settings {path}: {exc}") from None
+    settings: dict[str, dict[str, dict]] = {}
+    for key, methods in _public(raw).items():
+        if key not in DATASETS:
+            raise SystemExit(f"error: {path}: unknown dataset key {key!r}; expected one of {list(DATASETS)}")
+        settings[key] = {}
+        for method, fields in _public(methods).items():
+            if method not in METHODS:
+                raise SystemExit(f"error: {path}: {key}: unknown method {method!r}; expected one of {list(METHODS)}")
+            fields = _public(fields)
+            fixed = sorted(BENCH_FIELDS & fields.keys())
+            if fixed:
+                raise SystemExit(f"error: {path}: {key}.{method} sets {fixed}, which the benchmark sets itself")
+            settings[key][method] = fields
+    return settings
+
+
+def check_hp(cfg: TrainConfig) -> None:
+    """Fail now, not hours into the benchmark, on a hyper-parameter the method does not take."""
+    if cfg.method != "cca_itq":
+        build_method(cfg.method, cfg.hp)
+        return
+    accepted = {n for n, p in inspect.signature(fit_cca_itq).parameters.items() if p.kind is p.KEYWORD_ONLY} - {"seed"}
+    unknown = sorted(cfg.hp.keys() - accepted)
+    if unknown:
+        raise ValueError(f"cca_itq takes no hyper-parameter {unknown}; it takes {sorted(accepted)}")
+
+
+def make_jobs(args: argparse.Namespace, settings: dict[str, dict[str, dict]], threads: int) -> list[Job]:
+    """Every (dataset, method, bits, seed) run, in that order, with validated configs."""
+    jobs = []
+    for key in args.datasets:
+        dataset, variant = DATASETS[key]
+        for method in args.methods:
+            fields = dict(settings.get(key, {}).get(method, {}))
+            if args.epochs is not None:
+                fields["epochs"] = args.epochs
+            for bits in args.bits:
+                for seed in args.seeds:
+                    out = args.out / "runs" / key / f"{method}-{bits}-s{seed}"
+                    try:
+                        cfg = TrainConfig(dataset=dataset, out=out, method=method, bits=bits, seed=seed,
+                                          device=args.device, threads=threads, **variant, **fields)
+                        check_hp(cfg)
+                    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+                        raise SystemExit(f"error: {key} {method} {bits} bits: {exc}") from None
+                    jobs.append(Job(key, cfg))
+    return jobs
+
+
+# ---------------------------------------------------------------------------------------------
+# Running
+
+
+class PreparedRuns:
+    """`prepare_run` results shared by the runs that read the same data and split: one per
+    dataset variant for a preset split (Wikipedia), one per seed for a seeded split."""
+
+    def __init__(self) -> None:
+        self._runs: dict[tuple, PreparedRun] = {}
+
+    def get(self, cfg: TrainConfig) -> PreparedRun:
+        base = tuple(getattr(cfg, f) for f in PREPARE_FIELDS)
+        for key in ((base, None), (base, cfg.seed)):
+            if key in self._runs:
+                return self._runs[key]
+        start = time.perf_counter()
+        run = prepare_run(cfg, progress=False)
+        seeded = run.split.seed is not None or cfg.validation_fraction > 0
+        self._runs[(base, cfg.seed if seeded else None)] = run
+        tqdm.write(f"prepared {cfg.dataset} ({cfg.text_features if cfg.dataset == 'wikipedia' else 'tags'}, "
+                   f"{'seed %d' % cfg.seed if seeded else 'preset split'}) in {time.perf_counter() - start:.1f} s")
+        return run
+
+
+def reset_peak_rss() -> bool:
+    """Reset the process's peak resident memory (Linux /proc/self/clear_refs); False if unsupported."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mib(history: TrainHistory) -> float:
+    """Peak resident memory since the last reset (VmHWM), else the process's peak from `history`."""
+    try:
+        match = re.search(r"VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text())
+    except OSError:
+        match = None
+    return int(match.group(1)) / 1024.0 if match else history.peak_rss_mib
+
+
+def save_run_dir(cfg: TrainConfig, run: PreparedRun, model, history: TrainHistory, codes: dict, train: dict) -> dict:
+    """Write the run directory as `model.run.train_run` does; return the metrics."""
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(cfg.model_dump_json(indent=2))
+    run.split.save(out / "split.json")
+    save_checkpoint(out / "checkpoint.pt", model, cfg, run)
+    (out / "history.json").write_text(json.dumps(history.to_json(), indent=2))
+    metrics = write_evaluation(out, codes, f"{cfg.method} {cfg.bits} bits on {cfg.dataset} (seed {cfg.seed})")
+    metrics["train"] = train
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def run_job(job: Job, run: PreparedRun, keep: bool) -> dict:
+    """Train and evaluate one run; return its results.json record."""
+    cfg = job.cfg
+    cuda = cfg.device != "cpu" and torch.cuda.is_available()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    rss_scope = "run" if reset_peak_rss() else "process"
+    start = time.perf_counter()
+    model, history = train_model(cfg, run, progress=False)
+    train = {
+        "seconds_per_epoch_mean": float(np.mean(history.seconds_per_epoch)),
+        "epochs": len(history.seconds_per_epoch),
+        "peak_rss_mib": peak_rss_mib(history),
+        "peak_rss_scope": rss_scope,
+        "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
+        "n_train": int(len(run.eval_split.train)),
+        "evaluated_on": "validation" if cfg.validation_fraction > 0 else "query/retrieval",
+    }
+    inp, split = run.inputs, run.eval_split
+    codes = split_codes(model, inp.image, inp.text, inp.labels, split.query, split.retrieval)
+    metrics = save_run_dir(cfg, run, model, history, codes, train) if keep else {**evaluate_codes(codes), "train": train}
+    return {
+        "dataset": job.key,
+        "method": cfg.method,
+        "bits": cfg.bits,
+        "seed": cfg.seed,
+        "metrics": metrics,
+        "wall_seconds": time.perf_counter() - start,
+        "run_dir": str(cfg.out) if keep else None,
+        "settings": cfg.model_dump(mode="json", exclude={"out"}),
+    }
+
+
+def progress_line(record: dict) -> str:
+    """One printable line per finished run."""
+    m, t = record["metrics"], record["metrics"]["train"]
+    scores = "  ".join(f"{name} {label} {m[d][k]:.4f}" for k, label in zip(MAP_KEYS, ("MAP", f"MAP@{MAP_TOP_K}"))
+                       for d, name in DIRECTIONS)
+    return (f"{record['dataset']} {record['method']} {record['bits']} bits seed {record['seed']}: {scores}  | "
+            f"{t['seconds_per_epoch_mean']:.2f} s/epoch x {t['epochs']}, peak {t['peak_rss_mib']:.0f} MiB, "
+            f"{record['wall_seconds']:.1f} s")
+
+
+# ---------------------------------------------------------------------------------------------
+# Provenance
+
+
+def command_line() -> str:
+    """The command as typed, with the CMHASH_* variables that were set in front."""
+    env = [f"{k}={shlex.quote(v)}" for k, v in sorted(os.environ.items()) if k.startswith("CMHASH_")]
+    python = os.path.relpath(sys.executable) if sys.executable.startswith(os.getcwd()) else sys.executable
+    return " ".join([*env, shlex.join([python, *sys.argv])])
+
+
+def _proc_field(path: str, field: str) -> str | None:
+    """The value of the first `field: value` line of a /proc file, or None."""
+    try:
+        match = re.search(rf"^{field}\s*:\s*(.+)$", Path(path).read_text(), re.MULTILINE)
+    except OSError:
+        return None
+    return match.group(1).strip() if match else None
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (what `nproc` prints)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def machine_info(threads: int, device: torch.device) -> dict:
+    """CPU, memory, library versions and the device of the benchmark."""
+    mem_kb = _proc_field("/proc/meminfo", "MemTotal")
+    return {
+        "nproc": usable_cpus(),
+        "cpu_count": os.cpu_count(),
+        "cpu_model": _proc_field("/proc/cpuinfo", "model name") or platform.processor() or "unknown",
+        "memory_gib": round(int(mem_kb.split()[0]) / 2**20, 1) if mem_kb else None,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": threads,
+        "device": str(device),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+    }
+
+
+def git_commit() -> str | None:
+    """`git describe --always --dirty` of the repository, or None outside a git checkout."""
+    try:
+        done = subprocess.run(["git", "-C", str(REPO_ROOT), "describe", "--always", "--dirty"],
+                              capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return done.stdout.strip()
+
+
+def write_results(path: Path, meta: dict, records: list[dict], complete: bool) -> None:
+    """results.json: provenance and every run so far (rewritten after each run)."""
+    path.write_text(json.dumps({**meta, "complete": complete, "runs": records}, indent=1))
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables and figures
+
+
+def by_run(records: list[dict]) -> dict[tuple[str, str, int], dict[int, dict]]:
+    """Records keyed by (dataset, method, bits), then by seed."""
+    out: dict[tuple[str, str, int], dict[int, dict]] = {}
+    for r in records:
+        out.setdefault((r["dataset"], r["method"], r["bits"]), {})[r["seed"]] = r
+    return out
+
+
+def score_cell(values: list[float]) -> str:
+    """The fixed seed's value, then mean ± sample std over all seeds when there are several."""
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{values[0]:.4f} ({np.mean(values):.4f} ± {np.std(values, ddof=1):.4f})"
+
+
+def cost_bits(bits: list[int]) -> int:
+    """The code length of the P-R figures and the cost table: 64 when it ran, else the longest."""
+    return PLOT_BITS if PLOT_BITS in bits else max(bits)
+
+
+def quality_table(runs: dict, key: str, methods: list[str], bits: list[int], seeds: list[int]) -> list[str]:
+    """Markdown rows: method x bits, I->T / T->I MAP and MAP@50."""
+    head = [f"{name} {label}" for label in ("MAP", f"MAP@{MAP_TOP_K}") for _, name in DIRECTIONS]
+    lines = ["| Method | Bits | " + " | ".join(head) + " |", "|---|---:|" + "---:|" * len(head)]
+    for method in methods:
+        for b in bits:
+            per_seed = runs[(key, method, b)]
+            cells = [score_cell([per_seed[s]["metrics"][d][k] for s in seeds]) for k in MAP_KEYS for d, _ in DIRECTIONS]
+            lines.append(f"| {method} | {b} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def cost_table(runs: dict, key: str, methods: list[str], bits: int, seeds: list[int]) -> list[str]:
+    """Markdown rows: training seconds per epoch (mean over seeds) and peak memory (max over seeds)."""
+    trains = {m: [runs[(key, m, bits)][s]["metrics"]["train"] for s in seeds] for m in methods}
+    gpu = any(t["peak_gpu_mib"] is not None for ts in trains.values() for t in ts)
+    lines = ["| Method | Epochs | Training items | s / epoch | Peak RSS (MiB)" + (" | Peak GPU (MiB)" if gpu else "") + " |",
+             "|---|---:|---:|---:|---:|" + ("---:|" if gpu else "")]
+    for method, ts in trains.items():
+        per_epoch = f"{np.mean([t['seconds_per_epoch_mean'] for t in ts]):.2f}"
+        row = [method, "closed form" if method == "cca_itq" else str(ts[0]["epochs"]), str(ts[0]["n_train"]),
+               per_epoch + (" (fit)" if method == "cca_itq" else ""), f"{max(t['peak_rss_mib'] for t in ts):.0f}"]
+        if gpu:
+            row.append(f"{max(t['peak_gpu_mib'] or 0.0 for t in ts):.0f}")
+        lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
+def settings_table(runs: dict, key: str, methods: list[str], bits: int, seed: int) -> list[str]:
+    """Markdown rows: the training settings each method ran with (no training loop for cca_itq)."""
+    lines = ["| Method | Epochs | Batch | Optimizer | LR | Weight decay | Hidden | Dropout | hp |",
+             "|---|---:|---:|---|---:|---:|---|---:|---|"]
+    for method in methods:
+        c = runs[(key, method, bits)][seed]["settings"]
+        hp = ", ".join(f"{k}={v:g}" for k, v in sorted(c["hp"].items())) or "defaults"
+        if method == "cca_itq":
+            row = [method, "–", "–", "–", "–", "–", "linear", "–", hp]
+        else:
+            hidden = ",".join(map(str, c["hidden"])) or "linear"
+            row = [method, str(c["epochs"]), str(c["batch_size"]), c["optimizer"], f"{c['lr']:g}",
+                   f"{c['weight_decay']:g}", hidden, f"{c['dropout']:g}", hp]
+        lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
+def plot_dataset_pr(runs: dict, key: str, methods: list[str], bits: int, seed: int, path: Path) -> None:
+    """One PNG per dataset: I->T and T->I panels, one hash-lookup P-R curve per method."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.8))
+    for ax, (d, name) in zip(axes, DIRECTIONS):
+        for method in methods:
+            pr = runs[(key, method, bits)][seed]["metrics"][d]["pr_curve"]
+            precision = np.array([np.nan if v is None else v for v in pr["precision"]], dtype=np.float64)
+            recall = np.asarray(pr["recall"], dtype=np.float64)
+            keep = np.isfinite(precision) & np.isfinite(recall)
+            ax.plot(recall[keep], precision[keep], marker="o", markersize=3, label=method)
+        ax.set(xlabel="recall", ylabel="precision", title=f"{name}, P-R by Hamming radius", xlim=(0, 1.02), ylim=(0, 1.02))
+        ax.grid(True, alpha=0.4)
+        ax.legend()
+    fig.suptitle(f"{key}, {bits} bits, seed {seed}")
+    fig.tight_layout()
+    fig.savefig(path, format="png", dpi=100)
+    plt.close(fig)
+
+
+def report(records: list[dict], args: argparse.Namespace, meta: dict) -> str:
+    """quality.md: provenance, then per dataset the quality, cost and settings tables."""
+    runs = by_run(records)
+    seeds, fixed, cbits = args.seeds, args.seeds[0], cost_bits(args.bits)
+    m = meta["machine"]
+    first = records[0]["metrics"]
+    cell = f"seed {fixed}" + (f" (mean ± sample std over seeds {', '.join(map(str, seeds))})" if len(seeds) > 1 else "")
+    lines = [
+        "# Retrieval quality",
+        "",
+        f"Generated {meta['date']} by",
+        "",
+        f"    {meta['command']}",
+        "",
+        f"Machine: {m['nproc']} usable CPUs (nproc; {m['cpu_count']} in all), {m['cpu_model']}, "
+        f"{m['memory_gib']} GiB RAM; torch {m['torch']} with {m['torch_threads']} threads on {m['device']}"
+        + (f" ({m['gpu']})" if m["gpu"] else "") + f"; commit {meta['commit'] or 'unknown'}.",
+        "",
+        f"Metrics: **MAP** = {first['variants']['map']}; **MAP@{MAP_TOP_K}** = {first['variants'][MAP_KEYS[1]]}. "
+        f"Relevant: {first['relevance']}. I->T: image queries rank retrieval texts; T->I: text queries "
+        f"rank retrieval images. Each cell: {cell}.",
+    ]
+    for key in args.datasets:
+        fm = runs[(key, args.methods[0], args.bits[0])][fixed]["metrics"]
+        lines += ["", f"## {key}", "",
+                  f"{fm['n_query']} queries, {fm['n_retrieval']} retrieval items, {fm['train']['n_train']} training "
+                  f"items (evaluated on {fm['train']['evaluated_on']}).", ""]
+        lines += quality_table(runs, key, args.methods, args.bits, seeds)
+        lines += ["", f"Training cost at {cbits} bits (s / epoch: mean over seeds; peak resident memory of the "
+                  "benchmark process during training, loaded data included: max over seeds).", ""]
+        lines += cost_table(runs, key, args.methods, cbits, seeds)
+        lines += ["", "Settings (bench/settings.json" + (f", epochs overridden to {args.epochs}" if args.epochs else "")
+                  + ").", ""]
+        lines += settings_table(runs, key, args.methods, cbits, fixed)
+        lines += ["", f"P-R curves: `pr_{key}_{cbits}bits.png` ({cbits} bits, seed {fixed})."]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    args = parse_args()
+    settings = load_settings(args.settings)
+    threads = args.threads or usable_cpus()
+    torch.set_num_threads(threads)
+    jobs = make_jobs(args, settings, threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "command": command_line(),
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "machine": machine_info(threads, resolve_device(args.device)),
+        "commit": git_commit(),
+        "settings_file": str(args.settings),
+    }
+    records: list[dict] = []
+    prepared, current = PreparedRuns(), None
+    bar = tqdm(jobs, desc="quality", unit="run")
+    for job in bar:
+        if job.key != current:  # a new dataset: let the previous one's data go
+            prepared, current = PreparedRuns(), job.key
+        bar.set_postfix_str(job.label())
+        records.append(run_job(job, prepared.get(job.cfg), args.keep_runs))
+        tqdm.write(progress_line(records[-1]))
+        write_results(args.out / "results.json", meta, records, complete=False)
+    bar.close()
+    write_results(args.out / "results.json", meta, records, complete=True)
+    runs, cbits = by_run(records), cost_bits(args.bits)
+    for key in args.datasets:
+        plot_dataset_pr(runs, key, args.methods, cbits, args.seeds[0], args.out / f"pr_{key}_{cbits}bits.png")
+    text = report(records, args, meta)
+    (args.out / "quality.md").write_text(text)
+    print("\n" + text)
+    print(f"written to {args.out}: results.json, quality.md, pr_*.png" + (", runs/" if args.keep_runs else ""))
+
+
+if __name__ == "__main__":
+    main()
