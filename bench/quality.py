@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import inspect
 import json
 import os
 import platform
@@ -38,12 +37,17 @@ import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from model.config import REPO_ROOT, TrainConfig  # noqa: E402
+from model.encoders import CrossModalHasher  # noqa: E402
 from model.evaluate import MAP_TOP_K, evaluate_codes, split_codes, write_evaluation  # noqa: E402
 from model.metrics import map_variant_name  # noqa: E402
-from model.methods import build_method  # noqa: E402
-from model.methods.cca_itq import fit_cca_itq  # noqa: E402
 from model.train import (  # noqa: E402
-    PreparedRun, TrainHistory, prepare_run, resolve_device, save_checkpoint, train_model,
+    PreparedRun,
+    TrainHistory,
+    check_hyper_parameters,
+    prepare_run,
+    resolve_device,
+    save_checkpoint,
+    train_model,
 )
 
 # Benchmark dataset keys: (TrainConfig.dataset, the fields that select the data variant).
@@ -182,17 +186,6 @@ def load_settings(path: Path) -> dict[str, dict[str, dict]]:
     return settings
 
 
-def check_hp(cfg: TrainConfig) -> None:
-    """Fail now, not hours into the benchmark, on a hyper-parameter the method does not take."""
-    if cfg.method != "cca_itq":
-        build_method(cfg.method, cfg.hp)
-        return
-    accepted = {n for n, p in inspect.signature(fit_cca_itq).parameters.items() if p.kind is p.KEYWORD_ONLY} - {"seed"}
-    unknown = sorted(cfg.hp.keys() - accepted)
-    if unknown:
-        raise ValueError(f"cca_itq takes no hyper-parameter {unknown}; it takes {sorted(accepted)}")
-
-
 def make_jobs(args: argparse.Namespace, settings: dict[str, dict[str, dict]], threads: int) -> list[Job]:
     """Every (dataset, method, bits, seed) run, in that order, with validated configs."""
     jobs = []
@@ -208,7 +201,7 @@ def make_jobs(args: argparse.Namespace, settings: dict[str, dict[str, dict]], th
                     try:
                         cfg = TrainConfig(dataset=dataset, out=out, method=method, bits=bits, seed=seed,
                                           device=args.device, threads=threads, **variant, **fields)
-                        check_hp(cfg)
+                        check_hyper_parameters(cfg)
                     except ValueError as exc:  # pydantic's ValidationError is a ValueError
                         raise SystemExit(f"error: {key} {method} {bits} bits: {exc}") from None
                     jobs.append(Job(key, cfg))
@@ -236,7 +229,7 @@ class PreparedRuns:
         seeded = run.split.seed is not None or cfg.validation_fraction > 0
         self._runs[(base, cfg.seed if seeded else None)] = run
         tqdm.write(f"prepared {cfg.dataset} ({cfg.text_features if cfg.dataset == 'wikipedia' else 'tags'}, "
-                   f"{'seed %d' % cfg.seed if seeded else 'preset split'}) in {time.perf_counter() - start:.1f} s")
+                   f"{f'seed {cfg.seed}' if seeded else 'preset split'}) in {time.perf_counter() - start:.1f} s")
         return run
 
 
@@ -258,7 +251,9 @@ def peak_rss_mib(history: TrainHistory) -> float:
     return int(match.group(1)) / 1024.0 if match else history.peak_rss_mib
 
 
-def save_run_dir(cfg: TrainConfig, run: PreparedRun, model, history: TrainHistory, codes: dict, train: dict) -> dict:
+def save_run_dir(
+    cfg: TrainConfig, run: PreparedRun, model: CrossModalHasher, history: TrainHistory, codes: dict, train: dict
+) -> dict:
     """Write the run directory as `model.run.train_run` does; return the metrics."""
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -275,7 +270,7 @@ def save_run_dir(cfg: TrainConfig, run: PreparedRun, model, history: TrainHistor
 def run_job(job: Job, run: PreparedRun, keep: bool) -> dict:
     """Train and evaluate one run; return its results.json record."""
     cfg = job.cfg
-    cuda = cfg.device != "cpu" and torch.cuda.is_available()
+    cuda = resolve_device(cfg.device).type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     rss_scope = "run" if reset_peak_rss() else "process"
@@ -291,7 +286,7 @@ def run_job(job: Job, run: PreparedRun, keep: bool) -> dict:
         "evaluated_on": "validation" if cfg.validation_fraction > 0 else "query/retrieval",
     }
     inp, split = run.inputs, run.eval_split
-    codes = split_codes(model, inp.image, inp.text, inp.labels, split.query, split.retrieval)
+    codes = split_codes(model, inp, split.query, split.retrieval)
     metrics = save_run_dir(cfg, run, model, history, codes, train) if keep else {**evaluate_codes(codes), "train": train}
     return {
         "dataset": job.key,
@@ -465,7 +460,6 @@ def report(records: list[dict], args: argparse.Namespace, meta: dict) -> str:
     runs = by_run(records)
     seeds, fixed, cbits = args.seeds, args.seeds[0], cost_bits(args.bits)
     m = meta["machine"]
-    first = records[0]["metrics"]
     cell = f"seed {fixed}" + (f" (mean ± sample std over seeds {', '.join(map(str, seeds))})" if len(seeds) > 1 else "")
     lines = [
         "# Retrieval quality",
@@ -478,8 +472,8 @@ def report(records: list[dict], args: argparse.Namespace, meta: dict) -> str:
         f"{m['memory_gib']} GiB RAM; torch {m['torch']} with {m['torch_threads']} threads on {m['device']}"
         + (f" ({m['gpu']})" if m["gpu"] else "") + f"; commit {meta['commit'] or 'unknown'}.",
         "",
-        f"Metrics: **MAP** = {first['variants']['map']}; **MAP@{MAP_TOP_K}** = {first['variants'][MAP_KEYS[1]]}. "
-        f"Relevant: {first['relevance']}. I->T: image queries rank retrieval texts; T->I: text queries "
+        f"Metrics: **MAP** = {map_variant_name(None)}; **MAP@{MAP_TOP_K}** = {map_variant_name(MAP_TOP_K)}. "
+        f"Relevant: {records[0]['metrics']['relevance']}. I->T: image queries rank retrieval texts; T->I: text queries "
         f"rank retrieval images. Each cell: {cell}.",
     ]
     for key in args.datasets:
@@ -491,7 +485,7 @@ def report(records: list[dict], args: argparse.Namespace, meta: dict) -> str:
         lines += ["", f"Training cost at {cbits} bits (s / epoch: mean over seeds; peak resident memory of the "
                   "benchmark process during training, loaded data included: max over seeds).", ""]
         lines += cost_table(runs, key, args.methods, cbits, seeds)
-        lines += ["", "Settings (bench/settings.json" + (f", epochs overridden to {args.epochs}" if args.epochs else "")
+        lines += ["", f"Settings ({args.settings.name}" + (f", epochs overridden to {args.epochs}" if args.epochs else "")
                   + ").", ""]
         lines += settings_table(runs, key, args.methods, cbits, fixed)
         lines += ["", f"P-R curves: `pr_{key}_{cbits}bits.png` ({cbits} bits, seed {fixed})."]

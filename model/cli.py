@@ -65,6 +65,8 @@ def train(
     text_encoder: Annotated[str, _opt("Text input: bow (bag of words) or minilm.", "TEXT_ENCODER")] = "bow",
     min_word_count: Annotated[int, _opt("Vocabulary cut-off for raw texts.", "MIN_WORD_COUNT")] = 1,
     image_backbone: Annotated[str, _opt("efficientnet-lite0 or efficientnet-lite2 (pixel inputs).", "IMAGE_BACKBONE")] = "efficientnet-lite0",
+    finetune_backbone: Annotated[bool, _opt("Also train the image backbone (slow on CPU).", "FINETUNE_BACKBONE")] = False,
+    backbone_lr: Annotated[float, _opt("Learning rate of the backbone when fine-tuned.", "BACKBONE_LR")] = 1e-5,
     query_size: Annotated[Optional[int], _opt("Number of queries (default: dataset protocol).", "QUERY_SIZE")] = None,
     train_size: Annotated[Optional[int], _opt("Training items drawn from retrieval (default: protocol).", "TRAIN_SIZE")] = None,
     validation_fraction: Annotated[float, _opt("Evaluate on this fraction of the training set instead (tuning).", "VALIDATION_FRACTION")] = 0.0,
@@ -82,7 +84,8 @@ def train(
         batch_size=batch_size, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
         hidden=_parse_hidden(hidden), dropout=dropout, hp=_parse_hp(hp),
         text_features=text_features, text_encoder=text_encoder, min_word_count=min_word_count,
-        image_backbone=image_backbone, query_size=query_size, train_size=train_size,
+        image_backbone=image_backbone, finetune_backbone=finetune_backbone, backbone_lr=backbone_lr,
+        query_size=query_size, train_size=train_size,
         validation_fraction=validation_fraction, device=device, threads=threads,
     )
     if cache_dir is not None:

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from model.encoders import CrossModalHasher
+from model.inputs import PixelImages, PreparedInputs
 from model.losses import sign_codes
 from model.metrics import map_variant_name, mean_average_precision, precision_at_k, precision_recall_by_radius
 from model.plots import plot_pr_curves
@@ -18,8 +19,8 @@ MAP_TOP_K = 50  # DJSRH's MAP@50
 PRECISION_KS = (1, 10, 50, 100, 500, 1000)  # precision@top-R cut-offs (those within the retrieval set)
 
 
-def encode_codes(model: CrossModalHasher, image: torch.Tensor, text: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """{-1,+1} int8 codes of image and text feature rows: sgn of the hash representation."""
+def encode_codes(model: CrossModalHasher, image: torch.Tensor | PixelImages, text: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """{-1,+1} int8 codes of image inputs and text feature rows: sgn of the hash representation."""
     from model.train import encode_rows
 
     img = sign_codes(encode_rows(model, image, "image")).numpy().astype(np.int8)
@@ -57,13 +58,18 @@ def evaluate_codes(codes: dict[str, np.ndarray]) -> dict:
     }
 
 
-def split_codes(model: CrossModalHasher, image: torch.Tensor, text: torch.Tensor, labels: torch.Tensor, query_rows: np.ndarray, retrieval_rows: np.ndarray) -> dict[str, np.ndarray]:
-    """The arrays of `codes.npz` for a query/retrieval split of the prepared inputs."""
+def split_codes(model: CrossModalHasher, inputs: PreparedInputs, query_rows: np.ndarray, retrieval_rows: np.ndarray) -> dict[str, np.ndarray]:
+    """The arrays of `codes.npz` for a query/retrieval split of the prepared inputs (images go
+    through the model's backbone when it has one, i.e. when it was fine-tuned)."""
     out: dict[str, np.ndarray] = {}
     for part, rows in (("query", query_rows), ("retrieval", retrieval_rows)):
         r = torch.from_numpy(rows)
-        out[f"{part}_image_codes"], out[f"{part}_text_codes"] = encode_codes(model, image[r], text[r])
-        out[f"{part}_labels"] = labels[r].numpy().astype(np.uint8)
+        image = inputs.image[r]
+        if model.image_backbone is not None:
+            assert inputs.pixels is not None
+            image = inputs.pixels.subset(rows)
+        out[f"{part}_image_codes"], out[f"{part}_text_codes"] = encode_codes(model, image, inputs.text[r])
+        out[f"{part}_labels"] = inputs.labels[r].numpy().astype(np.uint8)
     return out
 
 

@@ -5,6 +5,7 @@ texts, or MiniLM embeddings) and labels."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -12,6 +13,31 @@ import torch
 from model.config import TrainConfig
 from model.data import CrossModalDataset, DataError
 from model.text import BagOfWords
+
+
+class PixelImages:
+    """Image files decoded on demand into backbone inputs (for fine-tuning the backbone)."""
+
+    def __init__(self, paths: list[Path], backbone_name: str) -> None:
+        from model.backbones import preprocess_for
+
+        self.paths = list(paths)
+        self.preprocess = preprocess_for(backbone_name)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def subset(self, rows: np.ndarray | torch.Tensor) -> PixelImages:
+        """The images of `rows`, re-indexed from 0."""
+        out = PixelImages.__new__(PixelImages)
+        out.paths = [self.paths[int(i)] for i in rows]
+        out.preprocess = self.preprocess
+        return out
+
+    def __getitem__(self, rows: torch.Tensor) -> torch.Tensor:
+        from model.image import batch_tensor, load_image
+
+        return batch_tensor([load_image(self.paths[int(i)]) for i in rows], self.preprocess)
 
 
 @dataclass
@@ -23,6 +49,7 @@ class PreparedInputs:
     labels: torch.Tensor  # n x K float32 multi-hot
     bag_of_words: BagOfWords | None  # vocabulary that maps raw text to `text`, when there is one
     image_from_pixels: bool  # True when `image` came from the backbone over image files
+    pixels: PixelImages | None = None  # the image files as backbone inputs, when there are any
 
 
 def prepare_inputs(ds: CrossModalDataset, train_rows: np.ndarray, cfg: TrainConfig, progress: bool = True) -> PreparedInputs:
@@ -57,4 +84,5 @@ def prepare_inputs(ds: CrossModalDataset, train_rows: np.ndarray, cfg: TrainConf
         labels=torch.from_numpy(np.asarray(ds.labels, dtype=np.float32)),
         bag_of_words=bow,
         image_from_pixels=ds.image_paths is not None,
+        pixels=None if ds.image_paths is None else PixelImages(ds.image_paths, cfg.image_backbone),
     )

@@ -41,8 +41,7 @@ def train_run(cfg: TrainConfig, progress: bool = True) -> dict:
 
 
 def _codes(model, run: PreparedRun) -> dict:
-    inp = run.inputs
-    return split_codes(model, inp.image, inp.text, inp.labels, run.eval_split.query, run.eval_split.retrieval)
+    return split_codes(model, run.inputs, run.eval_split.query, run.eval_split.retrieval)
 
 
 def evaluate_run(run_dir: Path, progress: bool = True) -> dict:

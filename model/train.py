@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from model.config import TrainConfig
 from model.data import CrossModalDataset, Split, carve_validation, load_dataset, resolve_split
 from model.encoders import CrossModalHasher, build_hasher
-from model.inputs import PreparedInputs, prepare_inputs
+from model.inputs import PixelImages, PreparedInputs, prepare_inputs
 from model.methods import build_method
 from model.methods.base import Batch, HashMethod, TrainState
 from model.methods.cca_itq import CcaItqParams, fit_cca_itq
@@ -56,31 +56,37 @@ def _peak_rss_mib() -> float:
 
 
 @torch.no_grad()
-def encode_rows(model: CrossModalHasher, x: torch.Tensor, modality: str, batch_size: int = 4096) -> torch.Tensor:
-    """Continuous representations of feature rows, in eval mode and in batches."""
+def encode_rows(model: CrossModalHasher, x: torch.Tensor | PixelImages, modality: str) -> torch.Tensor:
+    """Continuous representations of all rows of `x` in eval mode and in batches: image
+    features, or pixels (a PixelImages source) when a backbone is attached."""
     model.eval()
     device = next(model.parameters()).device
-    fn = model.encode_image_features if modality == "image" else model.encode_text
-    return torch.cat([fn(x[i : i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)])
+    fn = model.encode_image if modality == "image" else model.encode_text
+    batch_size = 64 if modality == "image" and model.image_backbone is not None else 4096
+    n = len(x)
+    return torch.cat([fn(x[torch.arange(i, min(i + batch_size, n))].to(device)).cpu() for i in range(0, n, batch_size)])
 
 
 def fit_hasher(
     model: CrossModalHasher,
     method: HashMethod,
-    image: torch.Tensor,
+    image: torch.Tensor | PixelImages,
+    image_features: torch.Tensor,
     text: torch.Tensor,
     labels: torch.Tensor,
     cfg: TrainConfig,
     generator: torch.Generator,
     progress: bool = True,
 ) -> TrainHistory:
-    """Train the hash heads on the training rows' features with `method`'s loss.
+    """Train the hasher on the training rows with `method`'s loss.
 
-    Each epoch visits the training items in a seeded random order; after each step the batch's
+    `image` is what the image encoder reads (features, or pixels when the backbone is
+    fine-tuned, with its batch-norm statistics kept frozen); `image_features` are the original
+    features some targets are computed from (DJSRH's F_I). Each epoch visits the training items in a seeded random order; after each step the batch's
     fresh representations are written to the banks the methods pair batches with.
     """
     device = next(model.parameters()).device
-    n = len(image)
+    n = len(image_features)
     state = TrainState(
         labels=labels.to(device),
         image_bank=encode_rows(model, image, "image").to(device),
@@ -89,12 +95,17 @@ def fit_hasher(
     method.start(state)
     opt_cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.SGD
     extra = {"momentum": cfg.momentum} if cfg.optimizer == "sgd" else {}
-    optimizer = opt_cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, **extra)
+    groups = [{"params": [*model.image_head.parameters(), *model.text_head.parameters()], "lr": cfg.lr}]
+    if model.image_backbone is not None:
+        groups.append({"params": list(model.image_backbone.parameters()), "lr": cfg.backbone_lr})
+    optimizer = opt_cls(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, **extra)
     history = TrainHistory()
     bar = tqdm(range(1, cfg.epochs + 1), desc=f"{method.name} {cfg.bits} bits", unit="epoch", disable=not progress)
     for epoch in bar:
         state.epoch = epoch
         model.train()
+        if model.image_backbone is not None:
+            model.image_backbone.eval()
         start = time.perf_counter()
         sums: dict[str, float] = {}
         order = torch.randperm(n, generator=generator)
@@ -103,11 +114,11 @@ def fit_hasher(
             batches[-2] = torch.cat(batches[-2:])
             batches.pop()
         for idx in batches:
-            x_img, x_txt = image[idx].to(device), text[idx].to(device)
+            x_txt, f_img = text[idx].to(device), image_features[idx].to(device)
             idx_dev = idx.to(device)
-            h_img, h_txt = model.encode_image_features(x_img), model.encode_text(x_txt)
+            h_img, h_txt = model.encode_image(image[idx].to(device)), model.encode_text(x_txt)
             state.update(idx_dev, h_img, h_txt)
-            batch = Batch(index=idx_dev, labels=state.labels[idx_dev], image_features=x_img, text_features=x_txt)
+            batch = Batch(index=idx_dev, labels=state.labels[idx_dev], image_features=f_img, text_features=x_txt)
             terms = method.loss(h_img, h_txt, batch, state)
             optimizer.zero_grad(set_to_none=True)
             terms["loss"].backward()
@@ -189,9 +200,17 @@ def train_model(cfg: TrainConfig, run: PreparedRun, progress: bool = True) -> tu
         return model, fit_cca_itq_hasher(model, image, text, cfg)
     model.image_head.standardize.fit(image)
     model.text_head.standardize.fit(text)
+    image_input: torch.Tensor | PixelImages = image
+    if cfg.finetune_backbone:
+        if run.inputs.pixels is None:
+            raise ValueError("--finetune-backbone needs image files; this dataset gives image feature vectors")
+        from model.backbones import build_backbone
+
+        model.image_backbone = build_backbone(cfg.image_backbone)
+        image_input = run.inputs.pixels.subset(run.eval_split.train)
     model.to(resolve_device(cfg.device))
     method = build_method(cfg.method, cfg.hp)
-    history = fit_hasher(model, method, image, text, labels, cfg, generator, progress)
+    history = fit_hasher(model, method, image_input, image, text, labels, cfg, generator, progress)
     return model.cpu(), history
 
 
@@ -205,6 +224,7 @@ def save_checkpoint(path: Path, model: CrossModalHasher, cfg: TrainConfig, run: 
             "config": json.loads(cfg.model_dump_json()),
             "bag_of_words": None if bow is None else bow.to_json(),
             "image_from_pixels": run.inputs.image_from_pixels,
+            "image_backbone": cfg.image_backbone if model.image_backbone is not None else None,
         },
         path,
     )
@@ -217,6 +237,10 @@ def load_checkpoint(path: Path) -> tuple[CrossModalHasher, TrainConfig, dict]:
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     heads = ckpt["heads"]
     model = CrossModalHasher(HashHead(HeadConfig(**heads["image"])), HashHead(HeadConfig(**heads["text"])))
+    if ckpt.get("image_backbone"):
+        from model.backbones import build_backbone
+
+        model.image_backbone = build_backbone(ckpt["image_backbone"])
     model.load_state_dict(ckpt["state_dict"])
     model.eval()
     return model, TrainConfig(**ckpt["config"]), ckpt

@@ -49,7 +49,7 @@ def _cfg(method: str, tmp_path: Path, **kw) -> TrainConfig:
 
 def _codes(model, run):
     inp = run.inputs
-    return split_codes(model, inp.image, inp.text, inp.labels, run.split.query, run.split.retrieval)
+    return split_codes(model, inp, run.split.query, run.split.retrieval)
 
 
 @pytest.fixture(scope="module")
@@ -101,3 +101,41 @@ def test_checkpoint_round_trip(run, tmp_path):
     assert loaded_cfg == cfg
     x = run.inputs.image[:10]
     torch.testing.assert_close(loaded.encode_image(x), model.eval().encode_image(x))
+
+
+def test_finetune_backbone_trains_it_and_round_trips(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from model.inputs import prepare_inputs
+
+    rng = np.random.default_rng(0)
+    colours = [(220, 30, 30), (30, 30, 220)]
+    paths, labels = [], []
+    for i in range(12):
+        c = i % 2
+        arr = np.clip(np.array(colours[c]) + rng.normal(0, 20, (48, 48, 3)), 0, 255).astype(np.uint8)
+        p = tmp_path / f"im{i}.png"
+        Image.fromarray(arr).save(p)
+        paths.append(p)
+        labels.append(np.eye(2, dtype=np.uint8)[c])
+    labels = np.array(labels)
+    ds = CrossModalDataset(name="tiny", ids=[str(i) for i in range(12)], labels=labels, label_names=["red", "blue"],
+                           image_paths=paths, text_features=labels.astype(np.float32) + 0.1)
+    split = Split(query=np.arange(4), retrieval=np.arange(4, 12), train=np.arange(4, 12))
+    cfg = _cfg("bi_ncmh", tmp_path, epochs=2, batch_size=4, finetune_backbone=True, backbone_lr=1e-3,
+               cache_dir=tmp_path / "cache")
+    run = PreparedRun(ds, split, split, prepare_inputs(ds, split.train, cfg, progress=False))
+    from model.backbones import build_backbone
+
+    before = build_backbone("efficientnet-lite0").state_dict()
+    model, _ = train_model(cfg, run, progress=False)
+    after = model.image_backbone.state_dict()
+    changed = [k for k in before if before[k].dtype.is_floating_point and not torch.equal(before[k], after[k])]
+    assert changed, "fine-tuning left every backbone weight unchanged"
+    running = [k for k in before if "running_mean" in k]
+    assert all(torch.equal(before[k], after[k]) for k in running), "batch-norm statistics must stay frozen"
+    codes = split_codes(model, run.inputs, split.query, split.retrieval)
+    save_checkpoint(tmp_path / "checkpoint.pt", model, cfg, run)
+    loaded, _, _ = load_checkpoint(tmp_path / "checkpoint.pt")
+    again = split_codes(loaded, run.inputs, split.query, split.retrieval)
+    np.testing.assert_array_equal(codes["query_image_codes"], again["query_image_codes"])
