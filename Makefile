@@ -18,7 +18,7 @@ test: venv
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 demo: venv
-	$(BIN)/cmhash train --dataset mirflickr --method bi_ncmh --bits 64 --out runs/demo
+	$(BIN)/cmhash train --dataset mirflickr --method bi_ncmh --bits 64 --weight-decay 1e-4 --out runs/demo
 
 bench-quality: venv
 	$(BIN)/python bench/quality.py $(BENCH_ARGS)

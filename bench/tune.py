@@ -40,6 +40,8 @@ METHOD_GRID: dict[str, list[dict]] = {
 # DJSRH's per-dataset paper values (sec. 4.3): Wiki beta 0.3, lambda 0.3; MIRFlickr beta 0.9, lambda 0.1.
 DJSRH_DATASET = {"wikipedia": {"beta": 0.3, "lambda1": 0.3, "lambda2": 0.3}, "mirflickr": {"beta": 0.9}}
 CCA_GRID = [{"reg": r} for r in (1e-4, 1e-3, 1e-2, 1e-1)]
+# Second stage for every deep method: weight decay tried on top of its best grid point.
+REFINE_GRID = [{"weight_decay": w} for w in (1e-4, 1e-3)]
 
 
 def candidates(method: str, dataset: str) -> list[dict]:
@@ -68,6 +70,9 @@ def main() -> None:
     p.add_argument("--bits", type=int, default=int(os.environ.get("CMHASH_TUNE_BITS", 64)))
     p.add_argument("--seed", type=int, default=int(os.environ.get("CMHASH_TUNE_SEED", 0)))
     p.add_argument("--threads", type=int, default=int(os.environ.get("CMHASH_TUNE_THREADS", 1)))
+    p.add_argument("--refine-only", action="store_true",
+                   default=os.environ.get("CMHASH_TUNE_REFINE_ONLY", "") not in ("", "0"),
+                   help="skip the grid: refine the settings already in --settings")
     p.add_argument("--settings", type=Path, default=Path(os.environ.get("CMHASH_TUNE_SETTINGS", SETTINGS)))
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -79,17 +84,31 @@ def main() -> None:
         log = settings.setdefault(key, {})
         for method in args.methods.split(","):
             trials = []
-            for cand in candidates(method, DATASETS[key]["dataset"]):
-                start = time.perf_counter()
-                value, detail = score(TrainConfig(**{**base, **cand, "method": method}), run)
-                trials.append((value, cand, detail))
-                print(f"{key} {method} {json.dumps(cand)}: val MAP I->T {detail['i2t']:.4f} T->I {detail['t2i']:.4f} "
-                      f"({time.perf_counter() - start:.0f} s)", flush=True)
+            if args.refine_only:
+                grid = [{k: v for k, v in log[method].items() if not k.startswith("_")}]
+            else:
+                grid = candidates(method, DATASETS[key]["dataset"])
+            for cand in grid:
+                trials.append(_trial(key, method, cand, base, run))
+            if method != "cca_itq":
+                best = max(trials, key=lambda t: t[0])[1]
+                trials += [_trial(key, method, {**best, **r}, base, run) for r in REFINE_GRID]
             best = max(trials, key=lambda t: t[0])
+            previous = log.get(method, {}).get("_validation", {}).get("candidates", 0) if args.refine_only else 0
             log[method] = {**best[1], "_validation": {"map_i2t": best[2]["i2t"], "map_t2i": best[2]["t2i"],
-                                                    "candidates": len(trials), "bits": args.bits, "seed": args.seed}}
+                                                    "candidates": previous + len(trials) - (1 if args.refine_only else 0),
+                                                    "bits": args.bits, "seed": args.seed}}
             print(f"==> {key} {method}: {json.dumps(best[1])}", flush=True)
             args.settings.write_text(json.dumps(settings, indent=2) + "\n")
+
+
+def _trial(key: str, method: str, cand: dict, base: dict, run) -> tuple[float, dict, dict]:
+    """Train and score one candidate, printing its validation MAPs."""
+    start = time.perf_counter()
+    value, detail = score(TrainConfig(**{**base, **cand, "method": method}), run)
+    print(f"{key} {method} {json.dumps(cand)}: val MAP I->T {detail['i2t']:.4f} T->I {detail['t2i']:.4f} "
+          f"({time.perf_counter() - start:.0f} s)", flush=True)
+    return value, cand, detail
 
 
 if __name__ == "__main__":

@@ -36,10 +36,10 @@ class TrainConfig(BaseModel):
     epochs: int = Field(60, ge=1)  # training epochs (ignored by cca_itq)
     batch_size: int = Field(128, ge=2)  # mini-batch size
     optimizer: Literal["adam", "sgd"] = "adam"  # optimiser of the hash heads
-    lr: float = Field(1e-4, gt=0)  # learning rate of the hash heads
+    lr: float = Field(1e-3, gt=0)  # learning rate of the hash heads
     momentum: float = Field(0.9, ge=0, lt=1)  # SGD momentum
     weight_decay: float = Field(0.0, ge=0)  # L2 weight decay
-    hidden: list[int] = Field(default_factory=lambda: [4096])  # hidden widths of both hash heads
+    hidden: list[int] = Field(default_factory=lambda: [2048])  # hidden widths of both hash heads
     dropout: float = Field(0.0, ge=0, lt=1)  # dropout after hidden layers
     hp: dict[str, float] = Field(default_factory=dict)  # method hyper-parameter overrides (alpha=..)
     text_features: Literal["lda", "tfidf"] = "lda"  # Wikipedia text features

@@ -23,7 +23,7 @@ class BiNcmhParams(MethodParams):
     validation split carved from the training data, see docs/results.md)."""
 
     alpha: float = Field(1.0, ge=0, description="weight of the inter-modal loss Psi_1 (eq. 6)")
-    beta: float = Field(1.0, ge=0, description="weight of the intra-modal loss Psi_2 (eq. 7)")
+    beta: float = Field(0.1, ge=0, description="weight of the intra-modal loss Psi_2 (eq. 7)")
     gamma: float = Field(0.1, ge=0, description="weight of the relaxation loss Psi_3 (eq. 10)")
 
 

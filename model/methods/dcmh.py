@@ -21,7 +21,8 @@ from model.similarity import binary_similarity
 
 
 class DcmhParams(MethodParams):
-    """DCMH's weights; gamma = eta = 1 in the paper."""
+    """DCMH's weights; gamma = eta = 1 in the paper (with Adam on these heads that collapses all
+    codes to zero on our data; the values chosen on validation are in bench/settings.json)."""
 
     gamma: float = Field(1.0, ge=0, description="weight of the quantization term ||B - F||^2 + ||B - G||^2")
     eta: float = Field(1.0, ge=0, description="weight of the bit-balance term ||F 1||^2 + ||G 1||^2")
