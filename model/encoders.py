@@ -75,10 +75,6 @@ class CrossModalHasher(nn.Module):
     def bits(self) -> int:
         return self.image_head.config.bits
 
-    def encode_image_features(self, features: torch.Tensor) -> torch.Tensor:
-        """Continuous hash representation from image features (backbone output or SIFT)."""
-        return self.image_head(features)
-
     def encode_image(self, pixels_or_features: torch.Tensor) -> torch.Tensor:
         """Continuous hash representation of images: pixels when a backbone is attached."""
         x = pixels_or_features

@@ -48,7 +48,6 @@ class PreparedInputs:
     text: torch.Tensor  # n x d_t float32 text features
     labels: torch.Tensor  # n x K float32 multi-hot
     bag_of_words: BagOfWords | None  # vocabulary that maps raw text to `text`, when there is one
-    image_from_pixels: bool  # True when `image` came from the backbone over image files
     pixels: PixelImages | None = None  # the image files as backbone inputs, when there are any
 
 
@@ -83,6 +82,5 @@ def prepare_inputs(ds: CrossModalDataset, train_rows: np.ndarray, cfg: TrainConf
         text=torch.from_numpy(np.ascontiguousarray(text, dtype=np.float32)),
         labels=torch.from_numpy(np.asarray(ds.labels, dtype=np.float32)),
         bag_of_words=bow,
-        image_from_pixels=ds.image_paths is not None,
         pixels=None if ds.image_paths is None else PixelImages(ds.image_paths, cfg.image_backbone),
     )

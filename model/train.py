@@ -223,7 +223,7 @@ def save_checkpoint(path: Path, model: CrossModalHasher, cfg: TrainConfig, run: 
             "heads": model.head_configs(),
             "config": json.loads(cfg.model_dump_json()),
             "bag_of_words": None if bow is None else bow.to_json(),
-            "image_from_pixels": run.inputs.image_from_pixels,
+            "image_from_pixels": run.inputs.pixels is not None,
             "image_backbone": cfg.image_backbone if model.image_backbone is not None else None,
         },
         path,

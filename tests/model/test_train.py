@@ -35,7 +35,7 @@ def synthetic_run(n: int = 360, n_query: int = 60, seed: int = 0) -> PreparedRun
     split = Split(query=np.arange(n_query), retrieval=np.arange(n_query, n), train=np.arange(n_query, n))
     inputs = PreparedInputs(
         image=torch.from_numpy(image), text=torch.from_numpy(text),
-        labels=torch.from_numpy(labels.astype(np.float32)), bag_of_words=None, image_from_pixels=False,
+        labels=torch.from_numpy(labels.astype(np.float32)), bag_of_words=None,
     )
     return PreparedRun(ds, split, split, inputs)
 
