@@ -82,8 +82,9 @@ def fit_hasher(
 
     `image` is what the image encoder reads (features, or pixels when the backbone is
     fine-tuned, with its batch-norm statistics kept frozen); `image_features` are the original
-    features some targets are computed from (DJSRH's F_I). Each epoch visits the training items in a seeded random order; after each step the batch's
-    fresh representations are written to the banks the methods pair batches with.
+    features some targets are computed from (DJSRH's F_I). Each epoch visits the training
+    items in a seeded random order; after each step the batch's fresh representations are
+    written to the banks the methods pair batches with.
     """
     device = next(model.parameters()).device
     n = len(image_features)
