@@ -37,16 +37,15 @@ import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from model.config import REPO_ROOT, TrainConfig  # noqa: E402
-from model.encoders import CrossModalHasher  # noqa: E402
-from model.evaluate import MAP_TOP_K, evaluate_codes, split_codes, write_evaluation  # noqa: E402
+from model.evaluate import MAP_TOP_K, evaluate_codes, split_codes  # noqa: E402
 from model.metrics import map_variant_name  # noqa: E402
+from model.run import train_summary, write_run_dir  # noqa: E402
 from model.train import (  # noqa: E402
     PreparedRun,
     TrainHistory,
     check_hyper_parameters,
     prepare_run,
     resolve_device,
-    save_checkpoint,
     train_model,
 )
 
@@ -251,22 +250,6 @@ def peak_rss_mib(history: TrainHistory) -> float:
     return int(match.group(1)) / 1024.0 if match else history.peak_rss_mib
 
 
-def save_run_dir(
-    cfg: TrainConfig, run: PreparedRun, model: CrossModalHasher, history: TrainHistory, codes: dict, train: dict
-) -> dict:
-    """Write the run directory as `model.run.train_run` does; return the metrics."""
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(cfg.model_dump_json(indent=2))
-    run.split.save(out / "split.json")
-    save_checkpoint(out / "checkpoint.pt", model, cfg, run)
-    (out / "history.json").write_text(json.dumps(history.to_json(), indent=2))
-    metrics = write_evaluation(out, codes, f"{cfg.method} {cfg.bits} bits on {cfg.dataset} (seed {cfg.seed})")
-    metrics["train"] = train
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    return metrics
-
-
 def run_job(job: Job, run: PreparedRun, keep: bool) -> dict:
     """Train and evaluate one run; return its results.json record."""
     cfg = job.cfg
@@ -277,17 +260,14 @@ def run_job(job: Job, run: PreparedRun, keep: bool) -> dict:
     start = time.perf_counter()
     model, history = train_model(cfg, run, progress=False)
     train = {
-        "seconds_per_epoch_mean": float(np.mean(history.seconds_per_epoch)),
-        "epochs": len(history.seconds_per_epoch),
+        **train_summary(cfg, run, history),
         "peak_rss_mib": peak_rss_mib(history),
         "peak_rss_scope": rss_scope,
         "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
-        "n_train": int(len(run.eval_split.train)),
-        "evaluated_on": "validation" if cfg.validation_fraction > 0 else "query/retrieval",
     }
     inp, split = run.inputs, run.eval_split
     codes = split_codes(model, inp, split.query, split.retrieval)
-    metrics = save_run_dir(cfg, run, model, history, codes, train) if keep else {**evaluate_codes(codes), "train": train}
+    metrics = write_run_dir(cfg, run, model, history, codes, train) if keep else {**evaluate_codes(codes), "train": train}
     return {
         "dataset": job.key,
         "method": cfg.method,

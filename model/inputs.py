@@ -10,33 +10,28 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from model.backbones import preprocess_for
 from model.config import TrainConfig
 from model.data import CrossModalDataset, DataError
+from model.image import ImagePreprocess, batch_tensor, load_image
 from model.text import BagOfWords
 
 
+@dataclass
 class PixelImages:
     """Image files decoded on demand into backbone inputs (for fine-tuning the backbone)."""
 
-    def __init__(self, paths: list[Path], backbone_name: str) -> None:
-        from model.backbones import preprocess_for
-
-        self.paths = list(paths)
-        self.preprocess = preprocess_for(backbone_name)
+    paths: list[Path]  # image files, one per row
+    preprocess: ImagePreprocess  # the backbone's decoding, resizing and scaling
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def subset(self, rows: np.ndarray | torch.Tensor) -> PixelImages:
         """The images of `rows`, re-indexed from 0."""
-        out = PixelImages.__new__(PixelImages)
-        out.paths = [self.paths[int(i)] for i in rows]
-        out.preprocess = self.preprocess
-        return out
+        return PixelImages([self.paths[int(i)] for i in rows], self.preprocess)
 
     def __getitem__(self, rows: torch.Tensor) -> torch.Tensor:
-        from model.image import batch_tensor, load_image
-
         return batch_tensor([load_image(self.paths[int(i)]) for i in rows], self.preprocess)
 
 
@@ -82,5 +77,5 @@ def prepare_inputs(ds: CrossModalDataset, train_rows: np.ndarray, cfg: TrainConf
         text=torch.from_numpy(np.ascontiguousarray(text, dtype=np.float32)),
         labels=torch.from_numpy(np.asarray(ds.labels, dtype=np.float32)),
         bag_of_words=bow,
-        pixels=None if ds.image_paths is None else PixelImages(ds.image_paths, cfg.image_backbone),
+        pixels=None if ds.image_paths is None else PixelImages(list(ds.image_paths), preprocess_for(cfg.image_backbone)),
     )

@@ -9,38 +9,50 @@ from pathlib import Path
 from model.config import TrainConfig
 from model.data import Split
 from model.evaluate import split_codes, write_evaluation
-from model.train import PreparedRun, load_checkpoint, prepare_run, save_checkpoint, train_model
+from model.encoders import CrossModalHasher
+from model.train import PreparedRun, TrainHistory, load_checkpoint, prepare_run, save_checkpoint, train_model
 
 
 def _title(cfg: TrainConfig) -> str:
     return f"{cfg.method} {cfg.bits} bits on {cfg.dataset} (seed {cfg.seed})"
 
 
-def train_run(cfg: TrainConfig, progress: bool = True) -> dict:
-    """Train `cfg.method`, evaluate on the query/retrieval split (or the validation part of the
-    training set) and write the run directory. Returns the metrics."""
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    run = prepare_run(cfg, progress)
-    (out / "config.json").write_text(cfg.model_dump_json(indent=2))
-    run.split.save(out / "split.json")
-    model, history = train_model(cfg, run, progress)
-    save_checkpoint(out / "checkpoint.pt", model, cfg, run)
-    (out / "history.json").write_text(json.dumps(history.to_json(), indent=2))
-    codes = _codes(model, run)
-    metrics = write_evaluation(out, codes, _title(cfg))
-    metrics["train"] = {
+def train_summary(cfg: TrainConfig, run: PreparedRun, history: TrainHistory) -> dict:
+    """The "train" section of metrics.json: epochs, time per epoch, peak memory, what was evaluated."""
+    return {
         "seconds_per_epoch_mean": sum(history.seconds_per_epoch) / max(1, len(history.seconds_per_epoch)),
         "epochs": len(history.seconds_per_epoch),
         "peak_rss_mib": history.peak_rss_mib,
         "n_train": int(len(run.eval_split.train)),
         "evaluated_on": "validation" if cfg.validation_fraction > 0 else "query/retrieval",
     }
+
+
+def write_run_dir(cfg: TrainConfig, run: PreparedRun, model: CrossModalHasher, history: TrainHistory,
+                  codes: dict, train: dict) -> dict:
+    """Write every file of the run directory `cfg.out` for a trained model; return the metrics
+    (with `train` as their "train" section)."""
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(cfg.model_dump_json(indent=2))
+    run.split.save(out / "split.json")
+    save_checkpoint(out / "checkpoint.pt", model, cfg, run)
+    (out / "history.json").write_text(json.dumps(history.to_json(), indent=2))
+    metrics = write_evaluation(out, codes, _title(cfg))
+    metrics["train"] = train
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
 
 
-def _codes(model, run: PreparedRun) -> dict:
+def train_run(cfg: TrainConfig, progress: bool = True) -> dict:
+    """Train `cfg.method`, evaluate on the query/retrieval split (or the validation part of the
+    training set) and write the run directory. Returns the metrics."""
+    run = prepare_run(cfg, progress)
+    model, history = train_model(cfg, run, progress)
+    return write_run_dir(cfg, run, model, history, _codes(model, run), train_summary(cfg, run, history))
+
+
+def _codes(model: CrossModalHasher, run: PreparedRun) -> dict:
     return split_codes(model, run.inputs, run.eval_split.query, run.eval_split.retrieval)
 
 
