@@ -1,37 +1,48 @@
-"""Embedded FAISS binary code store keyed by external string ids.
+"""Embedded FAISS binary code store keyed by external string ids, metadata in SQLite.
 
-Codes are packed uint8 arrays (``bits // 8`` bytes per code, see
-:mod:`index.codes`).  Internally the store uses
-``IndexBinaryIDMap2(IndexBinaryFlat(padded_bits))`` with int64 internal ids
-drawn from a monotonically increasing counter, so internal id order is
-insertion order.  Codes whose width has no CPU fast path (anything other than
-32/64/128/256/512 bits) are padded with zero bytes up to the next fast width;
-the padding is identical in every code, so Hamming distances are unchanged.
+Codes are packed uint8 arrays (``bits // 8`` bytes per code, see :mod:`index.codes`).
+The codes live in ``IndexBinaryIDMap2(IndexBinaryFlat(padded_bits))`` under int64 internal
+ids drawn from an increasing counter, so internal id order is insertion order (the id map
+keeps ids stable across ``remove_ids``, which shifts the rows of a bare flat index). Widths
+without a CPU fast path (anything but 32/64/128/256/512 bits) are padded with zero bytes up
+to the next fast width; the padding is the same in every code, so distances are unchanged.
 
-Result ordering is deterministic: by (Hamming distance, insertion order).
+The external ids and the user's metadata live in an SQLite table (``iid, id, metadata``):
+in memory while the store is open, written to ``metadata.sqlite`` by :meth:`save`.
+
+With ``device="cuda"`` a ``GpuIndexBinaryFlat`` mirror of the rows answers k-NN queries up
+to k = 2048; it has no ids (a row -> internal id array maps back), no removal (it is rebuilt
+on the next search) and no range search (the CPU index answers those and larger k).
+
+Result ordering is deterministic: by (Hamming distance, insertion order), whatever order
+FAISS returns ties in.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import shutil
+import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import faiss
 import numpy as np
 
-__all__ = ["FaissCodeStore", "padded_bits_for"]
+from index.snapshots import read_current, write_snapshot
+from index.store import RangeResult, SearchResult
+
+__all__ = ["FaissCodeStore", "padded_bits_for", "gpu_available", "GPU_MAX_K"]
 
 _FAST_WIDTHS = (32, 64, 128, 256, 512)
+GPU_MAX_K = 2048  # GpuIndexBinaryFlat's largest k
 INDEX_FILE = "index.faissbin"
-STORE_FILE = "store.json"
-BACKUP_SUFFIX = ".bak"
-_FORMAT_VERSION = 1
+DB_FILE = "metadata.sqlite"
+_FORMAT_VERSION = 2
+_SCHEMA = "CREATE TABLE items (iid INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, metadata TEXT NOT NULL)"
+
+Device = Literal["auto", "cpu", "cuda"]
 
 
 def padded_bits_for(bits: int) -> int:
@@ -42,54 +53,87 @@ def padded_bits_for(bits: int) -> int:
     return bits
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+def gpu_available() -> bool:
+    """True when this FAISS build has GPU support and sees at least one GPU."""
+    return hasattr(faiss, "GpuIndexBinaryFlat") and faiss.get_num_gpus() > 0
 
 
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _new_gpu_index(padded_bits: int) -> Any:
+    """An empty ``GpuIndexBinaryFlat`` on GPU 0."""
+    return faiss.GpuIndexBinaryFlat(faiss.StandardGpuResources(), padded_bits)
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
+class _GpuMirror:
+    """The CPU index's rows on a GPU index without ids: ``row_iids[row]`` is the internal id.
+
+    Rows are appended in insertion order; a removal marks the mirror stale and the next
+    search rebuilds it from the CPU index (whose rows keep their relative order)."""
+
+    def __init__(self, padded_bits: int, factory: Callable[[int], Any]) -> None:
+        self.padded_bits = padded_bits
+        self.factory = factory
+        self.index = factory(padded_bits)
+        self.row_iids = np.zeros(0, dtype=np.int64)
+        self.stale = False
+
+    def add(self, codes: np.ndarray, iids: np.ndarray) -> None:
+        if not self.stale:
+            self.index.add(codes)
+            self.row_iids = np.concatenate([self.row_iids, iids])
+
+    def rebuild(self, cpu: faiss.IndexBinaryIDMap2) -> None:
+        inner = faiss.downcast_IndexBinary(cpu.index)
+        codes = faiss.vector_to_array(inner.xb).reshape(-1, self.padded_bits // 8)
+        self.index = self.factory(self.padded_bits)
+        if len(codes):
+            self.index.add(codes)
+        self.row_iids = faiss.vector_to_array(cpu.id_map).astype(np.int64)
+        self.stale = False
+
+    def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(distances, internal ids) of the k nearest rows; -1 rows map to -1."""
+        D, rows = self.index.search(q, k)
+        rows = np.asarray(rows, dtype=np.int64)
+        return np.asarray(D), np.where(rows >= 0, self.row_iids[np.clip(rows, 0, None)], -1)
 
 
 class FaissCodeStore:
     """Binary hash code store with exact, deterministically ordered Hamming search."""
 
-    def __init__(self, bits: int) -> None:
+    backend = "faiss"
+
+    def __init__(self, bits: int, device: Device = "cpu", *, _gpu_factory: Callable[[int], Any] | None = None) -> None:
+        """An empty store of `bits`-bit codes; `device` "cuda" (or "auto" with a GPU) adds the
+        GPU k-NN mirror. `_gpu_factory` replaces GpuIndexBinaryFlat (tests emulate it on CPU)."""
         if not isinstance(bits, (int, np.integer)) or isinstance(bits, bool):
             raise ValueError(f"bits must be an int, got {bits!r}")
         bits = int(bits)
         if bits <= 0 or bits % 8 != 0:
             raise ValueError(f"bits must be a positive multiple of 8, got {bits}")
+        if device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
         self.bits = bits
         self.code_bytes = bits // 8
         self.padded_bits = padded_bits_for(bits)
         self.padded_bytes = self.padded_bits // 8
         self._index = faiss.IndexBinaryIDMap2(faiss.IndexBinaryFlat(self.padded_bits))
-        self._id_to_int: dict[str, int] = {}
-        self._int_to_id: dict[int, str] = {}
-        self._metadata: dict[int, dict[str, Any]] = {}
+        self._db = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
+        self._db.execute(_SCHEMA)
         self._next_id = 0
         self._lock = threading.RLock()
+        self._gpu: _GpuMirror | None = None
+        if _gpu_factory is None and (device == "cuda" or (device == "auto" and gpu_available())):
+            if not gpu_available():
+                raise RuntimeError("device 'cuda' was asked for but FAISS has no GPU support or sees no GPU "
+                                   "(install faiss-gpu on a machine with an NVIDIA GPU)")
+            _gpu_factory = _new_gpu_index
+        if _gpu_factory is not None and device != "cpu":
+            self._gpu = _GpuMirror(self.padded_bits, _gpu_factory)
+
+    @property
+    def device(self) -> str:
+        """Where k-NN searches run: "cuda" with the GPU mirror, else "cpu"."""
+        return "cpu" if self._gpu is None else "cuda"
 
     # ------------------------------------------------------------------ helpers
     def _check_codes(self, codes: np.ndarray, what: str = "codes") -> np.ndarray:
@@ -114,32 +158,44 @@ class FaissCodeStore:
         out[:, : self.code_bytes] = arr
         return out
 
+    def _names(self, iids: np.ndarray) -> dict[int, str]:
+        """External ids of internal ids (one SQL query, any count)."""
+        uniq = np.unique(iids)
+        rows = self._db.execute(
+            "SELECT iid, id FROM items WHERE iid IN (SELECT value FROM json_each(?))",
+            (json.dumps(uniq.tolist()),),
+        )
+        return dict(rows.fetchall())
+
+    @staticmethod
+    def _metadata_json(ids: list[str], metadata: Sequence[dict[str, Any] | None] | None) -> list[str]:
+        if metadata is None:
+            return ["{}"] * len(ids)
+        metas = list(metadata)
+        if len(metas) != len(ids):
+            raise ValueError(f"{len(ids)} ids but {len(metas)} metadata entries")
+        out = []
+        for sid, m in zip(ids, metas):
+            if m is not None and not isinstance(m, dict):
+                raise ValueError("metadata entries must be dicts or None")
+            try:
+                out.append(json.dumps(m or {}, ensure_ascii=False, allow_nan=False))
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"metadata of {sid!r} is not JSON-serialisable: {e}") from None
+        return out
+
     # --------------------------------------------------------------- mutations
-    def add(
-        self,
-        ids: Sequence[str],
-        codes: np.ndarray,
-        metadata: Sequence[dict] | None = None,
-    ) -> None:
+    def add(self, ids: Sequence[str], codes: np.ndarray, metadata: Sequence[dict[str, Any] | None] | None = None) -> None:
         """Add items. Any duplicate id (within the call or already stored) raises
         ``ValueError`` and nothing is added."""
         ids = list(ids)
         for i in ids:
-            if not isinstance(i, str):
-                raise ValueError(f"ids must be str, got {type(i).__name__}")
+            if not isinstance(i, str) or not i:
+                raise ValueError(f"ids must be non-empty str, got {i!r}")
         arr = self._check_codes(codes)
         if arr.shape[0] != len(ids):
             raise ValueError(f"{len(ids)} ids but {arr.shape[0]} codes")
-        if metadata is None:
-            metas: list[dict[str, Any]] = [{} for _ in ids]
-        else:
-            metas = list(metadata)
-            if len(metas) != len(ids):
-                raise ValueError(f"{len(ids)} ids but {len(metas)} metadata entries")
-            for m in metas:
-                if m is not None and not isinstance(m, dict):
-                    raise ValueError("metadata entries must be dicts or None")
-            metas = [dict(m) if m is not None else {} for m in metas]
+        metas = self._metadata_json(ids, metadata)
         if len(set(ids)) != len(ids):
             seen: set[str] = set()
             dups = sorted({i for i in ids if i in seen or seen.add(i)})
@@ -148,58 +204,62 @@ class FaissCodeStore:
             return
         padded = self._pad(arr)
         with self._lock:
-            present = [i for i in ids if i in self._id_to_int]
+            present = [r[0] for r in self._db.execute(
+                "SELECT id FROM items WHERE id IN (SELECT value FROM json_each(?)) ORDER BY iid",
+                (json.dumps(ids),))]
             if present:
                 raise ValueError(f"ids already present: {present[:10]}")
             internal = np.arange(self._next_id, self._next_id + len(ids), dtype=np.int64)
-            self._index.add_with_ids(padded, internal)
+            self._db.execute("BEGIN")
+            try:
+                self._db.executemany("INSERT INTO items VALUES (?, ?, ?)", zip(internal.tolist(), ids, metas))
+                self._index.add_with_ids(padded, internal)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
             self._next_id += len(ids)
-            for sid, iid, m in zip(ids, internal.tolist(), metas):
-                self._id_to_int[sid] = iid
-                self._int_to_id[iid] = sid
-                self._metadata[iid] = m
+            if self._gpu is not None:
+                self._gpu.add(padded, internal)
 
     def remove(self, ids: Iterable[str]) -> int:
         """Remove items by id; unknown ids are ignored. Returns the number removed."""
         with self._lock:
-            internal = sorted({self._id_to_int[i] for i in ids if i in self._id_to_int})
+            wanted = json.dumps(sorted({str(i) for i in ids}))
+            internal = [r[0] for r in self._db.execute(
+                "SELECT iid FROM items WHERE id IN (SELECT value FROM json_each(?))", (wanted,))]
             if not internal:
                 return 0
-            sel = faiss.IDSelectorBatch(np.asarray(internal, dtype=np.int64))
-            removed = int(self._index.remove_ids(sel))
+            removed = int(self._index.remove_ids(faiss.IDSelectorBatch(np.asarray(internal, dtype=np.int64))))
             if removed != len(internal):  # pragma: no cover - invariant violation
                 raise RuntimeError(f"FAISS removed {removed} of {len(internal)} ids")
-            for iid in internal:
-                sid = self._int_to_id.pop(iid)
-                del self._id_to_int[sid]
-                self._metadata.pop(iid, None)
+            self._db.execute("DELETE FROM items WHERE iid IN (SELECT value FROM json_each(?))", (json.dumps(internal),))
+            if self._gpu is not None:
+                self._gpu.stale = True
             return removed
 
     # ----------------------------------------------------------------- queries
     def __len__(self) -> int:
         with self._lock:
-            return len(self._id_to_int)
+            return int(self._index.ntotal)
 
     def __contains__(self, item: object) -> bool:
         with self._lock:
-            return item in self._id_to_int
+            return self._db.execute("SELECT 1 FROM items WHERE id = ?", (str(item),)).fetchone() is not None
 
     def ids(self) -> list[str]:
         """All ids in insertion order."""
         with self._lock:
-            return [self._int_to_id[i] for i in sorted(self._int_to_id)]
+            return [r[0] for r in self._db.execute("SELECT id FROM items ORDER BY iid")]
 
     def get(self, id: str) -> dict[str, Any] | None:
+        """``{"id", "code", "metadata"}`` of one item, or None when absent."""
         with self._lock:
-            iid = self._id_to_int.get(id)
-            if iid is None:
+            row = self._db.execute("SELECT iid, metadata FROM items WHERE id = ?", (str(id),)).fetchone()
+            if row is None:
                 return None
-            code = np.asarray(self._index.reconstruct(int(iid)), dtype=np.uint8)
-            return {
-                "id": id,
-                "code": code[: self.code_bytes].copy(),
-                "metadata": dict(self._metadata[iid]),
-            }
+            code = np.asarray(self._index.reconstruct(int(row[0])), dtype=np.uint8)
+            return {"id": id, "code": code[: self.code_bytes].copy(), "metadata": json.loads(row[1])}
 
     def _range_raw(self, q: np.ndarray, radius_excl: int) -> list[tuple[np.ndarray, np.ndarray]]:
         """Items with distance < ``radius_excl`` per query, sorted by (distance, internal id)."""
@@ -212,12 +272,20 @@ class FaissCodeStore:
             out.append((d[order], i[order]))
         return out
 
-    def search(self, codes: np.ndarray, k: int) -> tuple[list[list[str]], np.ndarray]:
+    def _knn_raw(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """FAISS k-NN (distances, internal ids), tie order unspecified: GPU when it can."""
+        if self._gpu is not None and k <= GPU_MAX_K:
+            if self._gpu.stale:
+                self._gpu.rebuild(self._index)
+            return self._gpu.search(q, k)
+        return self._index.search(q, k)
+
+    def search(self, codes: np.ndarray, k: int) -> SearchResult:
         """k nearest ids per query, ordered by (Hamming distance, insertion order).
 
         Returns ``(ids, distances)``; ``distances`` is an int64 ``nq x k'`` array with
         ``k' = min(k, len(self))`` (every query gets exactly ``k'`` results)."""
-        if int(k) != k or k < 0:
+        if isinstance(k, bool) or int(k) != k or k < 0:
             raise ValueError(f"k must be a non-negative int, got {k!r}")
         k = int(k)
         q = self._pad(self._check_codes(codes, "query codes"))
@@ -228,7 +296,7 @@ class FaissCodeStore:
             if nq == 0 or kk == 0:
                 return [[] for _ in range(nq)], np.zeros((nq, kk), dtype=np.int64)
             fetch = kk + 1 if kk < n else kk
-            D, I = self._index.search(q, fetch)
+            D, I = self._knn_raw(q, fetch)
             D = np.asarray(D, dtype=np.int64)
             I = np.asarray(I, dtype=np.int64)
             res_d = np.empty((nq, kk), dtype=np.int64)
@@ -254,13 +322,14 @@ class FaissCodeStore:
                         raise RuntimeError("range search returned fewer items than k-NN")
                     res_d[j] = d[:kk]
                     res_i[j] = i[:kk]
-            out_ids = [[self._int_to_id[int(x)] for x in row] for row in res_i]
+            names = self._names(res_i)
+            out_ids = [[names[int(x)] for x in row] for row in res_i]
         return out_ids, res_d
 
-    def range_search(self, codes: np.ndarray, radius: int) -> list[tuple[list[str], np.ndarray]]:
+    def range_search(self, codes: np.ndarray, radius: int) -> RangeResult:
         """All items with Hamming distance <= ``radius`` (inclusive) per query, ordered
         by (distance, insertion order)."""
-        if int(radius) != radius or radius < 0:
+        if isinstance(radius, bool) or int(radius) != radius or radius < 0:
             raise ValueError(f"radius must be a non-negative int, got {radius!r}")
         q = self._pad(self._check_codes(codes, "query codes"))
         with self._lock:
@@ -270,115 +339,57 @@ class FaissCodeStore:
                 return [([], np.zeros(0, dtype=np.int64)) for _ in range(q.shape[0])]
             # FAISS returns distances strictly below the threshold.
             raw = self._range_raw(q, int(radius) + 1)
-            return [([self._int_to_id[int(x)] for x in i], d) for d, i in raw]
+            names = self._names(np.concatenate([i for _, i in raw]))
+            return [([names[int(x)] for x in i], d) for d, i in raw]
 
     # ------------------------------------------------------------- persistence
     def save(self, path: Path | str) -> None:
-        """Persist to directory ``path`` (``index.faissbin`` + ``store.json``).
+        """Persist to directory ``path`` as a new snapshot (``index.faissbin``,
+        ``metadata.sqlite`` and a ``store.json`` sidecar), made current by one atomic
+        rename: a crash at any point leaves the previous snapshot loadable."""
 
-        Crash-safe: both files are written to temp files and fsync'd first. Before
-        ``index.faissbin`` is replaced, the currently valid index is kept as
-        ``index.faissbin.bak``; ``store.json`` records the SHA-256 of its index, so if
-        a crash lands between the two renames, :meth:`load` falls back to the backup
-        and returns the previous version."""
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        idx_path = path / INDEX_FILE
-        json_path = path / STORE_FILE
-        bak_path = path / (INDEX_FILE + BACKUP_SUFFIX)
-        idx_tmp = path / (INDEX_FILE + f".tmp.{os.getpid()}.{threading.get_ident()}")
-        json_tmp = path / (STORE_FILE + f".tmp.{os.getpid()}.{threading.get_ident()}")
-        with self._lock:
+        def write(tmp: Path) -> dict[str, Any]:
+            faiss.write_index_binary(self._index, str(tmp / INDEX_FILE))
+            target = sqlite3.connect(tmp / DB_FILE)
             try:
-                faiss.write_index_binary(self._index, str(idx_tmp))
-                _fsync_file(idx_tmp)
-                state = {
-                    "format_version": _FORMAT_VERSION,
-                    "bits": self.bits,
-                    "padded_bits": self.padded_bits,
-                    "next_id": self._next_id,
-                    "ntotal": int(self._index.ntotal),
-                    "index_sha256": _sha256_file(idx_tmp),
-                    "items": [
-                        {"id": self._int_to_id[iid], "internal_id": iid, "metadata": self._metadata[iid]}
-                        for iid in sorted(self._int_to_id)
-                    ],
-                }
-                with open(json_tmp, "w", encoding="utf-8") as f:
-                    json.dump(state, f)
-                    f.flush()
-                    os.fsync(f.fileno())
-                # Make sure the backup holds the index the current store.json refers to.
-                valid = _valid_index_file(path)
-                if valid is not None and valid != bak_path:
-                    bak_tmp = path / (INDEX_FILE + BACKUP_SUFFIX + ".tmp")
-                    if bak_tmp.exists():
-                        bak_tmp.unlink()
-                    try:
-                        os.link(valid, bak_tmp)
-                    except OSError:
-                        shutil.copyfile(valid, bak_tmp)
-                        _fsync_file(bak_tmp)
-                    os.replace(bak_tmp, bak_path)
-                    _fsync_dir(path)
-                os.replace(idx_tmp, idx_path)
-                os.replace(json_tmp, json_path)
-                _fsync_dir(path)
+                self._db.backup(target)
             finally:
-                for tmp in (idx_tmp, json_tmp):
-                    try:
-                        tmp.unlink()
-                    except FileNotFoundError:
-                        pass
-            try:
-                bak_path.unlink()
-            except FileNotFoundError:
-                pass
+                target.close()
+            return {
+                "format_version": _FORMAT_VERSION,
+                "backend": self.backend,
+                "bits": self.bits,
+                "padded_bits": self.padded_bits,
+                "next_id": self._next_id,
+                "ntotal": int(self._index.ntotal),
+            }
+
+        with self._lock:
+            write_snapshot(Path(path), write)
 
     @classmethod
-    def load(cls, path: Path | str) -> "FaissCodeStore":
-        path = Path(path)
-        json_path = path / STORE_FILE
-        if not json_path.exists():
-            raise FileNotFoundError(f"no {STORE_FILE} in {path}")
-        with open(json_path, encoding="utf-8") as f:
-            state = json.load(f)
-        if state.get("format_version") != _FORMAT_VERSION:
-            raise ValueError(f"unsupported store format {state.get('format_version')!r}")
-        idx_file = _valid_index_file(path, state)
-        if idx_file is None:
-            raise ValueError(f"no index file in {path} matches {STORE_FILE} (corrupt store)")
-        store = cls(int(state["bits"]))
-        if store.padded_bits != int(state["padded_bits"]):
-            raise ValueError("padded width mismatch")
-        index = faiss.read_index_binary(str(idx_file))
+    def load(cls, path: Path | str, device: Device = "cpu") -> FaissCodeStore:
+        """Open the current snapshot of directory ``path`` (checksums verified)."""
+        snap, state = read_current(Path(path))
+        if state.get("backend") != cls.backend or state.get("format_version") != _FORMAT_VERSION:
+            raise ValueError(f"{path}: not a FAISS code store of format {_FORMAT_VERSION} "
+                             f"(backend {state.get('backend')!r}, format {state.get('format_version')!r})")
+        store = cls(int(state["bits"]), device)
+        index = faiss.read_index_binary(str(snap / INDEX_FILE))
         if not isinstance(index, faiss.IndexBinaryIDMap2):
-            raise ValueError(f"unexpected index type {type(index).__name__}")
-        if index.d != store.padded_bits or index.ntotal != len(state["items"]):
-            raise ValueError("index does not match store metadata")
-        store._index = index
-        for item in state["items"]:
-            sid, iid = item["id"], int(item["internal_id"])
-            store._id_to_int[sid] = iid
-            store._int_to_id[iid] = sid
-            store._metadata[iid] = dict(item["metadata"])
-        store._next_id = int(state["next_id"])
-        return store
-
-
-def _valid_index_file(path: Path, state: dict | None = None) -> Path | None:
-    """The index file (main or backup) whose checksum matches ``store.json``."""
-    if state is None:
-        json_path = path / STORE_FILE
-        if not json_path.exists():
-            return None
+            raise ValueError(f"{path}: unexpected index type {type(index).__name__}")
+        if index.d != store.padded_bits or index.ntotal != int(state["ntotal"]):
+            raise ValueError(f"{path}: index does not match {snap.name}'s store.json")
+        source = sqlite3.connect(f"file:{snap / DB_FILE}?mode=ro", uri=True)
         try:
-            with open(json_path, encoding="utf-8") as f:
-                state = json.load(f)
-        except (OSError, ValueError):
-            return None
-    want = state.get("index_sha256")
-    for cand in (path / INDEX_FILE, path / (INDEX_FILE + BACKUP_SUFFIX)):
-        if cand.exists() and _sha256_file(cand) == want:
-            return cand
-    return None
+            source.backup(store._db)
+        finally:
+            source.close()
+        (count,) = store._db.execute("SELECT count(*) FROM items").fetchone()
+        if count != index.ntotal:
+            raise ValueError(f"{path}: {count} metadata rows but {index.ntotal} codes")
+        store._index = index
+        store._next_id = int(state["next_id"])
+        if store._gpu is not None:
+            store._gpu.rebuild(index)
+        return store

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
+import sqlite3
 import threading
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
 
 from index.codes import hamming_distance_matrix, pack_codes, unpack_codes
-from index.faiss_store import FaissCodeStore, padded_bits_for
+from index.faiss_store import GPU_MAX_K, FaissCodeStore, padded_bits_for
 
 BITS = [16, 32, 64, 128]
 
@@ -248,9 +251,12 @@ def test_save_load_round_trip(tmp_path: Path, bits):
     store, ids, codes, rng = build(bits, 120, seed=3)
     store.remove(ids[10:20])
     store.save(tmp_path / "s")
-    assert {p.name for p in (tmp_path / "s").iterdir()} == {"index.faissbin", "store.json"}
+    snap = (tmp_path / "s" / "CURRENT").read_text().strip()
+    assert {p.name for p in (tmp_path / "s").iterdir()} == {"CURRENT", snap}
+    assert {p.name for p in (tmp_path / "s" / snap).iterdir()} == {"index.faissbin", "metadata.sqlite", "store.json"}
     loaded = FaissCodeStore.load(tmp_path / "s")
     assert len(loaded) == len(store) and loaded.bits == bits
+    assert loaded.ids() == store.ids()
     _same_results(store, loaded, codes[rng.integers(0, 120, 8)])
     a, b = loaded.get(ids[30]), store.get(ids[30])
     assert a["id"] == b["id"] and a["metadata"] == b["metadata"] == {"i": 30}
@@ -261,64 +267,116 @@ def test_save_load_round_trip(tmp_path: Path, bits):
     assert got[0].index("new") > got[0].index(ids[0])
 
 
-def test_crash_during_save_keeps_previous_version(tmp_path: Path, monkeypatch):
+def test_metadata_is_a_readable_sqlite_table(tmp_path: Path):
+    store = FaissCodeStore(32)
+    store.add(["a", "b"], np.zeros((2, 4), dtype=np.uint8), [{"path": "x/a.jpg", "labels": ["sky"]}, None])
+    store.save(tmp_path / "s")
+    snap = tmp_path / "s" / (tmp_path / "s" / "CURRENT").read_text().strip()
+    with sqlite3.connect(snap / "metadata.sqlite") as db:
+        rows = db.execute("SELECT id, metadata FROM items ORDER BY iid").fetchall()
+    assert [(r[0], json.loads(r[1])) for r in rows] == [("a", {"path": "x/a.jpg", "labels": ["sky"]}), ("b", {})]
+
+
+def test_metadata_must_be_json(tmp_path: Path):
+    store = FaissCodeStore(32)
+    with pytest.raises(ValueError, match="JSON"):
+        store.add(["a"], np.zeros((1, 4), dtype=np.uint8), [{"bad": object()}])
+    assert len(store) == 0 and "a" not in store
+
+
+def test_each_save_replaces_the_previous_snapshot(tmp_path: Path):
+    d = tmp_path / "s"
+    store, ids, codes, _ = build(32, 30, seed=2)
+    for _ in range(3):
+        store.save(d)
+    assert sorted(p.name for p in d.iterdir()) == ["CURRENT", "snapshot-000003"]
+
+
+def _crashing_at(step: int, monkeypatch) -> dict:
+    """Make the `step`-th os.replace or fsync of a save raise, like a crash at that point."""
+    calls = {"n": 0}
+    real_replace, real_fsync = os.replace, os.fsync
+
+    def tick():
+        calls["n"] += 1
+        if calls["n"] == step:
+            raise OSError("simulated crash")
+
+    def replace(src, dst):
+        tick()
+        return real_replace(src, dst)
+
+    def fsync(fd):
+        tick()
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(os, "fsync", fsync)
+    return calls
+
+
+def test_crash_at_any_step_of_save_keeps_previous_version(tmp_path: Path, monkeypatch):
     d = tmp_path / "s"
     store, ids, codes, rng = build(32, 80, seed=11)
     store.save(d)
     q = codes[rng.integers(0, 80, 6)]
     reference = FaissCodeStore.load(d)
-
     store.add([f"extra-{i}" for i in range(10)], codes[:10])
     store.remove(ids[:5])
 
-    real_replace = os.replace
-    calls = {"n": 0}
+    with monkeypatch.context() as m:
+        calls = _crashing_at(10**9, m)
+        store.save(tmp_path / "count")
+        steps = calls["n"]
+    assert steps >= 6  # files, snapshot dir, rename, CURRENT pointer
 
-    def flaky_replace(src, dst):
-        if Path(dst).name in ("index.faissbin", "store.json"):
-            calls["n"] += 1
-            if calls["n"] == 2:  # the second file: store.json
-                raise OSError("simulated crash")
-        return real_replace(src, dst)
+    for step in range(1, steps):
+        with monkeypatch.context() as m:
+            _crashing_at(step, m)
+            with pytest.raises(OSError, match="simulated crash"):
+                store.save(d)
+        after_crash = FaissCodeStore.load(d)
+        assert len(after_crash) == 80 and "extra-0" not in after_crash and ids[0] in after_crash, step
+        _same_results(reference, after_crash, q)
 
-    monkeypatch.setattr(os, "replace", flaky_replace)
-    with pytest.raises(OSError, match="simulated crash"):
-        store.save(d)
-    monkeypatch.setattr(os, "replace", real_replace)
-    assert calls["n"] == 2
-
-    after_crash = FaissCodeStore.load(d)
-    assert len(after_crash) == 80 and "extra-0" not in after_crash and ids[0] in after_crash
-    _same_results(reference, after_crash, q)
-
-    # a later successful save recovers and stores the new version
+    # a later successful save stores the new version and removes every leftover
     store.save(d)
     latest = FaissCodeStore.load(d)
     assert len(latest) == 85 and "extra-0" in latest and ids[0] not in latest
     _same_results(store, latest, q)
+    assert len(list(d.iterdir())) == 2
 
 
-def test_crash_twice_still_keeps_previous_version(tmp_path: Path, monkeypatch):
+def test_crash_inside_a_file_write_keeps_previous_version(tmp_path: Path, monkeypatch):
     d = tmp_path / "s"
-    store, ids, codes, rng = build(16, 60, seed=12)
+    store, ids, codes, _ = build(16, 60, seed=12)
     store.save(d)
-    reference = FaissCodeStore.load(d)
-    real_replace = os.replace
+    store.add(["e1"], codes[[0]])
 
-    def fail_on_json(src, dst):
-        if Path(dst).name == "store.json":
-            raise OSError("simulated crash")
-        return real_replace(src, dst)
+    def torn_write(index, name):
+        Path(name).write_bytes(b"half an index")
+        raise OSError("simulated crash")
 
-    monkeypatch.setattr(os, "replace", fail_on_json)
-    for extra in ("e1", "e2"):
-        store.add([extra], codes[[0]])
+    with monkeypatch.context() as m:
+        m.setattr(faiss, "write_index_binary", torn_write)
         with pytest.raises(OSError):
             store.save(d)
-    monkeypatch.setattr(os, "replace", real_replace)
     loaded = FaissCodeStore.load(d)
     assert len(loaded) == 60 and "e1" not in loaded
-    _same_results(reference, loaded, codes[:5])
+
+
+def test_load_refuses_a_corrupt_snapshot(tmp_path: Path):
+    d = tmp_path / "s"
+    store, _, _, _ = build(32, 20)
+    store.save(d)
+    snap = d / (d / "CURRENT").read_text().strip()
+    data = bytearray((snap / "index.faissbin").read_bytes())
+    data[-1] ^= 0xFF
+    (snap / "index.faissbin").write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="corrupt"):
+        FaissCodeStore.load(d)
+    with pytest.raises(FileNotFoundError):
+        FaissCodeStore.load(tmp_path / "nothing-here")
 
 
 # --------------------------------------------------------------- concurrency
@@ -400,3 +458,80 @@ def test_tie_order_independent_of_faiss_tie_order(bits, k):
     for j, (got_ids, got_d) in enumerate(store.range_search(queries, bits // 4)):
         pos = [p for p in sorted(range(150), key=lambda p: (dist[j, p], p)) if dist[j, p] <= bits // 4]
         assert got_ids == [ids[p] for p in pos]
+
+
+# ------------------------------------------------ GPU mirror, emulated on the CPU
+class _EmulatedGpuIndex:
+    """GpuIndexBinaryFlat's contract on the CPU: rows without ids, k <= 2048, no range
+    search and no removal, and ties returned in reverse row order (unspecified on a GPU)."""
+
+    def __init__(self, bits: int) -> None:
+        self._flat = faiss.IndexBinaryFlat(bits)
+        self.searches = 0
+
+    @property
+    def ntotal(self) -> int:
+        return self._flat.ntotal
+
+    def add(self, codes) -> None:
+        self._flat.add(codes)
+
+    def search(self, q, k):
+        assert k <= GPU_MAX_K, "GpuIndexBinaryFlat supports k <= 2048"
+        self.searches += 1
+        D, I = self._flat.search(q, self._flat.ntotal)
+        D2, I2 = np.empty((len(q), k), D.dtype), np.empty((len(q), k), I.dtype)
+        for j in range(len(q)):
+            order = np.lexsort((-I[j], D[j]))[:k]
+            D2[j], I2[j] = D[j, order], I[j, order]
+        return D2, I2
+
+
+@pytest.mark.parametrize("bits", [16, 64])
+def test_gpu_mirror_matches_oracle_through_adds_and_removes(bits):
+    made: list[_EmulatedGpuIndex] = []
+
+    def factory(b):
+        made.append(_EmulatedGpuIndex(b))
+        return made[-1]
+
+    rng = np.random.default_rng(bits)
+    codes = tie_heavy_codes(rng, 400, bits)
+    ids = [f"g{i}" for i in range(400)]
+    store = FaissCodeStore(bits, device="cuda", _gpu_factory=factory)
+    assert store.device == "cuda"
+    store.add(ids[:250], codes[:250])
+    queries = np.concatenate([codes[:6], tie_heavy_codes(rng, 6, bits)])
+    for k in (1, 9, 60):
+        assert_knn_matches(store, ids[:250], codes[:250], queries, k)
+    assert made[-1].searches > 0
+    gone = set(ids[::3][:60])
+    store.remove(gone)
+    store.add(ids[250:], codes[250:])
+    keep = [p for p in range(400) if ids[p] not in gone]
+    before = len(made)
+    for k in (1, 9, 60):
+        assert_knn_matches(store, [ids[p] for p in keep], codes[keep], queries, k)
+    assert len(made) == before + 1  # rebuilt once after the removal, then reused
+    assert made[-1].ntotal == len(keep)
+
+
+def test_gpu_mirror_hands_large_k_and_range_to_the_cpu_index():
+    store = FaissCodeStore(32, device="cuda", _gpu_factory=_EmulatedGpuIndex)
+    rng = np.random.default_rng(3)
+    codes = rng.integers(0, 256, (3000, 4), dtype=np.uint8)
+    ids = [str(i) for i in range(3000)]
+    store.add(ids, codes)
+    assert_knn_matches(store, ids, codes, codes[:2], 2500)  # > 2048: CPU
+    dist = hamming_distance_matrix(codes[:2], codes)
+    got = store.range_search(codes[:2], 12)
+    for j in range(2):
+        assert sorted(got[j][0], key=int) == [ids[p] for p in np.flatnonzero(dist[j] <= 12)]
+
+
+def test_cuda_without_gpu_is_a_clear_error():
+    if faiss.get_num_gpus() > 0:
+        pytest.skip("a GPU is present")
+    with pytest.raises(RuntimeError, match="faiss-gpu"):
+        FaissCodeStore(64, device="cuda")
+    assert FaissCodeStore(64, device="auto").device == "cpu"

@@ -14,27 +14,24 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image
 from typer.main import get_command
 from typer.testing import CliRunner
 
 from model.cli import app
 from model.metrics import mean_average_precision
 
-BITS = 16
-N_ITEMS = 40
-N_QUERY = 8
-RETRIEVAL_ONLY = range(8, 12)  # items whose split is "retrieval" (in the database, not trained on)
-# class -> (label, RGB colour, pattern); the label is the colour word of the text
-CLASSES = [
-    ("red", (220, 30, 30), "square"),
-    ("blue", (30, 60, 220), "stripes"),
-    ("green", (30, 170, 60), "circle"),
-    ("yellow", (235, 205, 30), "checks"),
-]
-ADJECTIVES = ["small", "large", "bright", "plain", "simple"]
-LABEL_NAMES = sorted(c[0] for c in CLASSES)  # the manifest loader sorts label names
+from tests.tiny_data import (
+    CLASSES,
+    LABEL_NAMES,
+    N_ITEMS,
+    N_QUERY,
+    RETRIEVAL_ONLY,
+    item_class,
+    write_manifest,
+)
 
+BITS = 16
 runner = CliRunner()
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
@@ -55,32 +52,6 @@ def assert_clean_exit(result, code: int = 0) -> None:
         assert result.exception is None, result.exception
     else:
         assert isinstance(result.exception, SystemExit), repr(result.exception)
-
-
-def draw_item(cls: int, rng: np.random.Generator) -> Image.Image:
-    """64 x 64 image of class `cls`: its colour in its pattern, jittered, with pixel noise."""
-    _, colour, pattern = CLASSES[cls]
-    img = Image.new("RGB", (64, 64), (245, 245, 245))
-    d = ImageDraw.Draw(img)
-    o = int(rng.integers(0, 8))
-    if pattern == "square":
-        d.rectangle([10 + o, 10 + o, 50 + o // 2, 50 + o // 2], fill=colour)
-    elif pattern == "stripes":
-        for y in range(o % 4, 64, 8):
-            d.rectangle([0, y, 63, y + 3], fill=colour)
-    elif pattern == "circle":
-        d.ellipse([8 + o, 8 + o, 54, 54], fill=colour)
-    else:
-        for y in range(0, 64, 16):
-            for x in range(0, 64, 16):
-                if (x // 16 + y // 16) % 2 == 0:
-                    d.rectangle([x, y, x + 15, y + 15], fill=colour)
-    noisy = np.asarray(img, dtype=np.int16) + rng.integers(-20, 21, (64, 64, 3))
-    return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
-
-
-def item_class(i: int) -> int:
-    return i % len(CLASSES)
 
 
 def expected_labels(rows) -> np.ndarray:
@@ -112,22 +83,7 @@ def clean_env(tmp_path_factory):
 @pytest.fixture(scope="module")
 def manifest(tmp_path_factory) -> Path:
     """40 items, 10 per class; items 0-7 (2 per class) are queries, 8-11 retrieval only."""
-    root = tmp_path_factory.mktemp("dataset")
-    (root / "img").mkdir()
-    rng = np.random.default_rng(0)
-    lines = []
-    for i in range(N_ITEMS):
-        label, _, pattern = CLASSES[item_class(i)]
-        draw_item(item_class(i), rng).save(root / "img" / f"{i:02d}.png")
-        split = "query" if i < N_QUERY else "retrieval" if i in RETRIEVAL_ONLY else "train+retrieval"
-        lines.append(json.dumps({
-            "id": f"item{i:02d}", "image": f"img/{i:02d}.png",
-            "text": f"a {ADJECTIVES[i % len(ADJECTIVES)]} {label} {pattern}",
-            "labels": [label], "split": split,
-        }))
-    path = root / "items.jsonl"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return write_manifest(tmp_path_factory.mktemp("dataset"))
 
 
 def train_args(manifest: Path, out: Path, *extra: str) -> list[str]:

@@ -1,0 +1,117 @@
+"""A gallery: a code store bound to the model that made its codes.
+
+A gallery directory holds ``gallery.json`` (what kind of items, how many bits, which backend,
+the checksum of the model the codes came from) beside the backend's own files (FAISS
+snapshots, or the Milvus connection sidecar). Opening a gallery with a different model is
+refused: codes of two models live in unrelated Hamming spaces, so mixing them would return
+confident nonsense.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from index.faiss_store import Device, FaissCodeStore
+from index.snapshots import write_atomic
+from index.store import CodeStore
+
+GALLERY_FILE = "gallery.json"
+GALLERY_FORMAT = 1
+
+Kind = Literal["image", "text"]
+Backend = Literal["faiss", "milvus"]
+
+
+class GalleryMismatchError(ValueError):
+    """The gallery was built with another model (or code length) than the one offered."""
+
+
+class GalleryInfo(BaseModel):
+    """The ``gallery.json`` sidecar: fixed when the gallery is created."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format_version: int = GALLERY_FORMAT  # layout version of this file
+    kind: Kind  # modality of the items: image or text
+    bits: int = Field(ge=8)  # code length L
+    backend: Backend = "faiss"  # where the codes live
+    model_checksum: str  # checksum of the exported model whose encoder made the codes
+    model_method: str | None = None  # hashing method of that model, for messages
+    created: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))  # UTC
+
+
+class Gallery:
+    """A code store plus its ``gallery.json``; `save` persists the store crash-safely."""
+
+    def __init__(self, path: Path, info: GalleryInfo, store: CodeStore) -> None:
+        self.path = Path(path)
+        self.info = info
+        self.store = store
+
+    @classmethod
+    def create(cls, path: Path, info: GalleryInfo, store: CodeStore | None = None, device: Device = "cpu") -> Gallery:
+        """A new, empty gallery at `path` (refused when one exists there); FAISS by default."""
+        path = Path(path)
+        if (path / GALLERY_FILE).exists():
+            raise FileExistsError(f"{path} already holds a gallery")
+        if store is None:
+            if info.backend != "faiss":
+                raise ValueError(f"a {info.backend} gallery needs its store passed in")
+            store = FaissCodeStore(info.bits, device)
+        if store.bits != info.bits:
+            raise ValueError(f"store has {store.bits} bits, gallery info says {info.bits}")
+        path.mkdir(parents=True, exist_ok=True)
+        gallery = cls(path, info, store)
+        gallery.save()
+        write_atomic(path / GALLERY_FILE, info.model_dump_json(indent=2) + "\n")
+        return gallery
+
+    @classmethod
+    def open(cls, path: Path, *, model_checksum: str | None = None, bits: int | None = None,
+             kind: Kind | None = None, device: Device = "cpu") -> Gallery:
+        """Load the gallery at `path`; with `model_checksum` / `bits` / `kind` given, refuse a
+        gallery built otherwise (GalleryMismatchError naming both sides and the fix)."""
+        path = Path(path)
+        info = read_info(path)
+        check_compatible(path, info, model_checksum=model_checksum, bits=bits, kind=kind)
+        if info.backend == "faiss":
+            store: CodeStore = FaissCodeStore.load(path, device)
+        else:
+            from index.milvus_store import MilvusCodeStore
+
+            store = MilvusCodeStore.load(path)
+        if store.bits != info.bits:
+            raise ValueError(f"{path}: store has {store.bits} bits but {GALLERY_FILE} says {info.bits}")
+        return cls(path, info, store)
+
+    def save(self) -> None:
+        """Persist the store's current contents (crash-safe)."""
+        self.store.save(self.path)
+
+
+def read_info(path: Path) -> GalleryInfo:
+    """The gallery.json of `path`, with a clear error when there is none."""
+    file = Path(path) / GALLERY_FILE
+    if not file.is_file():
+        raise FileNotFoundError(f"{path} is not a gallery (no {GALLERY_FILE}); build one with `cmhash index`")
+    return GalleryInfo.model_validate(json.loads(file.read_text(encoding="utf-8")))
+
+
+def check_compatible(path: Path, info: GalleryInfo, *, model_checksum: str | None = None,
+                     bits: int | None = None, kind: Kind | None = None) -> None:
+    """Raise GalleryMismatchError when the gallery was not built for this model and kind."""
+    if kind is not None and info.kind != kind:
+        raise GalleryMismatchError(f"{path} is a {info.kind} gallery, not a {kind} gallery")
+    if bits is not None and info.bits != bits:
+        raise GalleryMismatchError(f"{path} holds {info.bits}-bit codes but the model makes {bits}-bit codes")
+    if model_checksum is not None and info.model_checksum != model_checksum:
+        raise GalleryMismatchError(
+            f"{path} was built with model {info.model_checksum[:12]} ({info.model_method or 'unknown method'}, "
+            f"{info.bits} bits), not with the loaded model {model_checksum[:12]}; codes of different models "
+            f"are not comparable: rebuild it with `cmhash index --rebuild`"
+        )
