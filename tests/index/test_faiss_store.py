@@ -380,40 +380,58 @@ def test_load_refuses_a_corrupt_snapshot(tmp_path: Path):
 
 
 # --------------------------------------------------------------- concurrency
-def test_concurrent_search_while_adding():
+def test_concurrent_search_while_adding_and_removing():
     bits = 64
     rng = np.random.default_rng(21)
     codes = tie_heavy_codes(rng, 2000, bits)
+    ids = [f"id{i}" for i in range(2000)]
     store = FaissCodeStore(bits)
-    store.add(["seed"], codes[:1])
+    store.add(ids[:1], codes[:1])
     errors: list[BaseException] = []
     done = threading.Event()
 
     def searcher():
         try:
             while not done.is_set():
-                ids, d = store.search(codes[:4], 10)
-                assert all(len(row) == min(10, d.shape[1]) for row in ids)
-                store.range_search(codes[:2], 8)
+                got, d = store.search(codes[:4], 10)
+                for j, (row, dist) in enumerate(zip(got, d)):
+                    assert len(row) == len(set(row)) == d.shape[1]
+                    assert np.all(np.diff(dist) >= 0)
+                    # each returned distance is the true distance of that id's code
+                    truth = hamming_distance_matrix(codes[[j]], codes[[int(x[2:]) for x in row]])[0]
+                    np.testing.assert_array_equal(dist, truth)
+                for row, dist in store.range_search(codes[:2], 8):
+                    assert np.all(dist <= 8)
         except BaseException as e:  # pragma: no cover - reported below
             errors.append(e)
 
     def adder():
         try:
             for s in range(1, 2000, 50):
-                store.add([f"id{i}" for i in range(s, min(2000, s + 50))], codes[s : s + 50])
+                store.add(ids[s : s + 50], codes[s : s + 50])
         except BaseException as e:  # pragma: no cover
             errors.append(e)
         finally:
             done.set()
 
-    threads = [threading.Thread(target=searcher), threading.Thread(target=adder)]
+    def remover():
+        try:
+            while not done.is_set():
+                present = store.ids()
+                store.remove([i for i in present if int(i[2:]) % 3 == 0])
+        except BaseException as e:  # pragma: no cover
+            errors.append(e)
+
+    threads = [threading.Thread(target=f) for f in (searcher, searcher, adder, remover)]
     for t in threads:
         t.start()
     for t in threads:
-        t.join(timeout=30)
+        t.join(timeout=60)
     assert not errors, errors
-    assert len(store) == 2000
+    store.remove([i for i in store.ids() if int(i[2:]) % 3 == 0])
+    keep = [p for p in range(2000) if p % 3]
+    assert store.ids() == [ids[p] for p in keep]
+    assert_knn_matches(store, [ids[p] for p in keep], codes[keep], codes[:8], 25)
 
 
 # ------------------------------------------- adversarial FAISS tie ordering
