@@ -37,6 +37,7 @@ __all__ = ["FaissCodeStore", "padded_bits_for", "gpu_available", "GPU_MAX_K"]
 
 _FAST_WIDTHS = (32, 64, 128, 256, 512)
 GPU_MAX_K = 2048  # GpuIndexBinaryFlat's largest k
+_TIE_MARGIN = 32  # extra neighbours fetched beyond k (at least k more) to see the whole tie group
 INDEX_FILE = "index.faissbin"
 DB_FILE = "metadata.sqlite"
 _FORMAT_VERSION = 2
@@ -295,7 +296,11 @@ class FaissCodeStore:
             kk = min(k, n)
             if nq == 0 or kk == 0:
                 return [[] for _ in range(nq)], np.zeros((nq, kk), dtype=np.int64)
-            fetch = kk + 1 if kk < n else kk
+            # Over-fetch so the group of items tied at the k-th distance is almost always
+            # complete in what FAISS returns (its tie order is unspecified).
+            fetch = min(n, kk + max(kk, _TIE_MARGIN))
+            if self._gpu is not None and kk < GPU_MAX_K:
+                fetch = min(fetch, GPU_MAX_K)
             D, I = self._knn_raw(q, fetch)
             D = np.asarray(D, dtype=np.int64)
             I = np.asarray(I, dtype=np.int64)
@@ -303,15 +308,15 @@ class FaissCodeStore:
             res_i = np.empty((nq, kk), dtype=np.int64)
             straddle: list[int] = []
             for j in range(nq):
-                if fetch > kk and D[j, kk - 1] == D[j, kk]:
-                    # Ties straddle the cut: FAISS may have dropped some equal-distance
-                    # items with smaller internal ids. Resolved below by range search.
+                if fetch < n and D[j, kk - 1] == D[j, fetch - 1]:
+                    # The tie group may extend past what was fetched: FAISS may have dropped
+                    # equal-distance items with smaller internal ids. Resolved by range search.
                     straddle.append(j)
                     continue
-                # The top-kk distance multiset is exact; only tie order needs fixing.
-                order = np.lexsort((I[j, :kk], D[j, :kk]))
-                res_d[j] = D[j, :kk][order]
-                res_i[j] = I[j, :kk][order]
+                # Every item at distance <= D[kk-1] was fetched; order by (distance, iid).
+                order = np.lexsort((I[j], D[j]))[:kk]
+                res_d[j] = D[j][order]
+                res_i[j] = I[j][order]
             # Group straddling queries by radius so each group is one range_search call.
             by_radius: dict[int, list[int]] = {}
             for j in straddle:
