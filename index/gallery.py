@@ -73,9 +73,10 @@ class Gallery:
 
     @classmethod
     def open(cls, path: Path, *, model_checksum: str | None = None, bits: int | None = None,
-             kind: Kind | None = None, device: Device = "cpu") -> Gallery:
+             kind: Kind | None = None, device: Device = "cpu", token: str | None = None) -> Gallery:
         """Load the gallery at `path`; with `model_checksum` / `bits` / `kind` given, refuse a
-        gallery built otherwise (GalleryMismatchError naming both sides and the fix)."""
+        gallery built otherwise (GalleryMismatchError naming both sides and the fix).
+        `device` places a FAISS store's k-NN; `token` authenticates to a Milvus server."""
         path = Path(path)
         info = read_info(path)
         check_compatible(path, info, model_checksum=model_checksum, bits=bits, kind=kind)
@@ -84,7 +85,7 @@ class Gallery:
         else:
             from index.milvus_store import MilvusCodeStore
 
-            store = MilvusCodeStore.load(path)
+            store = MilvusCodeStore.load(path, token=token)
         if store.bits != info.bits:
             raise ValueError(f"{path}: store has {store.bits} bits but {GALLERY_FILE} says {info.bits}")
         return cls(path, info, store)

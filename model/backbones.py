@@ -75,6 +75,14 @@ def build_backbone(name: str) -> EfficientNetLiteBackbone:
     return EfficientNetLiteBackbone(_variant(name))
 
 
+def sentence_embedding(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """sentence-transformers pooling: mean of the token states under the attention mask, L2
+    normalised (B x T x D, B x T -> B x D); shared by the embedder and the exported graph."""
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1e-9)
+    return F.normalize(pooled, p=2, dim=1)
+
+
 class MiniLMTextEmbedder:
     """all-MiniLM-L6-v2 sentence embeddings exactly as sentence-transformers computes them:
     tokens truncated to max_seq_length, mean pooling over the attention mask, L2 normalisation."""
@@ -109,7 +117,5 @@ class MiniLMTextEmbedder:
                 return_tensors="pt",
             ).to(self.device)
             hidden = self.model(**enc).last_hidden_state
-            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1e-9)
-            out[idx] = F.normalize(pooled, p=2, dim=1).cpu().numpy()
+            out[idx] = sentence_embedding(hidden, enc["attention_mask"]).cpu().numpy()
         return out

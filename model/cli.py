@@ -16,8 +16,8 @@ from model.data import DataError
 app = typer.Typer(help="cmhash: cross-modal hashing (text <-> image) with binary codes.", no_args_is_help=True)
 
 
-def _opt(help_text: str, env: str, **kw):
-    return typer.Option(help=help_text, envvar=f"CMHASH_{env}", **kw)
+def _opt(help_text: str, env: str, *decls: str, **kw):
+    return typer.Option(*decls, help=help_text, envvar=f"CMHASH_{env}", **kw)
 
 
 def _parse_hp(items: list[str]) -> dict[str, float]:
@@ -118,6 +118,123 @@ def evaluate(
         _fail(str(exc))
     typer.echo(summary_line(metrics))
     typer.echo(json.dumps({k: {m: metrics[k][m] for m in ("map", "map@50")} for k in ("i2t", "t2i")}))
+
+
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `cmhash train`.")],
+    out: Annotated[Path, _opt("Model directory to write (image.onnx, text.onnx, model.json).", "OUT")],
+    opset: Annotated[Optional[int], _opt("ONNX opset to target (default: the exporter's).", "OPSET")] = None,
+) -> None:
+    """Export a run's image and text encoders to ONNX for serving with ONNX Runtime; the graphs are
+    checked against PyTorch before the model directory is written."""
+    from model.export import ExportError, export_run
+
+    if not (run_dir / "checkpoint.pt").is_file():
+        _fail(f"{run_dir} is not a run directory (no checkpoint.pt)")
+    try:
+        info = export_run(run_dir, out, opset=opset)
+    except (ExportError, ValueError, RuntimeError, OSError) as exc:
+        _fail(str(exc))
+    image, text = info.image, info.text
+    image_desc = (f"pixels 3x{image.preprocess['size']}x{image.preprocess['size']} through {image.backbone}"
+                  if image.kind == "pixels" and image.preprocess else f"{image.dim}-d feature vectors")
+    text_desc = {"bow": f"bag of words over {text.dim} words", "minilm": "MiniLM tokens",
+                 "features": f"{text.dim}-d feature vectors (no vocabulary: raw texts cannot be encoded)"}[text.kind]
+    typer.echo(f"exported {info.method} {info.bits} bits from {run_dir} (ONNX opset {info.opset})")
+    typer.echo(f"image input: {image_desc}")
+    typer.echo(f"text input: {text_desc}")
+    typer.echo(f"checksum: {info.checksum}")
+    typer.echo(f"model written to {out}")
+
+
+
+@app.command()
+def sources(
+    dataset: Annotated[str, _opt("Dataset loader: mirflickr or manifest (image files needed).", "DATASET")],
+    out: Annotated[Path, _opt("Folder to write images.jsonl and texts.jsonl into.", "OUT")],
+    data: Annotated[Optional[Path], _opt("Dataset path (default: ../shared/data/<dataset>).", "DATA")] = None,
+) -> None:
+    """Write a dataset's images and texts as `cmhash index` inputs (JSONL with ids, labels, texts)."""
+    from index.sources import write_dataset_sources
+    from model.data import load_dataset
+
+    try:
+        path = TrainConfig(dataset=dataset, data=data, out=out).data_path()  # type: ignore[arg-type]
+        images, texts = write_dataset_sources(load_dataset(dataset, path), out)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        _fail(str(exc))
+    except (DataError, ValueError, OSError) as exc:
+        _fail(str(exc))
+    typer.echo(f"wrote {images}" + (f" and {texts}" if texts else ""))
+
+
+@app.command("index")
+def index_gallery(
+    model: Annotated[Path, _opt("Exported model directory (written by `cmhash export`).", "MODEL")],
+    out: Annotated[Path, _opt("Gallery directory to create or update.", "OUT")],
+    images: Annotated[Optional[Path], _opt("Image folder, or a JSONL manifest with id and image per line.", "IMAGES")] = None,
+    texts: Annotated[Optional[Path], _opt("Text file: one text per line, or .jsonl with id and text.", "TEXTS")] = None,
+    remove: Annotated[list[str], _opt("Remove this id from the gallery (repeatable).", "REMOVE")] = [],
+    prune: Annotated[bool, _opt("Remove gallery items that are no longer in the input.", "PRUNE")] = False,
+    rebuild: Annotated[bool, _opt("Build a fresh gallery and swap it in when complete.", "REBUILD")] = False,
+    batch_size: Annotated[int, _opt("Items per encoder call.", "BATCH_SIZE", min=1)] = 64,
+    workers: Annotated[int, _opt("Image decoding threads running ahead of the encoder.", "WORKERS", min=0)] = 2,
+    device: Annotated[str, _opt("Encoder device: auto, cpu or cuda.", "DEVICE")] = "auto",
+    threads: Annotated[Optional[int], _opt("ONNX Runtime intra-op threads (default: all cores).", "THREADS")] = None,
+    save_every: Annotated[float, _opt("Seconds between intermediate saves (resume point).", "SAVE_EVERY")] = 60.0,
+    milvus_uri: Annotated[Optional[str], _opt("Keep a new gallery's codes in Milvus: server URI or Milvus Lite file.", "MILVUS_URI")] = None,
+    milvus_collection: Annotated[str, _opt("Milvus collection of a new gallery.", "MILVUS_COLLECTION")] = "cmhash_gallery",
+    milvus_token: Annotated[Optional[str], _opt("Milvus server credentials (user:password or API key).", "MILVUS_TOKEN")] = None,
+    progress: Annotated[bool, _opt("Show progress bars.", "PROGRESS")] = True,
+) -> None:
+    """Encode an image folder / manifest or a text file into a gallery; re-runs add only new items."""
+    from index.commands import MilvusTarget, build_gallery
+
+    if device not in ("auto", "cpu", "cuda"):
+        _fail(f"--device must be auto, cpu or cuda, got {device!r}")
+    milvus = None if milvus_uri is None else MilvusTarget(milvus_uri, milvus_collection, milvus_token)
+    try:
+        report = build_gallery(model, out, images=images, texts=texts, remove=remove, prune=prune,
+                               rebuild=rebuild, batch_size=batch_size, workers=workers, device=device,  # type: ignore[arg-type]
+                               threads=threads, save_every_s=save_every, milvus=milvus, progress=progress)
+    except (DataError, ValueError, RuntimeError, OSError) as exc:
+        _fail(str(exc))
+    typer.echo(report.summary())
+    typer.echo(f"gallery written to {out}")
+
+
+@app.command()
+def search(
+    model: Annotated[Path, _opt("Exported model directory.", "MODEL")],
+    gallery: Annotated[Path, _opt("Gallery directory (written by `cmhash index`).", "GALLERY")],
+    text: Annotated[Optional[str], _opt("Text query.", "TEXT")] = None,
+    image: Annotated[Optional[Path], _opt("Image file query.", "IMAGE")] = None,
+    k: Annotated[int, _opt("Number of results.", "K", "--k", "-k", min=1)] = 10,
+    radius: Annotated[Optional[int], _opt("Hash lookup: every item within this Hamming distance (up to k shown).", "RADIUS", min=0)] = None,
+    device: Annotated[str, _opt("Encoder device: auto, cpu or cuda.", "DEVICE")] = "auto",
+    threads: Annotated[Optional[int], _opt("ONNX Runtime intra-op threads.", "THREADS")] = None,
+    as_json: Annotated[bool, _opt("Print the hits as JSON.", "JSON", "--json")] = False,
+    milvus_token: Annotated[Optional[str], _opt("Milvus server credentials, for a Milvus gallery.", "MILVUS_TOKEN")] = None,
+) -> None:
+    """Print the gallery items nearest to a text or image query (Hamming distance, ties by insertion order)."""
+    from index.commands import search_gallery
+
+    if device not in ("auto", "cpu", "cuda"):
+        _fail(f"--device must be auto, cpu or cuda, got {device!r}")
+    try:
+        hits = search_gallery(model, gallery, text=text, image=image, k=k, radius=radius,
+                              device=device, threads=threads, milvus_token=milvus_token)  # type: ignore[arg-type]
+    except (DataError, ValueError, RuntimeError, OSError) as exc:
+        _fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps([vars(h) for h in hits], ensure_ascii=False, indent=1))
+        return
+    if not hits:
+        typer.echo("no results")
+    for h in hits:
+        shown = h.metadata.get("path") or h.metadata.get("text") or ""
+        typer.echo(f"{h.rank:4d}  {h.distance:4d}  {h.id}  {shown}")
 
 
 if __name__ == "__main__":

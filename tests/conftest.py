@@ -31,3 +31,64 @@ def tiny_run(tiny_manifest, tmp_path_factory) -> Path:
     )
     train_run(cfg, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tiny_run, tmp_path_factory) -> Path:
+    """tiny_run exported once with model.export (image.onnx, text.onnx, model.json)."""
+    from model.export import export_run
+
+    out = tmp_path_factory.mktemp("tiny_models") / "bi_ncmh16"
+    export_run(tiny_run, out)
+    return out
+
+
+def write_wikipedia_miniature(root: Path, n_train: int = 40, n_test: int = 8, seed: int = 0) -> Path:
+    """A Wikipedia-layout dataset (raw_features.mat and the two list files) of 4 classes whose
+    128-d "SIFT" histograms and 10-d "LDA" topics cluster by class: feature vectors only, no
+    vocabulary, like the real one."""
+    import numpy as np
+    import scipy.io
+
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    mats: dict[str, np.ndarray] = {}
+    for part, n, prefix in (("tr", n_train, "t"), ("te", n_test, "q")):
+        classes = np.arange(n) % 4
+        image = rng.random((n, 128)) + 3.0 * (np.arange(128)[None, :] // 32 == classes[:, None])
+        text = rng.random((n, 10)) + 4.0 * (np.arange(10)[None, :] == classes[:, None])
+        tfidf = rng.random((n, 1000))
+        mats[f"I_{part}"] = image / image.sum(axis=1, keepdims=True)
+        mats[f"T_{part}"] = text / text.sum(axis=1, keepdims=True)
+        mats[f"T_tfidf_{part}"] = tfidf / np.linalg.norm(tfidf, axis=1, keepdims=True)
+        name = "trainset_txt_img_cat.list" if part == "tr" else "testset_txt_img_cat.list"
+        (root / name).write_text("".join(f"{prefix}{i}\t{prefix}img{i}\t{c + 1}\n" for i, c in enumerate(classes)))
+    scipy.io.savemat(root / "raw_features.mat", mats)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_features_run(tmp_path_factory) -> Path:
+    """A trained run on feature vectors only (a Wikipedia miniature with LDA text): Bi_NCMH,
+    16 bits, hidden 32, 10 epochs."""
+    from model.config import TrainConfig
+    from model.run import train_run
+
+    data = write_wikipedia_miniature(tmp_path_factory.mktemp("tiny_wikipedia"))
+    out = tmp_path_factory.mktemp("tiny_runs") / "features16"
+    cfg = TrainConfig(
+        dataset="wikipedia", data=data, out=out, method="bi_ncmh", bits=TINY_BITS, epochs=10,
+        hidden=[32], cache_dir=tmp_path_factory.mktemp("tiny_features_cache"), device="cpu",
+    )
+    train_run(cfg, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_features_model_dir(tiny_features_run, tmp_path_factory) -> Path:
+    """tiny_features_run exported once: "features" inputs on both sides."""
+    from model.export import export_run
+
+    out = tmp_path_factory.mktemp("tiny_models") / "features16"
+    export_run(tiny_features_run, out)
+    return out

@@ -1,0 +1,162 @@
+"""The work behind `cmhash index` and `cmhash search`, one documented function each, usable
+from Python without the command line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from index.faiss_store import Device
+from index.gallery import GALLERY_FILE, Gallery, GalleryInfo, Kind, check_compatible, read_info
+from index.pipeline import IndexReport, index_items
+from index.snapshots import CURRENT, write_atomic
+from index.sources import Listing, image_listing, text_listing
+
+REPORT_FILE = "last_index_report.json"
+
+
+def _load_encoder(model_dir: Path, device: Device, threads: int | None) -> Any:
+    from model.runtime import Encoder
+
+    return Encoder.load(model_dir, device=device, threads=threads)
+
+
+def _is_gallery_dir(path: Path) -> bool:
+    return (path / GALLERY_FILE).is_file() or (path / CURRENT).is_file()
+
+
+@dataclass
+class MilvusTarget:
+    """Where a new Milvus-backed gallery keeps its codes."""
+
+    uri: str  # server URI (http://host:19530) or a Milvus Lite file path
+    collection: str  # collection name (created when missing)
+    token: str | None = None  # server credentials, never written to disk
+
+
+def _open_or_create(out: Path, kind: Kind, encoder: Any, milvus: MilvusTarget | None) -> Gallery:
+    """The gallery at `out` (checked against the encoder's model and the kind), or a new one
+    (FAISS, or Milvus when `milvus` is given). A FAISS store runs on the CPU here: indexing
+    only adds, and one-off searches need no GPU mirror."""
+    if (out / GALLERY_FILE).is_file():
+        return Gallery.open(out, model_checksum=encoder.checksum, bits=encoder.bits, kind=kind,
+                            token=milvus.token if milvus else None)
+    if out.exists() and any(out.iterdir()) and not _is_gallery_dir(out):
+        raise FileExistsError(f"{out} exists and is not a gallery: choose an empty or new folder")
+    info = GalleryInfo(kind=kind, bits=encoder.bits, backend="milvus" if milvus else "faiss",
+                       model_checksum=encoder.checksum, model_method=encoder.info.method)
+    if milvus is None:
+        return Gallery.create(out, info)
+    from index.milvus_store import MilvusCodeStore
+
+    return Gallery.create(out, info, MilvusCodeStore(encoder.bits, milvus.uri, milvus.collection, token=milvus.token))
+
+
+def build_gallery(
+    model_dir: Path,
+    out: Path,
+    *,
+    images: Path | None = None,
+    texts: Path | None = None,
+    remove: list[str] | None = None,
+    prune: bool = False,
+    rebuild: bool = False,
+    batch_size: int = 64,
+    workers: int = 2,
+    device: Device = "auto",
+    threads: int | None = None,
+    save_every_s: float = 60.0,
+    milvus: MilvusTarget | None = None,
+    progress: bool = True,
+) -> IndexReport:
+    """Create or update the gallery `out` from an image folder / manifest or a text file,
+    encoded with the exported model `model_dir`.
+
+    Only items not yet in the gallery are encoded. `remove` deletes ids (and leaves them out
+    of this run's additions; a later run without it adds them back while their source is
+    listed); `prune` deletes items whose source is no longer listed; `rebuild` builds a fresh gallery beside the old
+    one and swaps it in only when complete, so an interrupted rebuild loses nothing (FAISS
+    only: a Milvus gallery is rebuilt by dropping its collection). A new gallery keeps its
+    codes in Milvus when `milvus` is given. Writes the report to ``out/last_index_report.json``."""
+    if (images is None) == (texts is None):
+        raise ValueError("give exactly one of images (folder or manifest) or texts (file)")
+    kind: Kind = "image" if images is not None else "text"
+    listing: Listing = image_listing(images) if images is not None else text_listing(texts)  # type: ignore[arg-type]
+    encoder = _load_encoder(model_dir, device, threads)
+    out = Path(out)
+    target = out
+    if rebuild:
+        if milvus is not None or (out / GALLERY_FILE).is_file() and read_info(out).backend == "milvus":
+            raise ValueError("--rebuild works on FAISS galleries; for Milvus, drop the collection and index again")
+        if out.exists() and not _is_gallery_dir(out):
+            raise FileExistsError(f"{out} exists and is not a gallery: refusing to replace it")
+        target = out.with_name(out.name + ".rebuild")
+        shutil.rmtree(target, ignore_errors=True)
+    gallery = _open_or_create(target, kind, encoder, milvus)
+    removed = gallery.store.remove(remove or [])
+    if prune:
+        listed = {item.id for item in listing.items}
+        removed += gallery.store.remove([i for i in gallery.store.ids() if i not in listed])
+    dropped = set(remove or [])
+    items = [item for item in listing.items if item.id not in dropped]
+    report = index_items(gallery, items, encoder, batch_size=batch_size, workers=workers,
+                         save_every_s=save_every_s, progress=progress)
+    report.removed = removed
+    report.skipped = listing.rejected + report.skipped
+    if rebuild:
+        old = out.with_name(out.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        if out.exists():
+            out.rename(old)
+        target.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    write_atomic(out / REPORT_FILE, json.dumps(report.to_json(), indent=1))
+    return report
+
+
+@dataclass
+class Hit:
+    """One search result."""
+
+    rank: int  # 1-based position
+    id: str  # gallery item id
+    distance: int  # Hamming distance to the query code
+    metadata: dict[str, Any]  # what was stored with the item (path, text, labels...)
+
+
+def search_gallery(
+    model_dir: Path,
+    gallery_dir: Path,
+    *,
+    text: str | None = None,
+    image: Path | None = None,
+    k: int = 10,
+    radius: int | None = None,
+    device: Device = "auto",
+    threads: int | None = None,
+    milvus_token: str | None = None,
+) -> list[Hit]:
+    """Encode one text or image query with `model_dir` and return the nearest items of the
+    gallery (or, with `radius`, every item within that Hamming distance, inclusive), ordered
+    by (distance, insertion order). Refuses a gallery built with another model."""
+    if (text is None) == (image is None):
+        raise ValueError("give exactly one query: a text or an image")
+    encoder = _load_encoder(model_dir, device, threads)
+    check_compatible(gallery_dir, read_info(gallery_dir), model_checksum=encoder.checksum, bits=encoder.bits)
+    gallery = Gallery.open(gallery_dir, token=milvus_token)
+    code = encoder.encode_texts([text]) if text is not None else encoder.encode_images([Path(image)])  # type: ignore[list-item]
+    if radius is not None:
+        ids, dists = gallery.store.range_search(code, radius)[0]
+        ids, dists = ids[:k] if k else ids, dists[:k] if k else dists
+    else:
+        found, d = gallery.store.search(code, k)
+        ids, dists = found[0], d[0]
+    hits = []
+    for rank, (item_id, dist) in enumerate(zip(ids, dists), start=1):
+        item = gallery.store.get(item_id)
+        hits.append(Hit(rank, item_id, int(dist), item["metadata"] if item else {}))
+    return hits
+

@@ -1,0 +1,210 @@
+"""`cmhash index` and `cmhash search` end to end with a real exported model (the tiny Bi_NCMH
+run through ONNX Runtime): reports, incremental runs, rebuild, remove/prune, the model
+mismatch refusal, and search results checked against a brute-force scan of the encoder's codes."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from index.codes import hamming_distance_matrix
+from index.commands import build_gallery, search_gallery
+from index.gallery import Gallery, GalleryMismatchError
+from model.cli import app
+from model.runtime import Encoder
+from tests.tiny_data import CLASSES, draw_item, item_text
+
+runner = CliRunner()
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def invoke(*args: object):
+    return runner.invoke(app, [str(a) for a in args], env={"COLUMNS": "240"})
+
+
+@pytest.fixture(autouse=True)
+def no_cmhash_env(monkeypatch):
+    for name in list(os.environ):
+        if name.startswith("CMHASH_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture(scope="module")
+def encoder(tiny_model_dir) -> Encoder:
+    return Encoder.load(tiny_model_dir, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    """16 drawn images, a truncated JPEG and a text file."""
+    root = tmp_path_factory.mktemp("gallery_images")
+    rng = np.random.default_rng(5)
+    for i in range(16):
+        draw_item(i % 4, rng, size=96).save(root / f"g{i:02d}.jpg", quality=92)
+    buf = io.BytesIO()
+    Image.new("RGB", (80, 80), (200, 30, 30)).save(buf, "JPEG")
+    (root / "broken.jpg").write_bytes(buf.getvalue()[:300])
+    (root / "notes.txt").write_text("this is not an image")
+    return root
+
+
+def stored_codes(gallery_dir: Path) -> tuple[list[str], np.ndarray]:
+    store = Gallery.open(gallery_dir).store
+    ids = store.ids()
+    return ids, np.stack([store.get(i)["code"] for i in ids])
+
+
+def test_index_folder_then_search_matches_brute_force(tiny_model_dir, encoder, folder, tmp_path):
+    report = build_gallery(tiny_model_dir, tmp_path / "g", images=folder, batch_size=5, workers=2, progress=False)
+    assert (report.added, report.gallery_size) == (16, 16)
+    assert {Path(e).name for e, _ in report.skipped} == {"broken.jpg", "notes.txt"}
+    saved = json.loads((tmp_path / "g" / "last_index_report.json").read_text())
+    assert saved["added"] == 16 and len(saved["skipped"]) == 2
+
+    ids, codes = stored_codes(tmp_path / "g")
+    files = sorted(folder.glob("g*.jpg"))
+    assert ids == [f.stem for f in files]
+    np.testing.assert_array_equal(codes, encoder.encode_images(files))  # pipeline = direct encoding
+
+    for text in ("a small red square", "a bright blue stripes"):
+        hits = search_gallery(tiny_model_dir, tmp_path / "g", text=text, k=6)
+        q = encoder.encode_texts([text])
+        dist = hamming_distance_matrix(q, codes)[0]
+        expected = sorted(range(len(ids)), key=lambda p: (dist[p], p))[:6]
+        assert [h.id for h in hits] == [ids[p] for p in expected]
+        assert [h.distance for h in hits] == [int(dist[p]) for p in expected]
+        assert hits[0].metadata["path"] == str((folder / f"{hits[0].id}.jpg").resolve())
+    radius = int(np.median(dist))
+    within = search_gallery(tiny_model_dir, tmp_path / "g", text="a bright blue stripes", k=100, radius=radius)
+    assert [h.id for h in within] == [ids[p] for p in sorted(range(len(ids)), key=lambda p: (dist[p], p)) if dist[p] <= radius]
+
+
+def test_rerun_adds_only_new_and_remove_prune_rebuild(tiny_model_dir, folder, tmp_path):
+    src = tmp_path / "imgs"
+    shutil.copytree(folder, src)
+    g = tmp_path / "g"
+    assert build_gallery(tiny_model_dir, g, images=src, progress=False).added == 16
+    again = build_gallery(tiny_model_dir, g, images=src, progress=False)
+    assert (again.added, again.already_present) == (0, 16)
+    (src / "g00.jpg").unlink()
+    draw_item(1, np.random.default_rng(9), size=96).save(src / "new.jpg")
+    update = build_gallery(tiny_model_dir, g, images=src, prune=True, remove=["g01"], progress=False)
+    assert (update.added, update.removed, update.gallery_size) == (1, 2, 15)
+    ids, codes = stored_codes(g)
+    assert "g00" not in ids and "g01" not in ids and ids[-1] == "new"
+    rebuilt = build_gallery(tiny_model_dir, g, images=src, rebuild=True, progress=False)
+    assert rebuilt.added == 16 and not (tmp_path / "g.rebuild").exists() and not (tmp_path / "g.old").exists()
+    ids2, codes2 = stored_codes(g)
+    assert ids2 == sorted(ids2) and set(ids2) == set(ids) | {"g01"}
+
+
+def test_text_gallery_and_image_query(tiny_model_dir, encoder, folder, tmp_path):
+    texts = tmp_path / "texts.jsonl"
+    rows = [{"id": f"c{i}", "text": item_text(i), "labels": [CLASSES[i % 4][0]]} for i in range(12)]
+    texts.write_text("\n".join(json.dumps(r) for r in rows))
+    report = build_gallery(tiny_model_dir, tmp_path / "t", texts=texts, progress=False)
+    assert report.added == 12
+    hits = search_gallery(tiny_model_dir, tmp_path / "t", image=folder / "g02.jpg", k=12)
+    q = encoder.encode_images([folder / "g02.jpg"])
+    dist = hamming_distance_matrix(q, encoder.encode_texts([r["text"] for r in rows]))[0]
+    assert [h.id for h in hits] == [f"c{p}" for p in sorted(range(12), key=lambda p: (dist[p], p))]
+    assert hits[0].metadata["labels"] == rows[int(hits[0].id[1:])]["labels"]
+
+
+@pytest.fixture(scope="module")
+def other_model_dir(tiny_run, tmp_path_factory) -> Path:
+    """The tiny run with one weight changed, exported: another model of the same shape."""
+    import torch
+
+    from model.export import export_run
+
+    run = tmp_path_factory.mktemp("other_run") / "run"
+    shutil.copytree(tiny_run, run)
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=False)
+    key = next(k for k in ckpt["state_dict"] if k.startswith("text_head.mlp") and k.endswith("bias"))
+    ckpt["state_dict"][key] = ckpt["state_dict"][key] + 0.1
+    torch.save(ckpt, run / "checkpoint.pt")
+    out = tmp_path_factory.mktemp("other_model") / "m"
+    export_run(run, out)
+    return out
+
+
+def test_gallery_of_another_model_is_refused(tiny_model_dir, other_model_dir, folder, tmp_path):
+    build_gallery(tiny_model_dir, tmp_path / "g", images=folder, progress=False)
+    assert Encoder.load(other_model_dir).checksum != Encoder.load(tiny_model_dir).checksum
+    with pytest.raises(GalleryMismatchError, match="rebuild"):
+        search_gallery(other_model_dir, tmp_path / "g", text="red")
+    with pytest.raises(GalleryMismatchError):
+        build_gallery(other_model_dir, tmp_path / "g", images=folder, progress=False)
+    result = invoke("index", "--model", other_model_dir, "--images", folder, "--out", tmp_path / "g")
+    assert result.exit_code == 2 and "was built with model" in ANSI.sub("", result.output)
+    assert len(Gallery.open(tmp_path / "g").store) == 16  # untouched
+    rebuilt = build_gallery(other_model_dir, tmp_path / "g", images=folder, rebuild=True, progress=False)
+    assert rebuilt.added == 16 and search_gallery(other_model_dir, tmp_path / "g", text="red")
+
+
+def test_cli_index_and_search(tiny_model_dir, folder, tmp_path):
+    result = invoke("index", "--model", tiny_model_dir, "--images", folder, "--out", tmp_path / "g", "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert "added 16 items" in result.output and "2 skipped" in result.output
+    assert "broken.jpg: not a decodable image" in result.output and "notes.txt" in result.output
+
+    result = invoke("search", "--model", tiny_model_dir, "--gallery", tmp_path / "g", "--text", "a red square", "-k", "3")
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 3 and lines[0].split()[0] == "1"
+    result = invoke("search", "--model", tiny_model_dir, "--gallery", tmp_path / "g", "--text", "a red square", "--json")
+    hits = json.loads(result.output)
+    assert len(hits) == 10 and [h["rank"] for h in hits] == list(range(1, 11))
+    assert hits[0]["id"] == lines[0].split()[2]
+
+
+def test_cli_errors_are_clean(tiny_model_dir, folder, tmp_path):
+    cases = [
+        ("index", "--model", tiny_model_dir, "--out", tmp_path / "g"),  # neither --images nor --texts
+        ("index", "--model", tmp_path / "nope", "--images", folder, "--out", tmp_path / "g2"),
+        ("index", "--model", tiny_model_dir, "--images", tmp_path / "missing", "--out", tmp_path / "g3"),
+        ("search", "--model", tiny_model_dir, "--gallery", tmp_path / "not-a-gallery", "--text", "x"),
+        ("search", "--model", tiny_model_dir, "--gallery", tmp_path, "--text", "x", "--image", folder / "g00.jpg"),
+        ("search", "--model", tiny_model_dir, "--gallery", tmp_path, "--image", folder / "broken.jpg"),
+    ]
+    for args in cases:
+        result = invoke(*args)
+        assert result.exit_code == 2, (args, result.output)
+        assert isinstance(result.exception, SystemExit)
+        assert "error:" in ANSI.sub("", result.output)
+
+
+def test_index_help_names_env_vars():
+    result = invoke("index", "--help")
+    text = ANSI.sub("", result.output)
+    for flag in ("--model", "--images", "--texts", "--out", "--remove", "--prune", "--rebuild", "--workers"):
+        assert flag in text
+        assert "CMHASH_" + flag[2:].upper().replace("-", "_") in text
+
+
+def test_milvus_gallery_gives_the_faiss_gallery_results(tiny_model_dir, folder, tmp_path):
+    pytest.importorskip("milvus_lite")
+    from index.commands import MilvusTarget
+
+    build_gallery(tiny_model_dir, tmp_path / "faiss", images=folder, progress=False)
+    target = MilvusTarget(str(tmp_path / "milvus.db"), "tiny_images")
+    report = build_gallery(tiny_model_dir, tmp_path / "milvus", images=folder, milvus=target, progress=False)
+    assert report.added == 16 and Gallery.open(tmp_path / "milvus").info.backend == "milvus"
+    again = build_gallery(tiny_model_dir, tmp_path / "milvus", images=folder, progress=False)
+    assert (again.added, again.already_present) == (0, 16)
+    for text in ("a red square", "yellow checks"):
+        a = search_gallery(tiny_model_dir, tmp_path / "faiss", text=text, k=7)
+        b = search_gallery(tiny_model_dir, tmp_path / "milvus", text=text, k=7)
+        assert [(h.id, h.distance, h.metadata) for h in a] == [(h.id, h.distance, h.metadata) for h in b]
+    with pytest.raises(ValueError, match="rebuild"):
+        build_gallery(tiny_model_dir, tmp_path / "milvus", images=folder, rebuild=True, progress=False)
