@@ -234,7 +234,8 @@ def search(
         typer.echo("no results")
     for h in hits:
         shown = h.metadata.get("path") or h.metadata.get("text") or ""
-        typer.echo(f"{h.rank:4d}  {h.distance:4d}  {h.id}  {shown}")
+        labels = h.metadata.get("labels")
+        typer.echo(f"{h.rank:4d}  {h.distance:4d}  {h.id}  {shown}" + (f"  {labels}" if labels else ""))
 
 
 if __name__ == "__main__":
