@@ -238,5 +238,41 @@ def search(
         typer.echo(f"{h.rank:4d}  {h.distance:4d}  {h.id}  {shown}" + (f"  {labels}" if labels else ""))
 
 
+
+@app.command()
+def serve(
+    model: Annotated[Path, _opt("Exported model directory (written by `cmhash export`).", "MODEL_DIR", "--model")],
+    image_gallery: Annotated[Optional[Path], _opt("Image gallery directory (created empty when missing).", "IMAGE_GALLERY")] = None,
+    text_gallery: Annotated[Optional[Path], _opt("Text gallery directory (created empty when missing).", "TEXT_GALLERY")] = None,
+    host: Annotated[str, _opt("Interface to bind (0.0.0.0 for every interface).", "HOST")] = "127.0.0.1",
+    port: Annotated[int, _opt("TCP port.", "PORT", min=0, max=65535)] = 8000,
+    workers: Annotated[int, _opt("Worker processes; more than 1 only without galleries (each would hold its own copy).", "WORKERS", min=1)] = 1,
+    device: Annotated[str, _opt("Encoder and k-NN device: auto, cpu or cuda.", "DEVICE")] = "auto",
+    threads: Annotated[Optional[int], _opt("ONNX Runtime intra-op threads (default: all cores).", "THREADS", min=1)] = None,
+    api_key: Annotated[Optional[str], _opt("Require this key (X-API-Key or Bearer) on gallery writes.", "API_KEY")] = None,
+) -> None:
+    """Serve the HTTP API (OpenAPI docs at /docs) and the search page; other limits are read
+    from CMHASH_* variables (see service/settings.py)."""
+    import os
+
+    import uvicorn
+
+    from service.settings import Settings
+
+    values = {"MODEL_DIR": model, "IMAGE_GALLERY": image_gallery, "TEXT_GALLERY": text_gallery, "HOST": host,
+              "PORT": port, "WORKERS": workers, "DEVICE": device, "THREADS": threads, "API_KEY": api_key}
+    for name, value in values.items():
+        if value is not None:
+            os.environ[f"CMHASH_{name}"] = str(value)  # the app factory (in every worker) reads them
+    try:
+        Settings()  # type: ignore[call-arg]
+    except ValidationError as exc:
+        _fail(str(exc))
+    if workers > 1 and (image_gallery or text_gallery):
+        _fail("--workers > 1 would give each worker its own copy of the galleries (writes would diverge); "
+              "use 1 worker: searches are batched and run in threads")
+    typer.echo(f"cmhash serving on http://{host}:{port} (API docs at http://{host}:{port}/docs)")
+    uvicorn.run("service.app:create_app", factory=True, host=host, port=port, workers=workers)
+
 if __name__ == "__main__":
     app()

@@ -1,0 +1,191 @@
+"""Durable single-item changes to a gallery: an append-only journal beside its snapshots.
+
+A full `Gallery.save` costs time proportional to the gallery, so a service cannot afford one
+per upload. Instead each add or remove is appended to ``journal.jsonl`` (one JSON line per
+item, fsync'd before the change is acknowledged) and the journal is replayed on open. Every
+`compact_every` operations (and on close) the gallery is saved and the journal truncated.
+
+A crash during compaction is safe: before saving, ``journal.compacting`` records the snapshot
+that was current and the last journal sequence number. On open, if ``CURRENT`` has moved on
+since, the save completed and the records up to that number are already in the snapshot, so
+they are skipped; otherwise every record is replayed. Replay is idempotent (an add replaces
+an item of the same id, a remove of an absent id does nothing), so a store that persists by
+itself (Milvus) converges to the journaled state too. A torn last line (a crash while
+appending, so never acknowledged) is dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from index.gallery import Gallery
+from index.snapshots import CURRENT, fsync_path, write_atomic
+
+JOURNAL_FILE = "journal.jsonl"
+MARKER_FILE = "journal.compacting"
+
+
+class JournalError(ValueError):
+    """A journal line in the middle of the file is unreadable: the file was damaged."""
+
+
+def _current_snapshot(path: Path) -> str | None:
+    pointer = path / CURRENT
+    return pointer.read_text(encoding="utf-8").strip() if pointer.is_file() else None
+
+
+def _parse(data: bytes, file: Path) -> tuple[list[dict[str, Any]], int]:
+    """The records in `data` and the length of the prefix they occupy (a torn last line, one
+    without its newline, is left out of both)."""
+    records = []
+    good = 0
+    lines = data.split(b"\n")
+    for number, line in enumerate(lines, start=1):
+        if number == len(lines):  # the text after the last newline: empty, or a write cut short
+            break
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                raise JournalError(f"{file}:{number} is not a journal record: the journal is damaged") from None
+        good += len(line) + 1
+    return records, good
+
+
+def read_journal(path: Path) -> list[dict[str, Any]]:
+    """The records of ``path/journal.jsonl`` in order (a torn last line left out)."""
+    file = Path(path) / JOURNAL_FILE
+    return _parse(file.read_bytes(), file)[0] if file.is_file() else []
+
+
+class JournaledGallery:
+    """A `Gallery` whose adds and removes are durable when they return (see module doc).
+
+    Writes are serialised by a lock; searches may go straight to `gallery.store`, which is
+    thread-safe, and see every acknowledged change."""
+
+    def __init__(self, gallery: Gallery, compact_every: int = 1000) -> None:
+        if compact_every < 1:
+            raise ValueError(f"compact_every must be positive, got {compact_every}")
+        self.gallery = gallery
+        self.compact_every = compact_every
+        self._lock = threading.Lock()
+        self._seq = 0
+        self._pending = 0
+        self._replay()
+        self._file = open(self.path / JOURNAL_FILE, "ab")
+
+    @property
+    def path(self) -> Path:
+        """The gallery directory."""
+        return self.gallery.path
+
+    @property
+    def pending(self) -> int:
+        """Journal records not yet folded into a snapshot."""
+        return self._pending
+
+    def _replay(self) -> None:
+        file = self.path / JOURNAL_FILE
+        data = file.read_bytes() if file.is_file() else b""
+        records, good = _parse(data, file)
+        if good < len(data):  # drop a torn last line, so the next append starts a fresh line
+            with open(file, "r+b") as f:
+                f.truncate(good)
+                os.fsync(f.fileno())
+        skip_through = 0
+        marker = self.path / MARKER_FILE
+        if marker.is_file():
+            state = json.loads(marker.read_text(encoding="utf-8"))
+            self._seq = int(state["seq"])  # new records must number past the marker's
+            if _current_snapshot(self.path) != state["before"]:
+                skip_through = self._seq
+        store = self.gallery.store
+        for record in records:
+            self._seq = max(self._seq, int(record["seq"]))
+            if record["seq"] <= skip_through:
+                continue
+            if record["op"] == "add":
+                code = np.frombuffer(bytes.fromhex(record["code"]), dtype=np.uint8)[None, :]
+                store.remove([record["id"]])  # replay is an upsert, so re-applying a record is harmless
+                store.add([record["id"]], code, [record["metadata"]])
+            else:
+                store.remove([record["id"]])
+            self._pending += 1
+
+    def _append(self, records: list[dict[str, Any]]) -> None:
+        data = b"".join(json.dumps(r, ensure_ascii=False).encode("utf-8") + b"\n" for r in records)
+        self._file.write(data)
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def add(self, ids: Sequence[str], codes: np.ndarray, metadata: Sequence[dict[str, Any] | None] | None = None) -> None:
+        """Add items (all or none; a duplicate id raises ValueError); durable on return."""
+        ids = list(ids)
+        metas = list(metadata) if metadata is not None else [None] * len(ids)
+        with self._lock:
+            self.gallery.store.add(ids, codes, metas)
+            stored = [self.gallery.store.get(i) for i in ids]
+            records = []
+            for item in stored:
+                self._seq += 1
+                records.append({"seq": self._seq, "op": "add", "id": item["id"],  # type: ignore[index]
+                                "code": bytes(item["code"]).hex(), "metadata": item["metadata"]})  # type: ignore[index]
+            try:
+                self._append(records)
+            except BaseException:
+                self.gallery.store.remove(ids)
+                raise
+            self._after_write(len(records))
+
+    def remove(self, ids: Iterable[str]) -> list[str]:
+        """Remove the given ids that are present; returns those removed, durable on return."""
+        with self._lock:
+            present = [i for i in dict.fromkeys(ids) if i in self.gallery.store]
+            if not present:
+                return []
+            records = []
+            for item_id in present:
+                self._seq += 1
+                records.append({"seq": self._seq, "op": "remove", "id": item_id})
+            self._append(records)
+            self.gallery.store.remove(present)
+            self._after_write(len(records))
+            return present
+
+    def _after_write(self, n: int) -> None:
+        self._pending += n
+        if self._pending >= self.compact_every:
+            self._compact()
+
+    def compact(self) -> None:
+        """Save the gallery and empty the journal."""
+        with self._lock:
+            self._compact()
+
+    def _compact(self) -> None:
+        marker = self.path / MARKER_FILE
+        write_atomic(marker, json.dumps({"before": _current_snapshot(self.path), "seq": self._seq}))
+        self.gallery.save()
+        self._file.truncate(0)
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        marker.unlink()
+        fsync_path(self.path)
+        self._pending = 0
+
+    def close(self) -> None:
+        """Compact when anything is pending, then close the journal file."""
+        with self._lock:
+            if self._file.closed:
+                return
+            if self._pending:
+                self._compact()
+            self._file.close()

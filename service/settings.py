@@ -1,0 +1,47 @@
+"""Service settings, read from CMHASH_* environment variables (or passed to `create_app`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+STATIC_DIR = Path(__file__).parent / "static"
+
+
+class Settings(BaseSettings):
+    """Everything `create_app` needs; each field is also the env var CMHASH_<FIELD>."""
+
+    model_config = SettingsConfigDict(env_prefix="CMHASH_", extra="ignore")
+
+    model_dir: Path  # exported model directory (`cmhash export`)
+    image_gallery: Path | None = None  # image gallery directory (created empty if missing); None: no image search
+    text_gallery: Path | None = None  # text gallery directory (created empty if missing); None: no text search
+    upload_dir: Path | None = None  # where uploaded gallery images are stored (default: <image_gallery>/uploads)
+    host: str = "127.0.0.1"  # interface `cmhash serve` binds
+    port: int = Field(8000, ge=0, le=65535)  # TCP port `cmhash serve` binds
+    workers: int = Field(1, ge=1)  # uvicorn worker processes (each loads the model; galleries need 1 writer)
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # where the encoder and the FAISS k-NN run
+    threads: int | None = Field(None, ge=1)  # ONNX Runtime intra-op threads (None: its default)
+    api_key: str | None = None  # required on writes (X-API-Key or Bearer) when set; None or "": open
+    milvus_token: str | None = None  # credentials of the Milvus server behind a Milvus-backed gallery
+    protect_reads: bool = False  # also require the API key on searches, encoding and gallery reads
+    max_upload_bytes: int = Field(10 * 2**20, ge=1)  # largest request body (an upload, a JSON body)
+    max_text_chars: int = Field(2000, ge=1)  # longest query or gallery text
+    max_image_pixels: int = Field(40_000_000, ge=1)  # largest width x height of an image (decompression bombs)
+    max_k: int = Field(1000, ge=1)  # largest page size k
+    max_offset: int = Field(100_000, ge=0)  # largest pagination offset
+    max_items: int = Field(256, ge=1)  # most items per gallery add request
+    batch_window_ms: float = Field(2.0, ge=0)  # how long a search waits for others to share its batch
+    max_batch: int = Field(32, ge=1)  # most queries in one encoder call / store search
+    compact_every: int = Field(1000, ge=1)  # journaled gallery changes between full saves
+    static_dir: Path | None = STATIC_DIR  # the search page (index.html at /, files at /static); None: no page
+
+    @field_validator("image_gallery", "text_gallery", "upload_dir", "threads", "api_key", "milvus_token",
+                     "static_dir", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        """An empty variable (e.g. `CMHASH_API_KEY=` in a compose file) means unset."""
+        return None if value == "" else value
