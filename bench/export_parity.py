@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from flags import env
 import numpy as np
 import torch
 
@@ -44,11 +45,6 @@ from model.train import load_checkpoint
 DEFAULT_OUT = Path(__file__).resolve().parent / "out"
 
 
-def _env(flag: str, default: str | None) -> str | None:
-    """The value of CMHASH_BENCH_<FLAG> when set, else `default`."""
-    return os.environ.get(f"CMHASH_BENCH_{flag.upper().replace('-', '_')}", default)
-
-
 def _optional_path(text: str | None) -> Path | None:
     return Path(text) if text else None
 
@@ -59,17 +55,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Parity and speed of an exported model (ONNX Runtime) against its PyTorch run.",
         epilog="Every flag can be set by the environment variable CMHASH_BENCH_<FLAG> (e.g. CMHASH_BENCH_RUN).",
     )
-    p.add_argument("--run", type=_optional_path, default=_env("run", None),
+    p.add_argument("--run", type=_optional_path, default=env("run", None),
                    help="run directory (cmhash train); exported to --model (default OUT/export_parity_model)")
-    p.add_argument("--model", type=_optional_path, default=_env("model", None),
+    p.add_argument("--model", type=_optional_path, default=env("model", None),
                    help="model directory (cmhash export); without --run it is used as it is")
-    p.add_argument("--items", type=int, default=_env("items", "64"), help="dataset items compared")
-    p.add_argument("--batch-size", type=int, default=_env("batch-size", "32"), help="items per forward pass")
-    p.add_argument("--repeats", type=int, default=_env("repeats", "3"), help="timed passes (median kept)")
-    p.add_argument("--threads", type=int, default=_env("threads", None), help="torch and ONNX Runtime threads")
-    p.add_argument("--margin", type=float, default=_env("margin", "1e-3"),
+    p.add_argument("--items", type=int, default=env("items", "64"), help="dataset items compared")
+    p.add_argument("--batch-size", type=int, default=env("batch-size", "32"), help="items per forward pass")
+    p.add_argument("--repeats", type=int, default=env("repeats", "3"), help="timed passes (median kept)")
+    p.add_argument("--threads", type=int, default=env("threads", None), help="torch and ONNX Runtime threads")
+    p.add_argument("--margin", type=float, default=env("margin", "1e-3"),
                    help="a flipped bit is 'within margin' when |h_torch| <= margin x max |h_torch|")
-    p.add_argument("--out", type=Path, default=_env("out", str(DEFAULT_OUT)), help="output folder")
+    p.add_argument("--out", type=Path, default=env("out", str(DEFAULT_OUT)), help="output folder")
     args = p.parse_args(argv)
     if args.run is None and args.model is None:
         p.error("give --run RUN_DIR (to export) or --model MODEL_DIR (already exported)")

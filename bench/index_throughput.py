@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from flags import env
 
 from index.commands import build_gallery
 from index.sources import image_listing
@@ -35,22 +36,18 @@ from model.config import REPO_ROOT, shared_data_root
 from model.runtime import Encoder
 
 
-def _env(name: str, default: str | None) -> str | None:
-    return os.environ.get(f"CMHASH_BENCH_{name.upper()}", default)
-
-
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", type=Path, default=_env("model", None), required=_env("model", None) is None,
+    p.add_argument("--model", type=Path, default=env("model", None), required=env("model", None) is None,
                    help="exported model directory (cmhash export) [CMHASH_BENCH_MODEL]")
-    p.add_argument("--images", type=Path, default=Path(_env("images", str(shared_data_root() / "mirflickr25k" / "images"))),
+    p.add_argument("--images", type=Path, default=Path(env("images", str(shared_data_root() / "mirflickr25k" / "images"))),
                    help="image folder [CMHASH_BENCH_IMAGES]; default: the MIRFLICKR sample")
-    p.add_argument("--limit", type=int, default=int(_env("limit", "0")), help="use the first N images (0: all) [CMHASH_BENCH_LIMIT]")
-    p.add_argument("--batch-size", type=int, default=int(_env("batch_size", "32")), help="images per encoder call [CMHASH_BENCH_BATCH_SIZE]")
-    p.add_argument("--workers", type=int, default=int(_env("workers", "2")), help="decoding threads of the pipeline [CMHASH_BENCH_WORKERS]")
-    p.add_argument("--threads", type=int, default=int(_env("threads", "0")) or None, help="ONNX Runtime threads (default: all cores) [CMHASH_BENCH_THREADS]")
-    p.add_argument("--repeats", type=int, default=int(_env("repeats", "2")), help="repetitions per stage, best kept [CMHASH_BENCH_REPEATS]")
-    p.add_argument("--out", type=Path, default=Path(_env("out", str(REPO_ROOT / "bench" / "out"))), help="output folder [CMHASH_BENCH_OUT]")
+    p.add_argument("--limit", type=int, default=int(env("limit", "0")), help="use the first N images (0: all) [CMHASH_BENCH_LIMIT]")
+    p.add_argument("--batch-size", type=int, default=int(env("batch_size", "32")), help="images per encoder call [CMHASH_BENCH_BATCH_SIZE]")
+    p.add_argument("--workers", type=int, default=int(env("workers", "2")), help="decoding threads of the pipeline [CMHASH_BENCH_WORKERS]")
+    p.add_argument("--threads", type=int, default=int(env("threads", "0")) or None, help="ONNX Runtime threads (default: all cores) [CMHASH_BENCH_THREADS]")
+    p.add_argument("--repeats", type=int, default=int(env("repeats", "2")), help="repetitions per stage, best kept [CMHASH_BENCH_REPEATS]")
+    p.add_argument("--out", type=Path, default=Path(env("out", str(REPO_ROOT / "bench" / "out"))), help="output folder [CMHASH_BENCH_OUT]")
     return p.parse_args()
 
 

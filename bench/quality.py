@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from flags import boolean, env, proc_field
 import matplotlib
 
 matplotlib.use("Agg")
@@ -83,11 +84,6 @@ class Job:
 # Command line
 
 
-def _env(flag: str, default: str | None) -> str | None:
-    """The value of CMHASH_BENCH_<FLAG> when set, else `default`."""
-    return os.environ.get(f"CMHASH_BENCH_{flag.upper().replace('-', '_')}", default)
-
-
 def _choices(allowed: tuple[str, ...]):
     """An argparse type: a comma list whose items must be in `allowed`."""
 
@@ -112,14 +108,6 @@ def _ints(text: str) -> list[int]:
     return list(dict.fromkeys(items))
 
 
-def _flag(text: str) -> bool:
-    """An environment value of a boolean flag: 1/true/yes/on or 0/false/no/off/''."""
-    value = text.strip().lower()
-    if value not in {"1", "true", "yes", "on", "0", "false", "no", "off", ""}:
-        raise argparse.ArgumentTypeError(f"expected a boolean; got {text!r}")
-    return value in {"1", "true", "yes", "on"}
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Flags, each defaulting to its CMHASH_BENCH_<FLAG> environment variable when set."""
     p = argparse.ArgumentParser(
@@ -129,23 +117,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "start with '_' are comments.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--datasets", type=_choices(tuple(DATASETS)), default=_env("datasets", ",".join(DATASETS)),
+    p.add_argument("--datasets", type=_choices(tuple(DATASETS)), default=env("datasets", ",".join(DATASETS)),
                    help="comma list of benchmark datasets")
-    p.add_argument("--methods", type=_choices(METHODS), default=_env("methods", ",".join(METHODS)),
+    p.add_argument("--methods", type=_choices(METHODS), default=env("methods", ",".join(METHODS)),
                    help="comma list of methods")
-    p.add_argument("--bits", type=_ints, default=_env("bits", "16,32,64,128"), help="comma list of code lengths")
-    p.add_argument("--seeds", type=_ints, default=_env("seeds", "0,1,2"),
+    p.add_argument("--bits", type=_ints, default=env("bits", "16,32,64,128"), help="comma list of code lengths")
+    p.add_argument("--seeds", type=_ints, default=env("seeds", "0,1,2"),
                    help="comma list of seeds; the first is the fixed seed of the tables and plots")
-    p.add_argument("--epochs", type=int, default=_env("epochs", None),
+    p.add_argument("--epochs", type=int, default=env("epochs", None),
                    help="override the epochs of every deep method (smoke tests only)")
-    p.add_argument("--settings", type=Path, default=_env("settings", str(DEFAULT_SETTINGS)),
+    p.add_argument("--settings", type=Path, default=env("settings", str(DEFAULT_SETTINGS)),
                    help="JSON {dataset-key: {method: {TrainConfig fields}}}")
-    p.add_argument("--out", type=Path, default=_env("out", str(DEFAULT_OUT)), help="output folder")
-    p.add_argument("--keep-runs", action="store_true", default=_flag(_env("keep-runs", "") or ""),
+    p.add_argument("--out", type=Path, default=env("out", str(DEFAULT_OUT)), help="output folder")
+    p.add_argument("--keep-runs", action="store_true", default=boolean(env("keep-runs", "") or ""),
                    help="also write every run directory under OUT/runs/<dataset>/<method>-<bits>-s<seed>")
-    p.add_argument("--threads", type=int, default=_env("threads", None),
+    p.add_argument("--threads", type=int, default=env("threads", None),
                    help="torch CPU threads; None: every CPU this process may use")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=_env("device", "auto"), help="torch device")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=env("device", "auto"), help="torch device")
     args = p.parse_args(argv)
     if args.epochs is not None and args.epochs < 1:
         p.error("--epochs must be >= 1")
@@ -296,18 +284,9 @@ def progress_line(record: dict) -> str:
 
 def command_line() -> str:
     """The command as typed, with the CMHASH_* variables that were set in front."""
-    env = [f"{k}={shlex.quote(v)}" for k, v in sorted(os.environ.items()) if k.startswith("CMHASH_")]
+    variables = [f"{k}={shlex.quote(v)}" for k, v in sorted(os.environ.items()) if k.startswith("CMHASH_")]
     python = os.path.relpath(sys.executable) if sys.executable.startswith(os.getcwd()) else sys.executable
-    return " ".join([*env, shlex.join([python, *sys.argv])])
-
-
-def _proc_field(path: str, field: str) -> str | None:
-    """The value of the first `field: value` line of a /proc file, or None."""
-    try:
-        match = re.search(rf"^{field}\s*:\s*(.+)$", Path(path).read_text(), re.MULTILINE)
-    except OSError:
-        return None
-    return match.group(1).strip() if match else None
+    return " ".join([*variables, shlex.join([python, *sys.argv])])
 
 
 def usable_cpus() -> int:
@@ -317,11 +296,11 @@ def usable_cpus() -> int:
 
 def machine_info(threads: int, device: torch.device) -> dict:
     """CPU, memory, library versions and the device of the benchmark."""
-    mem_kb = _proc_field("/proc/meminfo", "MemTotal")
+    mem_kb = proc_field("/proc/meminfo", "MemTotal")
     return {
         "nproc": usable_cpus(),
         "cpu_count": os.cpu_count(),
-        "cpu_model": _proc_field("/proc/cpuinfo", "model name") or platform.processor() or "unknown",
+        "cpu_model": proc_field("/proc/cpuinfo", "model name") or platform.processor() or "unknown",
         "memory_gib": round(int(mem_kb.split()[0]) / 2**20, 1) if mem_kb else None,
         "platform": platform.platform(),
         "python": platform.python_version(),

@@ -24,7 +24,6 @@ import datetime
 import json
 import os
 import platform
-import re
 import shlex
 import sys
 import time
@@ -32,6 +31,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from flags import boolean, env, proc_field
 import faiss
 import numpy as np
 
@@ -47,11 +47,6 @@ BANDWIDTH_REPEATS = 5
 
 # ---------------------------------------------------------------------------------------------
 # Command line
-
-
-def _env(flag: str, default: str | None) -> str | None:
-    """The value of CMHASH_BENCH_<FLAG> when set, else `default`."""
-    return os.environ.get(f"CMHASH_BENCH_{flag.upper().replace('-', '_')}", default)
 
 
 def _ints(text: str) -> list[int]:
@@ -84,14 +79,6 @@ def _positive(text: str) -> int:
     return value
 
 
-def _flag(text: str) -> bool:
-    """An environment value of a boolean flag: 1/true/yes/on or 0/false/no/off/''."""
-    value = text.strip().lower()
-    if value not in {"1", "true", "yes", "on", "0", "false", "no", "off", ""}:
-        raise argparse.ArgumentTypeError(f"expected a boolean; got {text!r}")
-    return value in {"1", "true", "yes", "on"}
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Flags, each defaulting to its CMHASH_BENCH_<FLAG> environment variable when set."""
     p = argparse.ArgumentParser(
@@ -102,31 +89,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         + " unless given on the command line or in the environment.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--sizes", type=_ints, default=_env("sizes", "1000000,10000000"),
+    p.add_argument("--sizes", type=_ints, default=env("sizes", "1000000,10000000"),
                    help="comma list of gallery sizes N")
-    p.add_argument("--bits", type=_ints, default=_env("bits", "64"),
+    p.add_argument("--bits", type=_ints, default=env("bits", "64"),
                    help="comma list of code lengths L (multiples of 8)")
-    p.add_argument("--threads", type=_ints, default=_env("threads", "1,2"),
+    p.add_argument("--threads", type=_ints, default=env("threads", "1,2"),
                    help="comma list of FAISS OpenMP thread counts")
-    p.add_argument("--methods", type=_methods, default=_env("methods", ",".join(METHODS)),
+    p.add_argument("--methods", type=_methods, default=env("methods", ",".join(METHODS)),
                    help="comma list of methods: faiss (IndexBinaryFlat), store (FaissCodeStore), numpy")
-    p.add_argument("--queries", type=_positive, default=_env("queries", "100"),
+    p.add_argument("--queries", type=_positive, default=env("queries", "100"),
                    help="timed single-query calls (nq=1) per configuration")
-    p.add_argument("--batch", type=_positive, default=_env("batch", "64"), help="queries per batched call")
-    p.add_argument("--batch-calls", type=_positive, default=_env("batch-calls", "10"),
+    p.add_argument("--batch", type=_positive, default=env("batch", "64"), help="queries per batched call")
+    p.add_argument("--batch-calls", type=_positive, default=env("batch-calls", "10"),
                    help="timed batched calls per configuration")
-    p.add_argument("--k", type=_positive, default=_env("k", "10"), help="neighbours per query")
-    p.add_argument("--warmup", type=int, default=_env("warmup", "3"), help="untimed calls before each timing")
-    p.add_argument("--seed", type=int, default=_env("seed", "0"), help="seed of the random codes")
-    p.add_argument("--bandwidth-mib", type=_positive, default=_env("bandwidth-mib", "1024"),
+    p.add_argument("--k", type=_positive, default=env("k", "10"), help="neighbours per query")
+    p.add_argument("--warmup", type=int, default=env("warmup", "3"), help="untimed calls before each timing")
+    p.add_argument("--seed", type=int, default=env("seed", "0"), help="seed of the random codes")
+    p.add_argument("--bandwidth-mib", type=_positive, default=env("bandwidth-mib", "1024"),
                    help="array size of the memory bandwidth measurement (MiB; many times the LLC)")
-    p.add_argument("--out", type=Path, default=_env("out", str(DEFAULT_OUT)),
+    p.add_argument("--out", type=Path, default=env("out", str(DEFAULT_OUT)),
                    help="output folder of search_scale.json")
-    p.add_argument("--quick", action="store_true", default=_flag(_env("quick", "") or ""),
+    p.add_argument("--quick", action="store_true", default=boolean(env("quick", "") or ""),
                    help="smoke run: small gallery, few repetitions")
     quick = p.parse_known_args(argv)[0].quick
     if quick:
-        p.set_defaults(**{k: v for k, v in QUICK.items() if _env(k, None) is None})
+        p.set_defaults(**{k: v for k, v in QUICK.items() if env(k, None) is None})
     args = p.parse_args(argv)
     bad = [b for b in args.bits if b % 8]
     if bad:
@@ -140,15 +127,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 # ---------------------------------------------------------------------------------------------
 # Machine
-
-
-def _proc_field(path: str, field: str) -> str | None:
-    """The value of the first `field: value` line of a /proc file, or None."""
-    try:
-        match = re.search(rf"^{field}\s*:\s*(.+)$", Path(path).read_text(), re.MULTILINE)
-    except OSError:
-        return None
-    return match.group(1).strip() if match else None
 
 
 def _cache_sizes() -> dict[str, str]:
@@ -170,9 +148,9 @@ def usable_cpus() -> int:
 
 def machine_info() -> dict:
     """CPU, caches, memory and library versions."""
-    mem_kb = _proc_field("/proc/meminfo", "MemTotal")
+    mem_kb = proc_field("/proc/meminfo", "MemTotal")
     return {
-        "cpu_model": _proc_field("/proc/cpuinfo", "model name") or platform.processor() or "unknown",
+        "cpu_model": proc_field("/proc/cpuinfo", "model name") or platform.processor() or "unknown",
         "nproc": usable_cpus(),
         "cpu_count": os.cpu_count(),
         "caches": _cache_sizes(),

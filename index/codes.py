@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["pack_codes", "unpack_codes", "hamming_distance_matrix"]
+__all__ = ["pack_codes", "unpack_codes", "hamming_distance_matrix", "check_packed"]
 
 
 def pack_codes(codes: np.ndarray) -> np.ndarray:
@@ -70,3 +70,19 @@ def hamming_distance_matrix(a_packed: np.ndarray, b_packed: np.ndarray) -> np.nd
     bb = np.unpackbits(b, axis=1).astype(np.int32)
     # d = |a| + |b| - 2 <a, b>
     return (ab.sum(1)[:, None] + bb.sum(1)[None, :] - 2 * (ab @ bb.T)).astype(np.int64)
+
+
+def check_packed(codes: np.ndarray, bits: int, what: str = "codes") -> np.ndarray:
+    """`codes` as an ``n x bits/8`` uint8 array (one code of ``bits/8`` bytes becomes a row);
+    ValueError naming `what` for any other shape or dtype."""
+    code_bytes = bits // 8
+    arr = np.asarray(codes)
+    if arr.ndim == 1 and arr.shape[0] == code_bytes:
+        arr = arr[None, :]
+    if arr.ndim != 2:
+        raise ValueError(f"{what} must be 2-D (n x {code_bytes}), got shape {arr.shape}")
+    if arr.dtype != np.uint8:
+        raise ValueError(f"{what} must be packed uint8, got dtype {arr.dtype}")
+    if arr.shape[1] != code_bytes:
+        raise ValueError(f"{what} must have {code_bytes} bytes per code ({bits} bits), got {arr.shape[1]}")
+    return arr

@@ -30,6 +30,7 @@ from typing import Any, Literal
 import faiss
 import numpy as np
 
+from index.codes import check_packed
 from index.snapshots import read_current, write_snapshot
 from index.store import RangeResult, SearchResult
 
@@ -138,19 +139,7 @@ class FaissCodeStore:
 
     # ------------------------------------------------------------------ helpers
     def _check_codes(self, codes: np.ndarray, what: str = "codes") -> np.ndarray:
-        arr = np.asarray(codes)
-        if arr.ndim == 1 and arr.shape[0] == self.code_bytes:
-            arr = arr[None, :]
-        if arr.ndim != 2:
-            raise ValueError(f"{what} must be 2-D (n x {self.code_bytes}), got shape {arr.shape}")
-        if arr.dtype != np.uint8:
-            raise ValueError(f"{what} must be packed uint8, got dtype {arr.dtype}")
-        if arr.shape[1] != self.code_bytes:
-            raise ValueError(
-                f"{what} must have {self.code_bytes} bytes per code ({self.bits} bits), "
-                f"got {arr.shape[1]}"
-            )
-        return arr
+        return check_packed(codes, self.bits, what)
 
     def _pad(self, arr: np.ndarray) -> np.ndarray:
         if self.padded_bytes == self.code_bytes:

@@ -47,6 +47,8 @@ from uuid import uuid4
 
 import numpy as np
 
+from index.codes import check_packed
+
 try:
     from pymilvus import DataType, MilvusClient
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
@@ -271,18 +273,7 @@ class MilvusCodeStore:
 
     # ------------------------------------------------------------- validation
     def _check_codes(self, codes: np.ndarray, what: str = "codes") -> np.ndarray:
-        arr = np.asarray(codes)
-        if arr.ndim == 1 and arr.shape[0] == self.code_bytes:
-            arr = arr[None, :]
-        if arr.ndim != 2:
-            raise ValueError(f"{what} must be 2-D (n x {self.code_bytes}), got shape {arr.shape}")
-        if arr.dtype != np.uint8:
-            raise ValueError(f"{what} must be packed uint8, got dtype {arr.dtype}")
-        if arr.shape[1] != self.code_bytes:
-            raise ValueError(
-                f"{what} must have {self.code_bytes} bytes per code ({self.bits} bits), got {arr.shape[1]}"
-            )
-        return arr
+        return check_packed(codes, self.bits, what)
 
     def _queries(self, codes: np.ndarray) -> list[bytes]:
         return [row.tobytes() for row in self._check_codes(codes, "query codes")]
