@@ -81,6 +81,7 @@ class JournaledGallery:
         self._pending = 0
         self._replay()
         self._file = open(self.path / JOURNAL_FILE, "ab")
+        fsync_path(self.path)  # a new journal's directory entry is durable before any write is acknowledged
 
     @property
     def path(self) -> Path:

@@ -11,6 +11,7 @@ import hashlib
 import json
 import mimetypes
 import os
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +40,26 @@ def upload_dir(state: ServiceState) -> Path:
     return s.upload_dir or s.image_gallery / "uploads"
 
 
+def _check_unicode(value: str, what: str) -> None:
+    """400 for a string that is not storable text (a lone surrogate has no UTF-8 form)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise bad_request(f"{what} is not valid Unicode text (it contains a lone surrogate)") from None
+
+
+def _check_metadata(metas: list[dict[str, Any]]) -> None:
+    """400 for metadata that cannot be stored as JSON text (NaN, lone surrogates, deep nesting)."""
+    for meta in metas:
+        try:
+            json.dumps(meta, ensure_ascii=False, allow_nan=False).encode("utf-8")
+        except (ValueError, UnicodeEncodeError, RecursionError) as exc:
+            raise bad_request(f"metadata cannot be stored as JSON: {type(exc).__name__}") from None
+
+
 def _check_ids(ids: list[str], journaled: JournaledGallery) -> None:
     for item_id in ids:
+        _check_unicode(item_id, "an id")
         if not item_id or len(item_id) > MAX_ID_CHARS or any(ord(c) < 32 for c in item_id) or item_id != item_id.strip():
             raise bad_request(f"id {item_id!r} must be 1-{MAX_ID_CHARS} printable characters without surrounding spaces")
     seen: set[str] = set()
@@ -63,6 +82,8 @@ def _parse_metadata(raw: list[str] | None, n: int) -> list[dict[str, Any]]:
             value = json.loads(text) if text.strip() else {}
         except json.JSONDecodeError as exc:
             raise bad_request(f"metadata must be a JSON object: {exc.msg}") from None
+        except RecursionError:
+            raise bad_request("metadata is nested too deeply") from None
         if not isinstance(value, dict):
             raise bad_request("metadata must be a JSON object")
         out.append(value)
@@ -70,8 +91,10 @@ def _parse_metadata(raw: list[str] | None, n: int) -> list[dict[str, Any]]:
 
 
 def _write_file(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    if not path.parent.is_dir():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fsync_path(path.parent.parent)
+    tmp = path.with_name(path.name + ".tmp")  # the final name is unique per request, so is this
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
@@ -104,6 +127,7 @@ async def add_images(
     item_ids = ids if ids is not None else [Path(f.filename or "").stem for f in files]
     _check_ids(item_ids, journaled)
     metas = _parse_metadata(metadata, len(files))
+    _check_metadata(metas)
     blobs, arrays, suffixes = [], [], []
     for file in files:
         data, fmt = await image_bytes(state, file)
@@ -112,7 +136,10 @@ async def add_images(
         suffixes.append(SUFFIXES.get(fmt, ".img"))
     codes = await asyncio.to_thread(state.encode, "image", arrays)
     folder = upload_dir(state)
-    paths = [folder / (hashlib.sha256(i.encode("utf-8")).hexdigest()[:32] + s) for i, s in zip(item_ids, suffixes)]
+    # One file name per upload request (id hash + random part): concurrent uploads of one id,
+    # or an upload racing a delete, never write, rename or clean up each other's files.
+    paths = [folder / f"{hashlib.sha256(i.encode('utf-8')).hexdigest()[:24]}-{uuid.uuid4().hex[:12]}{s}"
+             for i, s in zip(item_ids, suffixes)]
     for path, data in zip(paths, blobs):
         await asyncio.to_thread(_write_file, path, data)
     stored = [{**m, "path": str(p), "filename": f.filename or ""} for m, p, f in zip(metas, paths, files)]
@@ -132,10 +159,13 @@ async def add_texts(body: TextItems, state: ServiceState = Depends(get_state)) -
     if len(body.items) > state.settings.max_items:
         raise bad_request(f"at most {state.settings.max_items} items per request, got {len(body.items)}")
     texts = [text_query(state, item.text) for item in body.items]
+    for text in texts:
+        _check_unicode(text, "a text")
     item_ids = [item.id if item.id is not None else text_id(item.text) for item in body.items]
     _check_ids(item_ids, journaled)
-    codes = await asyncio.to_thread(state.encode, "text", texts)
     metas = [{**(item.metadata or {}), "text": item.text} for item in body.items]
+    _check_metadata(metas)
+    codes = await asyncio.to_thread(state.encode, "text", texts)
     count = await asyncio.to_thread(_add, journaled, item_ids, codes, metas)
     return Added(ids=item_ids, count=count)
 

@@ -1,0 +1,309 @@
+"""Load test of `cmhash serve`: a bounded run of concurrent clients against a real server
+process on 127.0.0.1, over fresh copies of the galleries (the originals stay untouched).
+
+    .venv/bin/python bench/load.py                       # 60 s, 16 clients, runs/demo/model
+    .venv/bin/python bench/load.py --duration 20 --clients 8
+
+Each client draws requests from a mix of text-to-image and image-to-text searches, text adds
+and deletes of its own acknowledged adds, and records what was acknowledged. At the end:
+  - status counts per route (any 5xx or connection error fails the run), p50 / p95 latency;
+  - the final text gallery checked against the clients' records: every item exactly once in a
+    full radius search, every acknowledged add present, every acknowledged delete gone, and the
+    count equal to the initial items plus the live adds (nothing lost, nothing duplicated);
+  - the server's RSS (VmRSS, sampled every second): first, last and max.
+
+Every flag can also be set by an environment variable CMHASH_BENCH_<FLAG>. Writes
+bench/out/load.json; exits 1 when a check fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+from flags import env, proc_field
+
+ROOT = Path(__file__).resolve().parents[1]
+HOST = "127.0.0.1"
+ROUTES = ("text-to-image", "image-to-text", "add-text", "delete-text")
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", type=Path, default=Path(env("model", str(ROOT / "runs/demo/model"))),
+                   help="exported model directory [CMHASH_BENCH_MODEL]")
+    p.add_argument("--image-gallery", type=Path, default=Path(env("image_gallery", str(ROOT / "runs/demo/gallery-images"))),
+                   help="image gallery, copied before the run [CMHASH_BENCH_IMAGE_GALLERY]")
+    p.add_argument("--text-gallery", type=Path, default=Path(env("text_gallery", str(ROOT / "runs/demo/gallery-texts"))),
+                   help="text gallery, copied before the run [CMHASH_BENCH_TEXT_GALLERY]")
+    p.add_argument("--queries", type=Path, default=Path(env("queries", str(ROOT / "runs/demo/sources/images.jsonl"))),
+                   help="JSONL with 'image' paths and 'text' fields: the query images and texts [CMHASH_BENCH_QUERIES]")
+    p.add_argument("--duration", type=float, default=float(env("duration", "60")), help="seconds of load [CMHASH_BENCH_DURATION]")
+    p.add_argument("--clients", type=int, default=int(env("clients", "16")), help="concurrent clients [CMHASH_BENCH_CLIENTS]")
+    p.add_argument("--max-requests", type=int, default=int(env("max_requests", "20000")),
+                   help="most requests per client [CMHASH_BENCH_MAX_REQUESTS]")
+    p.add_argument("--mix", default=env("mix", "text-to-image=4,image-to-text=2,add-text=2,delete-text=1"),
+                   help="relative weights of the request kinds [CMHASH_BENCH_MIX]")
+    p.add_argument("--device", default=env("device", "auto"), help="server device: auto, cpu or cuda [CMHASH_BENCH_DEVICE]")
+    p.add_argument("--threads", type=int, default=int(env("threads", "0")) or None,
+                   help="server ONNX Runtime threads (default: all cores) [CMHASH_BENCH_THREADS]")
+    p.add_argument("--seed", type=int, default=int(env("seed", "0")), help="random seed of the clients [CMHASH_BENCH_SEED]")
+    p.add_argument("--out", type=Path, default=Path(env("out", str(ROOT / "bench" / "out"))), help="output folder [CMHASH_BENCH_OUT]")
+    args = p.parse_args()
+    try:
+        args.mix = {name: float(w) for name, w in (part.split("=") for part in args.mix.split(","))}
+    except ValueError:
+        p.error(f"--mix must look like text-to-image=4,add-text=1; got {args.mix!r}")
+    if set(args.mix) - set(ROUTES) or sum(args.mix.values()) <= 0:
+        p.error(f"--mix names must be among {', '.join(ROUTES)} with a positive total")
+    return args
+
+
+@dataclass
+class Record:
+    """One client's view: latencies and statuses per route, and what it saw acknowledged."""
+
+    latency: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    status: dict[str, dict[str, int]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(int)))
+    added: set[str] = field(default_factory=set)
+    deleted: set[str] = field(default_factory=set)
+    errors: list[str] = field(default_factory=list)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def start_server(args: argparse.Namespace, images: Path, texts: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """`cmhash serve` on a free port of 127.0.0.1, once /readyz answers 200."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "model.cli", "serve", "--model", str(args.model), "--image-gallery", str(images),
+           "--text-gallery", str(texts), "--host", HOST, "--port", str(port), "--device", args.device]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("CMHASH_")}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=environ, stdout=out, stderr=subprocess.STDOUT)
+    base = f"http://{HOST}:{port}"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"the server exited with {proc.returncode}:\n{log.read_text()}")
+        try:
+            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                return proc, base
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    proc.kill()
+    raise SystemExit(f"the server did not become ready in 180 s:\n{log.read_text()}")
+
+
+def sample_rss(pid: int, stop: threading.Event, samples: list[float]) -> None:
+    """Append the process's VmRSS in MiB every second until `stop`."""
+    while not stop.is_set():
+        value = proc_field(f"/proc/{pid}/status", "VmRSS")  # "123456 kB"
+        if value is not None:
+            samples.append(int(value.split()[0]) / 1024)
+        stop.wait(1.0)
+
+
+def client(cid: int, base: str, args: argparse.Namespace, images: list[bytes], texts: list[str],
+           deadline: float, rec: Record) -> None:
+    """Send requests from the mix until the deadline or --max-requests."""
+    rng = random.Random(args.seed * 1000 + cid)
+    kinds, weights = list(args.mix), list(args.mix.values())
+    live: list[str] = []  # this client's acknowledged, not yet deleted adds
+    with httpx.Client(base_url=base, timeout=60) as http:
+        for n in range(args.max_requests):
+            if time.monotonic() >= deadline:
+                return
+            kind = rng.choices(kinds, weights)[0]
+            if kind == "delete-text" and not live:
+                kind = "add-text"
+            item_id = f"load-c{cid:02d}-{n:05d}"
+            started = time.perf_counter()
+            try:
+                if kind == "text-to-image":
+                    r = http.post("/search/text-to-image", json={"text": rng.choice(texts), "k": 10})
+                elif kind == "image-to-text":
+                    r = http.post("/search/image-to-text", files={"file": ("q.jpg", rng.choice(images), "image/jpeg")},
+                                  data={"k": "10"})
+                elif kind == "add-text":
+                    r = http.post("/gallery/texts", json={"items": [{"id": item_id, "text": f"{rng.choice(texts)} {n}"}]})
+                else:
+                    item_id = live.pop(rng.randrange(len(live)))
+                    r = http.delete(f"/gallery/texts/{item_id}")
+            except httpx.TransportError as exc:
+                rec.errors.append(f"{kind} {item_id}: {type(exc).__name__}: {exc}")
+                rec.status[kind]["error"] += 1
+                continue
+            rec.latency[kind].append(time.perf_counter() - started)
+            rec.status[kind][f"{r.status_code // 100}xx"] += 1
+            expected = {"add-text": 201}.get(kind, 200)
+            if r.status_code != expected:
+                rec.errors.append(f"{kind} {item_id}: {r.status_code} {r.text[:200]}")
+            elif kind == "add-text":
+                rec.added.add(item_id)
+                live.append(item_id)
+            elif kind == "delete-text":
+                rec.deleted.add(item_id)
+            elif len(r.json()["results"]) != 10:
+                rec.errors.append(f"{kind}: {len(r.json()['results'])} results, not 10")
+
+
+def all_text_ids(http: httpx.Client) -> list[str]:
+    """Every text gallery id, from a radius search as wide as the code, page by page."""
+    bits = int(http.get("/gallery/texts").json()["bits"])
+    ids: list[str] = []
+    while True:
+        r = http.post("/search/text-to-text", json={"text": "x", "k": 1000, "radius": bits, "offset": len(ids)})
+        r.raise_for_status()
+        page = [h["id"] for h in r.json()["results"]]
+        ids += page
+        if not page or len(ids) >= r.json()["total"]:
+            return ids
+
+
+def check_gallery(http: httpx.Client, initial: list[str], recs: list[Record]) -> list[str]:
+    """Problems of the final text gallery against the clients' records (empty: none)."""
+    added = set().union(*(r.added for r in recs))
+    deleted = set().union(*(r.deleted for r in recs))
+    expected = (set(initial) | added) - deleted
+    final = all_text_ids(http)
+    problems = []
+    if len(final) != len(set(final)):
+        problems.append(f"{len(final) - len(set(final))} duplicated ids in the gallery")
+    if missing := expected - set(final):
+        problems.append(f"{len(missing)} acknowledged items missing, e.g. {sorted(missing)[:5]}")
+    if extra := set(final) - expected:
+        problems.append(f"{len(extra)} unexpected items, e.g. {sorted(extra)[:5]}")
+    count = http.get("/gallery/texts").json()["count"]
+    if count != len(expected):
+        problems.append(f"gallery count {count}, expected {len(expected)} (initial {len(initial)} + "
+                        f"{len(added)} added - {len(deleted)} deleted)")
+    for item_id in sorted(added - deleted)[:200]:
+        if http.get(f"/gallery/texts/{item_id}").status_code != 200:
+            problems.append(f"acknowledged add {item_id} not readable")
+    for item_id in sorted(deleted)[:200]:
+        if http.get(f"/gallery/texts/{item_id}").status_code != 404:
+            problems.append(f"acknowledged delete {item_id} still readable")
+    return problems
+
+
+def load_queries(path: Path, limit: int = 32) -> tuple[list[bytes], list[str]]:
+    """Up to `limit` query image files (bytes) and every query text of the JSONL at `path`."""
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    texts = [r["text"] for r in rows if r.get("text")]
+    images = [Path(r["image"]).read_bytes() for r in rows if r.get("image") and Path(r["image"]).is_file()][:limit]
+    if not images or not texts:
+        raise SystemExit(f"{path} names no readable images or no texts (pass --queries)")
+    return images, texts
+
+
+def summarize(recs: list[Record], wall: float) -> dict[str, dict[str, Any]]:
+    """Per route: statuses, requests/s, p50 and p95 latency in ms."""
+    routes: dict[str, dict[str, Any]] = {}
+    for kind in ROUTES:
+        lat = [x for r in recs for x in r.latency.get(kind, [])]
+        status: dict[str, int] = defaultdict(int)
+        for r in recs:
+            for code, n in r.status.get(kind, {}).items():
+                status[code] += n
+        if lat or status:
+            routes[kind] = {"requests": sum(status.values()), "status": dict(status), "per_s": sum(status.values()) / wall,
+                            "p50_ms": float(np.percentile(lat, 50)) * 1000 if lat else None,
+                            "p95_ms": float(np.percentile(lat, 95)) * 1000 if lat else None}
+    return routes
+
+
+def main() -> None:
+    args = parse_args()
+    images, texts = load_queries(args.queries)
+    args.out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="cmhash-load-") as tmp:
+        image_gallery, text_gallery = Path(tmp) / "images", Path(tmp) / "texts"
+        shutil.copytree(args.image_gallery, image_gallery)
+        shutil.copytree(args.text_gallery, text_gallery)
+        proc, base = start_server(args, image_gallery, text_gallery, Path(tmp) / "server.log")
+        rss: list[float] = []
+        stop = threading.Event()
+        sampler = threading.Thread(target=sample_rss, args=(proc.pid, stop, rss), daemon=True)
+        try:
+            with httpx.Client(base_url=base, timeout=60) as http:
+                initial = all_text_ids(http)
+                sampler.start()
+                recs = [Record() for _ in range(args.clients)]
+                started = time.monotonic()
+                threads = [threading.Thread(target=client, args=(i, base, args, images, texts, started + args.duration, rec))
+                           for i, rec in enumerate(recs)]
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join()
+                wall = time.monotonic() - started
+                stop.set()
+                sampler.join()
+                problems = check_gallery(http, initial, recs)
+        finally:
+            stop.set()
+            proc.send_signal(signal.SIGINT)
+            try:
+                exit_code = proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                exit_code = proc.wait()
+        if exit_code != 0:
+            problems.append(f"the server exited with {exit_code} on SIGINT")
+
+    routes = summarize(recs, wall)
+    errors = [e for r in recs for e in r.errors]
+    n5xx = sum(r["status"].get("5xx", 0) for r in routes.values())
+    if n5xx or errors:
+        problems.append(f"{n5xx} responses 5xx, {len(errors)} failed requests, e.g. {errors[:3]}")
+    result = {
+        "machine": {"cpu": proc_field("/proc/cpuinfo", "model name"), "cores": os.cpu_count()},
+        "model": str(args.model), "duration_s": args.duration, "wall_s": wall, "clients": args.clients, "mix": args.mix,
+        "routes": routes, "responses_5xx": n5xx, "errors": errors[:50],
+        "gallery": {"initial": len(initial), "added": sum(len(r.added) for r in recs),
+                    "deleted": sum(len(r.deleted) for r in recs)},
+        "rss_mib": {"first": rss[0], "last": rss[-1], "max": max(rss), "samples": rss} if rss else None,
+        "problems": problems,
+    }
+    print(f"{args.clients} clients, {wall:.1f} s, {result['machine']['cpu']} ({result['machine']['cores']} cores)")
+    print(f"{'route':<15}{'requests':>9}{'req/s':>8}{'2xx':>7}{'4xx':>6}{'5xx':>6}{'error':>6}{'p50 ms':>9}{'p95 ms':>9}")
+    for kind, r in routes.items():
+        s = r["status"]
+        print(f"{kind:<15}{r['requests']:>9}{r['per_s']:>8.1f}{s.get('2xx', 0):>7}{s.get('4xx', 0):>6}{s.get('5xx', 0):>6}"
+              f"{s.get('error', 0):>6}{r['p50_ms'] or 0:>9.1f}{r['p95_ms'] or 0:>9.1f}")
+    g = result["gallery"]
+    print(f"text gallery: {g['initial']} initial + {g['added']} added - {g['deleted']} deleted, checked against the "
+          f"clients' records: {'ok' if not problems else 'FAILED'}")
+    if rss:
+        print(f"server RSS MiB: first {rss[0]:.0f}, last {rss[-1]:.0f}, max {max(rss):.0f} ({len(rss)} samples)")
+    for problem in problems:
+        print(f"PROBLEM: {problem}")
+    (args.out / "load.json").write_text(json.dumps(result, indent=1))
+    sys.exit(1 if problems else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,286 @@
+"""Crash safety of acknowledged gallery writes: `cmhash serve` is killed with SIGKILL while
+clients add and delete items (and, with a small CMHASH_COMPACT_EVERY, while it compacts), then
+restarted on the same directories. Every write the clients saw acknowledged must survive, no
+item may appear twice, and a write that got no answer may or may not have happened."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from index.journal import MARKER_FILE
+from model.runtime import Encoder
+from tests.service.conftest import N_IMAGES, N_TEXTS, png_bytes
+from tests.service.test_uvicorn import ROOT, free_port
+
+INITIAL = {"image": {f"i{i:02d}" for i in range(N_IMAGES)}, "text": {f"t{i:02d}" for i in range(N_TEXTS)}}
+ROUTE = {"image": "/gallery/images", "text": "/gallery/texts"}
+
+
+@dataclass
+class Ledger:
+    """What the clients saw for one gallery: acknowledged adds (id -> text, '' for images),
+    acknowledged deletes, ids whose write got no answer (the server died under it), and
+    unexpected answers."""
+
+    added: dict[str, str] = field(default_factory=dict)
+    deleted: set[str] = field(default_factory=set)
+    unsure: set[str] = field(default_factory=set)
+    failures: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+@dataclass
+class Server:
+    """A `cmhash serve` process over one image and one text gallery."""
+
+    model: Path
+    images: Path
+    texts: Path
+    log: Path
+    env: dict[str, str]
+    proc: subprocess.Popen[bytes] | None = None
+    base: str = ""
+
+    def start(self) -> None:
+        """Start on a free port and wait for /readyz (fails fast if the process exits)."""
+        port = free_port()
+        self.base = f"http://127.0.0.1:{port}"
+        cmd = [sys.executable, "-m", "model.cli", "serve", "--model", str(self.model), "--image-gallery",
+               str(self.images), "--text-gallery", str(self.texts), "--port", str(port), "--device", "cpu",
+               "--threads", "1"]
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"server exited with {self.proc.returncode}:\n{self.log.read_text()}"
+            try:
+                r = httpx.get(f"{self.base}/readyz", timeout=2)
+                assert r.json()["status"] != "failed", r.text
+                if r.status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"{self.base} did not become ready:\n{self.log.read_text()}")
+
+    def kill(self) -> None:
+        """SIGKILL: no lifespan shutdown, no final compaction."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> int:
+        """SIGINT (a clean shutdown); returns the exit status."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        return self.proc.returncode
+
+
+@pytest.fixture
+def server(tiny_model_dir: Path, gallery_templates: Path, tmp_path: Path) -> Iterator[Callable[..., Server]]:
+    """Make a (not yet started) server over fresh gallery copies; killed after the test if still up."""
+    made: list[Server] = []
+
+    def make(**env: str) -> Server:
+        shutil.copytree(gallery_templates / "images", tmp_path / "images")
+        shutil.copytree(gallery_templates / "texts", tmp_path / "texts")
+        base_env = {k: v for k, v in os.environ.items() if not k.startswith("CMHASH_")}
+        srv = Server(tiny_model_dir, tmp_path / "images", tmp_path / "texts", tmp_path / "server.log",
+                     {**base_env, **{f"CMHASH_{k.upper()}": v for k, v in env.items()}})
+        made.append(srv)
+        return srv
+
+    yield make
+    for srv in made:
+        if srv.proc is not None and srv.proc.poll() is None:
+            srv.proc.kill()
+            srv.proc.wait(10)
+
+
+def _add(http: httpx.Client, kind: str, item_id: str, n: int) -> httpx.Response:
+    if kind == "text":
+        return http.post(ROUTE[kind], json={"items": [{"id": item_id, "text": _text(n)}]})
+    return http.post(ROUTE[kind], files={"files": (f"{item_id}.png", png_bytes(n % 4, n), "image/png")},
+                     data={"ids": item_id})
+
+
+def _text(n: int) -> str:
+    return f"a {['red', 'blue', 'green', 'yellow'][n % 4]} burst item number {n}"
+
+
+def writer(base: str, kind: str, prefix: str, ledger: Ledger, stop: threading.Event, delete_every: int = 0,
+           victims: tuple[str, ...] = (), limit: int = 400) -> None:
+    """Add items `<prefix><n>` (deleting every `delete_every`-th acknowledged one and, in turn,
+    each of `victims`) until `stop`, `limit` requests, or the first request without an answer or
+    with an unexpected one."""
+    pending_victims = list(victims)
+    with httpx.Client(base_url=base, timeout=20) as http:
+        for n in range(limit):
+            if stop.is_set():
+                return
+            ops: list[tuple[str, str]] = [("add", f"{prefix}{n}")]
+            if delete_every and n % delete_every == delete_every - 1:
+                ops.append(("delete", f"{prefix}{n}"))
+                if pending_victims:
+                    ops.append(("delete", pending_victims.pop()))
+            for op, item_id in ops:
+                if op == "delete" and item_id.startswith(prefix) and item_id not in ledger.added:
+                    continue  # only delete what this client saw added
+                try:
+                    r = _add(http, kind, item_id, n) if op == "add" else http.delete(f"{ROUTE[kind]}/{item_id}")
+                except httpx.TransportError:
+                    with ledger.lock:
+                        ledger.unsure.add(item_id)
+                    return
+                with ledger.lock:
+                    if r.status_code != (201 if op == "add" else 200):
+                        ledger.failures.append(f"{op} {item_id}: {r.status_code} {r.text}")
+                        return
+                    if op == "add":
+                        ledger.added[item_id] = _text(n) if kind == "text" else ""
+                    else:
+                        ledger.deleted.add(item_id)
+
+
+@contextmanager
+def burst(base: str, ledgers: dict[str, Ledger], delete_every: int = 0) -> Iterator[None]:
+    """Two text writers and one image writer in threads while the block runs; stopped and joined
+    after it, and none may have seen an unexpected answer."""
+    stop = threading.Event()
+    victims = {"text": tuple(sorted(INITIAL["text"]))[:6], "image": tuple(sorted(INITIAL["image"]))[:4]}
+    specs = [("text", "ta", victims["text"][:3]), ("text", "tb", victims["text"][3:]), ("image", "im", victims["image"])]
+    threads = [threading.Thread(target=writer, args=(base, kind, prefix, ledgers[kind], stop, delete_every, v))
+               for kind, prefix, v in specs]
+    for t in threads:
+        t.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+    assert not any(t.is_alive() for t in threads)
+    assert not [f for lg in ledgers.values() for f in lg.failures]
+
+
+def wait_for(condition: Callable[[], bool], timeout: float) -> bool:
+    """Poll `condition` (tightly) until true or `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.0005)
+    return False
+
+
+def acknowledged(ledgers: dict[str, Ledger]) -> int:
+    return sum(len(lg.added) + len(lg.deleted) for lg in ledgers.values())
+
+
+def check_recovered(base: str, ledgers: dict[str, Ledger], encoder: Encoder) -> None:
+    """Assert the restarted server holds exactly what the ledgers say (a write without an answer
+    may or may not have taken effect)."""
+    with httpx.Client(base_url=base, timeout=20) as http:
+        for kind, lg in ledgers.items():
+            must_exist = (INITIAL[kind] | set(lg.added)) - lg.deleted - lg.unsure
+            must_be_gone = lg.deleted - lg.unsure
+            for item_id in must_exist:
+                r = http.get(f"{ROUTE[kind]}/{item_id}")
+                assert r.status_code == 200, f"acknowledged {kind} {item_id} lost: {r.text}"
+                if lg.added.get(item_id):
+                    assert r.json()["metadata"]["text"] == lg.added[item_id]
+                    assert r.json()["code"] == bytes(encoder.encode_texts([lg.added[item_id]])[0]).hex()
+                if kind == "image":
+                    assert http.get(f"{ROUTE[kind]}/{item_id}/file").status_code == 200, f"file of {item_id} lost"
+            for item_id in must_be_gone:
+                assert http.get(f"{ROUTE[kind]}/{item_id}").status_code == 404, f"deleted {kind} {item_id} is back"
+            unsure_present = {i for i in lg.unsure if http.get(f"{ROUTE[kind]}/{i}").status_code == 200}
+            present = must_exist | unsure_present
+            assert http.get(ROUTE[kind]).json()["count"] == len(present)
+            # every item exactly once in a full-gallery search (a duplicated entry would show twice)
+            if kind == "text":
+                r = http.post("/search/text-to-text", json={"text": "a red square", "k": len(present)})
+            else:
+                r = http.post("/search/image-to-image", files={"file": ("q.png", png_bytes(0), "image/png")},
+                              data={"k": str(len(present))})
+            ids = [h["id"] for h in r.json()["results"]]
+            assert r.status_code == 200 and sorted(ids) == sorted(present)
+        r = http.post("/search/text-to-image", json={"text": "a blue stripes", "k": 5})
+        assert r.status_code == 200 and len(r.json()["results"]) == 5
+        r = http.post("/search/image-to-text", files={"file": ("q.png", png_bytes(1), "image/png")}, data={"k": "5"})
+        assert r.status_code == 200 and len(r.json()["results"]) == 5
+
+
+def test_sigkill_during_adds(server: Callable[..., Server], encoder: Encoder) -> None:
+    srv = server()
+    srv.start()
+    ledgers = {"text": Ledger(), "image": Ledger()}
+    with burst(srv.base, ledgers):
+        assert wait_for(lambda: acknowledged(ledgers) >= 40, 20), "the burst did not get going"
+        srv.kill()
+    assert ledgers["text"].added and ledgers["image"].added
+    srv.start()
+    check_recovered(srv.base, ledgers, encoder)
+    assert srv.stop() == 0
+
+
+def test_sigkill_during_compaction(server: Callable[..., Server], encoder: Encoder) -> None:
+    srv = server(compact_every="5")
+    srv.start()
+    ledgers = {"text": Ledger(), "image": Ledger()}
+    markers = [srv.texts / MARKER_FILE, srv.images / MARKER_FILE]
+    with burst(srv.base, ledgers, delete_every=3):
+        assert wait_for(lambda: acknowledged(ledgers) >= 30, 20), "the burst did not get going"
+        caught = wait_for(lambda: any(m.exists() for m in markers), 10)  # a compaction in progress
+        srv.kill()
+    assert caught, "no compaction seen in progress"
+    assert any(m.exists() for m in markers)  # the kill landed inside one: recovery must use the marker
+    assert ledgers["text"].deleted and ledgers["image"].deleted
+    srv.start()
+    check_recovered(srv.base, ledgers, encoder)
+    assert srv.stop() == 0
+
+
+def test_concurrent_uploads_of_one_id(server: Callable[..., Server]) -> None:
+    srv = server()
+    srv.start()
+    blobs = [png_bytes(n % 4, 100 + n) for n in range(6)]
+    for item_id in ("same0", "same1", "same2"):
+        statuses: dict[int, int] = {}
+        gate = threading.Barrier(len(blobs))
+
+        def upload(n: int, item_id: str) -> None:
+            gate.wait()
+            r = httpx.post(f"{srv.base}/gallery/images", files={"files": (f"{n}.png", blobs[n], "image/png")},
+                           data={"ids": item_id}, timeout=30)
+            statuses[n] = r.status_code
+
+        threads = [threading.Thread(target=upload, args=(n, item_id)) for n in range(len(blobs))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        winners = [n for n, s in statuses.items() if s == 201]
+        assert sorted(statuses.values()) == [201] + [409] * (len(blobs) - 1), statuses
+        file = httpx.get(f"{srv.base}/gallery/images/{item_id}/file")
+        assert file.status_code == 200 and file.content == blobs[winners[0]], f"the file of {item_id} was lost"
+    assert srv.stop() == 0
