@@ -24,7 +24,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,7 +36,7 @@ from typing import Any
 
 import httpx
 import numpy as np
-from flags import env, proc_field
+from flags import env, free_port, proc_field
 
 ROOT = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
@@ -84,12 +83,6 @@ class Record:
     added: set[str] = field(default_factory=set)
     deleted: set[str] = field(default_factory=set)
     errors: list[str] = field(default_factory=list)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 def start_server(args: argparse.Namespace, images: Path, texts: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:

@@ -20,14 +20,12 @@ import json
 import os
 import platform
 import re
-import shlex
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from flags import boolean, env, proc_field
+from flags import boolean, command_line, env, proc_field
 import matplotlib
 
 matplotlib.use("Agg")
@@ -280,13 +278,6 @@ def progress_line(record: dict) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # Provenance
-
-
-def command_line() -> str:
-    """The command as typed, with the CMHASH_* variables that were set in front."""
-    variables = [f"{k}={shlex.quote(v)}" for k, v in sorted(os.environ.items()) if k.startswith("CMHASH_")]
-    python = os.path.relpath(sys.executable) if sys.executable.startswith(os.getcwd()) else sys.executable
-    return " ".join([*variables, shlex.join([python, *sys.argv])])
 
 
 def usable_cpus() -> int:

@@ -24,14 +24,13 @@ import datetime
 import json
 import os
 import platform
-import shlex
 import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from flags import boolean, env, proc_field
+from flags import boolean, command_line, env, ints, positive, proc_field
 import faiss
 import numpy as np
 
@@ -49,34 +48,12 @@ BANDWIDTH_REPEATS = 5
 # Command line
 
 
-def _ints(text: str) -> list[int]:
-    """An argparse type: a non-empty comma list of positive integers."""
-    try:
-        items = [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        items = []
-    if not items or min(items) < 1:
-        raise argparse.ArgumentTypeError(f"expected a comma list of positive integers; got {text!r}")
-    return list(dict.fromkeys(items))
-
-
 def _methods(text: str) -> list[str]:
     """An argparse type: a non-empty comma list of METHODS."""
     items = [s.strip() for s in text.split(",") if s.strip()]
     if not items or set(items) - set(METHODS):
         raise argparse.ArgumentTypeError(f"expected a comma list of {', '.join(METHODS)}; got {text!r}")
     return list(dict.fromkeys(items))
-
-
-def _positive(text: str) -> int:
-    """An argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}")
-    return value
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -89,23 +66,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         + " unless given on the command line or in the environment.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--sizes", type=_ints, default=env("sizes", "1000000,10000000"),
+    p.add_argument("--sizes", type=ints, default=env("sizes", "1000000,10000000"),
                    help="comma list of gallery sizes N")
-    p.add_argument("--bits", type=_ints, default=env("bits", "64"),
+    p.add_argument("--bits", type=ints, default=env("bits", "64"),
                    help="comma list of code lengths L (multiples of 8)")
-    p.add_argument("--threads", type=_ints, default=env("threads", "1,2"),
+    p.add_argument("--threads", type=ints, default=env("threads", "1,2"),
                    help="comma list of FAISS OpenMP thread counts")
     p.add_argument("--methods", type=_methods, default=env("methods", ",".join(METHODS)),
                    help="comma list of methods: faiss (IndexBinaryFlat), store (FaissCodeStore), numpy")
-    p.add_argument("--queries", type=_positive, default=env("queries", "100"),
+    p.add_argument("--queries", type=positive, default=env("queries", "100"),
                    help="timed single-query calls (nq=1) per configuration")
-    p.add_argument("--batch", type=_positive, default=env("batch", "64"), help="queries per batched call")
-    p.add_argument("--batch-calls", type=_positive, default=env("batch-calls", "10"),
+    p.add_argument("--batch", type=positive, default=env("batch", "64"), help="queries per batched call")
+    p.add_argument("--batch-calls", type=positive, default=env("batch-calls", "10"),
                    help="timed batched calls per configuration")
-    p.add_argument("--k", type=_positive, default=env("k", "10"), help="neighbours per query")
+    p.add_argument("--k", type=positive, default=env("k", "10"), help="neighbours per query")
     p.add_argument("--warmup", type=int, default=env("warmup", "3"), help="untimed calls before each timing")
     p.add_argument("--seed", type=int, default=env("seed", "0"), help="seed of the random codes")
-    p.add_argument("--bandwidth-mib", type=_positive, default=env("bandwidth-mib", "1024"),
+    p.add_argument("--bandwidth-mib", type=positive, default=env("bandwidth-mib", "1024"),
                    help="array size of the memory bandwidth measurement (MiB; many times the LLC)")
     p.add_argument("--out", type=Path, default=env("out", str(DEFAULT_OUT)),
                    help="output folder of search_scale.json")
@@ -370,13 +347,6 @@ def report(meta: dict, galleries: list[dict], rows: list[dict]) -> str:
         "cache, or when a batch reads each block of the gallery once for several queries).",
     ]
     return "\n".join(lines)
-
-
-def command_line() -> str:
-    """The command as typed, with the CMHASH_* variables that were set in front."""
-    env = [f"{k}={shlex.quote(v)}" for k, v in sorted(os.environ.items()) if k.startswith("CMHASH_")]
-    python = os.path.relpath(sys.executable) if sys.executable.startswith(os.getcwd()) else sys.executable
-    return " ".join([*env, shlex.join([python, *sys.argv])])
 
 
 def main() -> None:

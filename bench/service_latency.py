@@ -27,9 +27,7 @@ import json
 import os
 import platform
 import re
-import shlex
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,7 +38,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from flags import env, proc_field
+from flags import command_line, env, free_port, ints, positive, proc_field
 import httpx
 import numpy as np
 
@@ -71,28 +69,6 @@ WORDS = (
 # Command line
 
 
-def _ints(text: str) -> list[int]:
-    """An argparse type: a non-empty comma list of positive integers."""
-    try:
-        items = [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        items = []
-    if not items or min(items) < 1:
-        raise argparse.ArgumentTypeError(f"expected a comma list of positive integers; got {text!r}")
-    return list(dict.fromkeys(items))
-
-
-def _positive(text: str) -> int:
-    """An argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}")
-    return value
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Flags, each defaulting to its CMHASH_BENCH_<FLAG> environment variable when set."""
     p = argparse.ArgumentParser(
@@ -103,18 +79,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--model", type=Path, default=env("model", str(ROOT / "runs/demo/model")),
                    help="exported model directory (`cmhash export`; `make demo` writes runs/demo/model)")
-    p.add_argument("--size", type=_positive, default=env("size", "1000000"), help="gallery size N (random codes)")
-    p.add_argument("--requests", type=_positive, default=env("requests", "200"),
+    p.add_argument("--size", type=positive, default=env("size", "1000000"), help="gallery size N (random codes)")
+    p.add_argument("--requests", type=positive, default=env("requests", "200"),
                    help="timed requests per client and client count")
-    p.add_argument("--clients", type=_ints, default=env("clients", "1,16"),
+    p.add_argument("--clients", type=ints, default=env("clients", "1,16"),
                    help="comma list of concurrent client counts (1 is always run: the ratios need it)")
     p.add_argument("--duration-limit", type=float, default=env("duration-limit", "120"),
                    help="seconds after which a client count's clients stop sending")
     p.add_argument("--port", type=int, default=env("port", "0"), help="server port on 127.0.0.1 (0: a free one)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=env("device", "auto"),
                    help="encoder and FAISS device, of the server and of the bare timings alike")
-    p.add_argument("--queries", type=_positive, default=env("queries", "200"), help="distinct query texts")
-    p.add_argument("--k", type=_positive, default=env("k", "10"), help="results per search")
+    p.add_argument("--queries", type=positive, default=env("queries", "200"), help="distinct query texts")
+    p.add_argument("--k", type=positive, default=env("k", "10"), help="results per search")
     p.add_argument("--warmup", type=int, default=env("warmup", "20"),
                    help="untimed calls before the bare timings and untimed requests before the load")
     p.add_argument("--seed", type=int, default=env("seed", "0"), help="seed of the codes and query texts")
@@ -203,13 +179,6 @@ def bare_summary(encoder: Encoder, passes: list[dict]) -> dict:
 
 # ---------------------------------------------------------------------------------------------
 # Server
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager
@@ -399,13 +368,6 @@ def report(meta: dict) -> str:
         "(other load not included).",
     ]
     return "\n".join(lines)
-
-
-def command_line() -> str:
-    """The command as typed, with the CMHASH_* variables that were set in front."""
-    env_vars = [f"{k}={shlex.quote(v)}" for k, v in sorted(os.environ.items()) if k.startswith("CMHASH_")]
-    python = os.path.relpath(sys.executable) if sys.executable.startswith(os.getcwd()) else sys.executable
-    return " ".join([*env_vars, shlex.join([python, *sys.argv])])
 
 
 def main() -> None:
