@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from model.data import CrossModalDataset, DataError
+from model.data.manifest import read_jsonl
 
 
 @dataclass
@@ -53,22 +54,6 @@ def _dedupe(items: list[Item], rejected: list[tuple[str, str]]) -> Listing:
     return Listing(unique, rejected)
 
 
-def _jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    """(line number, object) of each non-blank line; a malformed line is a DataError."""
-    out = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-        if not isinstance(obj, dict):
-            raise DataError(f"{path}:{lineno}: expected a JSON object")
-        out.append((lineno, obj))
-    return out
-
-
 def image_listing(source: Path) -> Listing:
     """Images of a folder (every regular file below it, hidden ones excluded: the encoder
     decides what is an image) or of a JSONL manifest with ``id`` and ``image`` per line
@@ -83,7 +68,7 @@ def image_listing(source: Path) -> Listing:
     if not source.is_file():
         raise DataError(f"{source}: no such folder or manifest")
     items, rejected = [], []
-    for lineno, obj in _jsonl(source):
+    for lineno, obj in read_jsonl(source, "JSONL file"):
         if not isinstance(obj.get("id"), str) or not obj["id"] or not isinstance(obj.get("image"), str):
             rejected.append((f"{source}:{lineno}", "needs a string 'id' and 'image'"))
             continue
@@ -101,7 +86,7 @@ def text_listing(source: Path) -> Listing:
         raise DataError(f"{source}: no such text file")
     items, rejected = [], []
     if source.suffix == ".jsonl":
-        for lineno, obj in _jsonl(source):
+        for lineno, obj in read_jsonl(source, "JSONL file"):
             text, item_id = obj.get("text"), obj.get("id")
             if not isinstance(text, str) or not text.strip():
                 rejected.append((f"{source}:{lineno}", "needs a non-empty string 'text'"))

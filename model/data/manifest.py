@@ -29,31 +29,41 @@ def _field(item: dict, key: str, kind: type, where: str) -> Any:
     return item[key]
 
 
+def read_jsonl(path: Path, what: str = "manifest") -> list[tuple[int, dict[str, Any]]]:
+    """(line number, object) of each non-blank line of a JSONL file; an unreadable file, a
+    malformed line or a line that is not an object is a DataError naming the file and line."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8-sig").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read {what} {path}: {exc}") from exc
+    out = []
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{lineno}: invalid JSON: {exc}") from exc
+        if not isinstance(item, dict):
+            raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(item).__name__}")
+        out.append((lineno, item))
+    return out
+
+
 def load_manifest(path: Path) -> CrossModalDataset:
     """Items of a JSONL manifest with their raw texts (the trainer builds the bag of words on
     the training texts), labels over the sorted union of label names, and the manifest's own
     split when it gives one."""
     path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"cannot read manifest {path}: {exc}") from exc
+    records = read_jsonl(path)
     ids: list[str] = []
     images: list[Path] = []
     texts: list[str] = []
     label_lists: list[list[str]] = []
     splits: list[str | None] = []
     seen: dict[str, int] = {}
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
+    for lineno, item in records:
         where = f"{path}:{lineno}"
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{where}: invalid JSON: {exc}") from exc
-        if not isinstance(item, dict):
-            raise DataError(f"{where}: expected a JSON object, got {type(item).__name__}")
         raw_id = item.get("id", lineno)
         if not isinstance(raw_id, (str, int)) or isinstance(raw_id, bool):
             raise DataError(f"{where}: field 'id' must be a string, got {raw_id!r}")
