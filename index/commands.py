@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from index.faiss_store import Device
-from index.gallery import GALLERY_FILE, Gallery, GalleryInfo, Kind, check_compatible, read_info
+from index.gallery import GALLERY_FILE, Gallery, Kind, check_compatible, open_or_create, read_info
 from index.pipeline import IndexReport, index_items
 from index.snapshots import CURRENT, write_atomic
 from index.sources import Listing, image_listing, text_listing
+from index.store import CodeStore
 
 REPORT_FILE = "last_index_report.json"
 
@@ -39,20 +40,19 @@ class MilvusTarget:
 
 def _open_or_create(out: Path, kind: Kind, encoder: Any, milvus: MilvusTarget | None) -> Gallery:
     """The gallery at `out` (checked against the encoder's model and the kind), or a new one
-    (FAISS, or Milvus when `milvus` is given). A FAISS store runs on the CPU here: indexing
-    only adds, and one-off searches need no GPU mirror."""
-    if (out / GALLERY_FILE).is_file():
-        return Gallery.open(out, model_checksum=encoder.checksum, bits=encoder.bits, kind=kind,
-                            token=milvus.token if milvus else None)
-    if out.exists() and any(out.iterdir()) and not _is_gallery_dir(out):
+    (FAISS, or Milvus when `milvus` is given) in an empty or new folder. A FAISS store runs on
+    the CPU here: indexing only adds, and one-off searches need no GPU mirror."""
+    if not (out / GALLERY_FILE).is_file() and out.exists() and any(out.iterdir()) and not _is_gallery_dir(out):
         raise FileExistsError(f"{out} exists and is not a gallery: choose an empty or new folder")
-    info = GalleryInfo(kind=kind, bits=encoder.bits, backend="milvus" if milvus else "faiss",
-                       model_checksum=encoder.checksum, model_method=encoder.info.method)
-    if milvus is None:
-        return Gallery.create(out, info)
-    from index.milvus_store import MilvusCodeStore
 
-    return Gallery.create(out, info, MilvusCodeStore(encoder.bits, milvus.uri, milvus.collection, token=milvus.token))
+    def milvus_store() -> CodeStore:
+        from index.milvus_store import MilvusCodeStore
+
+        assert milvus is not None
+        return MilvusCodeStore(encoder.bits, milvus.uri, milvus.collection, token=milvus.token)
+
+    return open_or_create(out, kind, encoder, token=milvus.token if milvus else None,
+                          new_store=milvus_store if milvus else None)
 
 
 def build_gallery(

@@ -10,9 +10,10 @@ confident nonsense.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -93,6 +94,29 @@ class Gallery:
     def save(self) -> None:
         """Persist the store's current contents (crash-safe)."""
         self.store.save(self.path)
+
+
+class ModelIdentity(Protocol):
+    """What a gallery records of the model whose codes it holds (model.runtime.Encoder has it)."""
+
+    bits: int
+    checksum: str
+
+    @property
+    def info(self) -> Any: ...  # has `.method`
+
+
+def open_or_create(path: Path, kind: Kind, model: ModelIdentity, *, device: Device = "cpu",
+                   token: str | None = None, new_store: Callable[[], CodeStore] | None = None) -> Gallery:
+    """The gallery at `path`, refused unless it holds `kind` codes of `model`; or, when there is
+    none yet, a new empty one bound to `model` (FAISS on `device`, or the store `new_store` makes)."""
+    path = Path(path)
+    if (path / GALLERY_FILE).is_file():
+        return Gallery.open(path, model_checksum=model.checksum, bits=model.bits, kind=kind, device=device, token=token)
+    store = new_store() if new_store is not None else None
+    info = GalleryInfo(kind=kind, bits=model.bits, backend=store.backend if store is not None else "faiss",  # type: ignore[arg-type]
+                       model_checksum=model.checksum, model_method=model.info.method)
+    return Gallery.create(path, info, store, device=device)
 
 
 def read_info(path: Path) -> GalleryInfo:

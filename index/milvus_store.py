@@ -146,6 +146,8 @@ def _write_json_atomic(path: Path, state: dict[str, Any]) -> None:
 class MilvusCodeStore:
     """Binary hash code store in a Milvus collection, ranked like the FAISS backend."""
 
+    backend = "milvus"
+
     def __init__(
         self,
         bits: int,

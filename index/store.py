@@ -22,6 +22,7 @@ class CodeStore(Protocol):
     """A mutable set of (id, packed code, metadata) items with exact Hamming search."""
 
     bits: int  # code length L; every code is L/8 bytes
+    backend: str  # "faiss" or "milvus": recorded in a gallery's gallery.json
 
     def add(self, ids: Sequence[str], codes: np.ndarray, metadata: Sequence[dict[str, Any] | None] | None = None) -> None:
         """Add items; a duplicate id (in the call or already stored) raises ValueError and adds nothing."""

@@ -11,7 +11,7 @@ from typing import Literal
 import numpy as np
 
 from index.faiss_store import gpu_available
-from index.gallery import GALLERY_FILE, Gallery, GalleryInfo, Kind
+from index.gallery import Kind, open_or_create
 from index.journal import JournaledGallery
 from model.runtime import Encoder
 from service.batching import MicroBatcher
@@ -64,13 +64,7 @@ class ServiceState:
         for kind, path in (("image", s.image_gallery), ("text", s.text_gallery)):
             if path is None:
                 continue
-            if (path / GALLERY_FILE).is_file():
-                gallery = Gallery.open(path, model_checksum=encoder.checksum, bits=encoder.bits, kind=kind,  # type: ignore[arg-type]
-                                       device=store_device, token=s.milvus_token)  # type: ignore[arg-type]
-            else:
-                info = GalleryInfo(kind=kind, bits=encoder.bits, model_checksum=encoder.checksum,  # type: ignore[arg-type]
-                                   model_method=encoder.info.method)
-                gallery = Gallery.create(path, info, device=store_device)  # type: ignore[arg-type]
+            gallery = open_or_create(path, kind, encoder, device=store_device, token=s.milvus_token)  # type: ignore[arg-type]
             self.galleries[kind] = JournaledGallery(gallery, s.compact_every)  # type: ignore[index]
             log.info("%s gallery %s: %d items", kind, path, len(gallery.store))
         self.encoder = encoder
