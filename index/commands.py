@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from index.faiss_store import Device
-from index.gallery import GALLERY_FILE, Gallery, Kind, check_compatible, open_or_create, read_info
+from index.gallery import GALLERY_FILE, Gallery, Kind, open_or_create, read_info
 from index.pipeline import IndexReport, index_items
 from index.snapshots import CURRENT, write_atomic
 from index.sources import Listing, image_listing, text_listing
@@ -145,8 +145,7 @@ def search_gallery(
     if (text is None) == (image is None):
         raise ValueError("give exactly one query: a text or an image")
     encoder = _load_encoder(model_dir, device, threads)
-    check_compatible(gallery_dir, read_info(gallery_dir), model_checksum=encoder.checksum, bits=encoder.bits)
-    gallery = Gallery.open(gallery_dir, token=milvus_token)
+    gallery = Gallery.open(gallery_dir, model_checksum=encoder.checksum, bits=encoder.bits, token=milvus_token)
     code = encoder.encode_texts([text]) if text is not None else encoder.encode_images([Path(image)])  # type: ignore[list-item]
     if radius is not None:
         ids, dists = gallery.store.range_search(code, radius)[0]

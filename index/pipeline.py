@@ -128,7 +128,8 @@ def index_items(
         raise ValueError("batch_size must be >= 1")
     store = gallery.store
     report = IndexReport(listed=len(items))
-    todo = [item for item in items if item.id not in store]
+    present = set(store.ids())  # one scan, not one lookup per listed item
+    todo = [item for item in items if item.id not in present]
     report.already_present = len(items) - len(todo)
     is_image = gallery.info.kind == "image"
     prepare: Callable[[Any], Any] = encoder.preprocess_image if is_image else str
