@@ -3,7 +3,7 @@
 the machine's memory bandwidth.
 
     .venv/bin/python bench/search_scale.py --quick           # smoke run, seconds
-    .venv/bin/python bench/search_scale.py                   # 1M and 10M codes, 64 bits, 1 and 2 threads
+    .venv/bin/python bench/search_scale.py                   # 10k ... 10M codes, 16 ... 128 bits, 1 and 2 threads
     .venv/bin/python bench/search_scale.py --sizes 1000000 --bits 16,32,64,128 --methods faiss,numpy
 
 Each configuration (gallery size N, code length L, FAISS threads) is timed twice: one query per
@@ -66,9 +66,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         + " unless given on the command line or in the environment.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--sizes", type=ints, default=env("sizes", "1000000,10000000"),
+    p.add_argument("--sizes", type=ints, default=env("sizes", "10000,100000,1000000,10000000"),
                    help="comma list of gallery sizes N")
-    p.add_argument("--bits", type=ints, default=env("bits", "64"),
+    p.add_argument("--bits", type=ints, default=env("bits", "16,32,64,128"),
                    help="comma list of code lengths L (multiples of 8)")
     p.add_argument("--threads", type=ints, default=env("threads", "1,2"),
                    help="comma list of FAISS OpenMP thread counts")
@@ -317,6 +317,53 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def pivot(rows: list[dict], method: str, mode: str, threads: int) -> str:
+    """ms per query by gallery size (rows) and code length (columns) for one method, mode and
+    thread count, each cell with its fraction of the flat-scan limit: the scale table."""
+    picked = {(r["n"], r["bits"]): r for r in rows
+              if (r["method"], r["mode"], r["threads"]) == (method, mode, threads)}
+    if not picked:
+        return ""
+    sizes, bits = sorted({n for n, _ in picked}), sorted({b for _, b in picked})
+    head = ("N", *(f"{b} bits" for b in bits))
+    body = [(f"{n:,}", *(f"{picked[n, b]['ms_per_query_median']:.3f} ({100 * picked[n, b]['limit_fraction']:.0f}%)"
+                         if (n, b) in picked else "-" for b in bits)) for n in sizes]
+    widths = [max(len(c) for c in col) for col in zip(head, *body)]
+    lines = [f"{method}, {mode} ({picked[next(iter(picked))]['nq_per_call']} per call), {threads} thread"
+             f"{'s' * (threads > 1)}: ms per query (% of the flat-scan limit)"]
+    lines += ["  ".join(c.rjust(w) for c, w in zip(line, widths)) for line in (head, *body)]
+    lines.insert(2, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], bandwidth: dict[int, float], path: Path) -> None:
+    """Search time per query against gallery size, one line per code length, for FAISS single
+    queries on 1 thread and batched queries on the most threads, with the flat-scan limit dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    most = max(r["threads"] for r in rows)
+    panels = [("single", 1), ("batch", most)]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for ax, (mode, threads) in zip(axes, panels):
+        picked = [r for r in rows if (r["method"], r["mode"], r["threads"]) == ("faiss", mode, threads)]
+        for color, bits in enumerate(sorted({r["bits"] for r in picked})):
+            line = sorted((r["n"], r["ms_per_query_median"]) for r in picked if r["bits"] == bits)
+            ns = [n for n, _ in line]
+            ax.loglog(ns, [ms for _, ms in line], "o-", color=f"C{color}", label=f"{bits} bits")
+            ax.loglog(ns, [1e3 * n * bits / 8 / bandwidth[threads] for n in ns], "--", color=f"C{color}", alpha=0.5)
+        ax.set_title(f"IndexBinaryFlat, {mode} queries, {threads} thread{'s' * (threads > 1)}")
+        ax.set_xlabel("gallery size N (codes)")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].set_ylabel("ms per query (k-NN)")
+    axes[0].legend(title="solid: measured\ndashed: read limit")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def report(meta: dict, galleries: list[dict], rows: list[dict]) -> str:
     """Machine, bandwidth, galleries and the results table as printable text."""
     m = meta["machine"]
@@ -340,6 +387,9 @@ def report(meta: dict, galleries: list[dict], rows: list[dict]) -> str:
         "",
         table(rows),
         "",
+        *(block + "\n" for block in (pivot(rows, method, mode, threads) for method in ("faiss", "store")
+                                    for mode in ("single", "batch") for threads in sorted({r["threads"] for r in rows}))
+          if block),
         f"k={meta['settings']['k']}. ms/q: milliseconds per query (batch: call time / nq), median and p95 over calls. "
         "Mcodes/s = N * nq / median call time; GB/s = N * nq * L/8 bytes / median call time. limit ms/q: the "
         "flat-scan limit, the time to read the gallery once (N * L/8 bytes) at the read bandwidth of that many "
@@ -373,7 +423,11 @@ def main() -> None:
     path = args.out / "search_scale.json"
     path.write_text(json.dumps({**meta, "galleries": galleries, "results": rows}, indent=1))
     print(report(meta, galleries, rows))
-    print(f"\nwritten to {path}")
+    if any(r["method"] == "faiss" for r in rows):
+        plot(rows, bandwidth, args.out / "search_scale.png")
+        print(f"\nwritten to {path} and {args.out / 'search_scale.png'}")
+    else:
+        print(f"\nwritten to {path}")
 
 
 if __name__ == "__main__":

@@ -203,9 +203,12 @@ class Encoder:
         device: Device = "auto",
         threads: int | None = None,
         batch_size: int = 64,
+        spinning: bool = True,
     ) -> Encoder:
         """Open `model_dir` (written by `model.export.export_run`) after checking every file's
-        sha256 against model.json. `threads`: ONNX Runtime intra-op threads (None: its default)."""
+        sha256 against model.json. `threads`: ONNX Runtime intra-op threads (None: its default).
+        `spinning`: let idle intra-op threads busy-wait for the next run (ONNX Runtime's default;
+        a server sharing its cores with other work turns it off)."""
         model_dir = Path(model_dir)
         providers = resolve_providers(device)
         if threads is not None and threads < 1:
@@ -222,6 +225,7 @@ class Encoder:
         options = ort.SessionOptions()
         if threads is not None:
             options.intra_op_num_threads = threads
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         sessions = []
         for name, data in ((IMAGE_FILE, image_bytes), (TEXT_FILE, text_bytes)):
             try:

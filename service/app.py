@@ -8,67 +8,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import error_response, install_handlers
-from service.metrics import Metrics
+from service.errors import install_handlers
+from service.metrics import Metrics, RequestMetrics
+from service.middleware import BodyLimit, StrictFormText
 from service.routers import encode, gallery, health, search
 from service.settings import Settings
 from service.state import ServiceState
 
 log = logging.getLogger("cmhash.service")
-
-
-class BodyLimit:
-    """Refuse request bodies over `limit` bytes with 413: at once from Content-Length; a body
-    without one (chunked) is read up to the limit first and then handed on."""
-
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        too_big = error_response(413, f"request body larger than the {self.limit}-byte limit")
-        length = dict(scope["headers"]).get(b"content-length")
-        if length is not None:
-            if not length.isdigit():
-                await error_response(400, "invalid Content-Length header")(scope, receive, send)
-            elif int(length) > self.limit:
-                await too_big(scope, receive, send)
-            else:
-                await self.app(scope, receive, send)
-            return
-        messages: list[Message] = []
-        size = 0
-        while True:
-            message = await receive()
-            messages.append(message)
-            size += len(message.get("body", b""))
-            if size > self.limit:
-                await too_big(scope, receive, send)
-                return
-            if message["type"] != "http.request" or not message.get("more_body", False):
-                break
-
-        async def replay() -> Message:
-            return messages.pop(0) if messages else await receive()
-
-        await self.app(scope, replay, send)
-
-
-def _route_label(request: Request) -> str:
-    route = request.scope.get("route")
-    return getattr(route, "path", None) or "unmatched"
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -103,20 +57,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_handlers(app)
     for router in (search.router, encode.router, gallery.router, health.router):
         app.include_router(router)
-    app.add_middleware(BodyLimit, limit=settings.max_upload_bytes)  # inside `observe`: its 413s are counted
-
-    @app.middleware("http")
-    async def observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        started = time.perf_counter()
-        status = 500  # unless a response comes back (an unhandled error re-raises past here)
-        try:
-            response = await call_next(request)
-            status = response.status_code
-            return response
-        finally:
-            route = _route_label(request)
-            metrics.requests.labels(route, request.method, str(status)).inc()
-            metrics.latency.labels(route, request.method).observe(time.perf_counter() - started)
+    app.add_middleware(StrictFormText)  # inside the body limit, which bounds what it reads
+    app.add_middleware(BodyLimit, limit=settings.max_upload_bytes)  # inside RequestMetrics: its 413s are counted
+    app.add_middleware(RequestMetrics, metrics=metrics)
 
     static = settings.static_dir
     if static is not None and (static / "index.html").is_file():

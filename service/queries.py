@@ -47,10 +47,8 @@ async def run_search(state: ServiceState, modality: Modality, query: np.ndarray 
     """One page of `target` results for `query` (k-NN after `offset`, or the radius lookup's page)."""
     check_page(state, k, offset, radius)
     journaled = state.gallery(target)
-    outcome = await state.batchers[modality].submit(SearchJob(query, target, offset + k, radius))
-    ids, dists = outcome.ids[offset : offset + k], outcome.distances[offset : offset + k]
-    store = journaled.gallery.store
-    items = await asyncio.to_thread(lambda: [store.get(i) for i in ids])
-    results = [Hit(id=i, distance=d, metadata=item["metadata"] if item else {}) for i, d, item in zip(ids, dists, items)]
-    return SearchResponse(results=results, bits=store.bits, took_ms=(time.perf_counter() - started) * 1000.0,
-                          total=len(outcome.ids) if radius is not None else None)
+    outcome = await state.batchers[modality].submit(SearchJob(query, target, offset, k, radius))
+    results = [Hit(id=i, distance=d, metadata=m) for i, d, m in zip(outcome.ids, outcome.distances, outcome.metadata)]
+    return SearchResponse(results=results, bits=journaled.gallery.store.bits,
+                          took_ms=(time.perf_counter() - started) * 1000.0,
+                          total=outcome.found if radius is not None else None)

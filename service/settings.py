@@ -25,6 +25,7 @@ class Settings(BaseSettings):
     workers: int = Field(1, ge=1)  # uvicorn worker processes (each loads the model; galleries need 1 writer)
     device: Literal["auto", "cpu", "cuda"] = "auto"  # where the encoder and the FAISS k-NN run
     threads: int | None = Field(None, ge=1)  # ONNX Runtime intra-op threads (None: its default)
+    spinning: bool = False  # let idle ONNX Runtime threads busy-wait between runs (burns the cores the server shares)
     api_key: str | None = None  # required on writes (X-API-Key or Bearer) when set; None or "": open
     milvus_token: str | None = None  # credentials of the Milvus server behind a Milvus-backed gallery
     protect_reads: bool = False  # also require the API key on searches, encoding and gallery reads
@@ -34,7 +35,7 @@ class Settings(BaseSettings):
     max_k: int = Field(1000, ge=1)  # largest page size k
     max_offset: int = Field(100_000, ge=0)  # largest pagination offset
     max_items: int = Field(256, ge=1)  # most items per gallery add request
-    batch_window_ms: float = Field(2.0, ge=0)  # how long a search waits for others to share its batch
+    batch_window_ms: float = Field(0.0, ge=0)  # how long a search reaching an idle batcher waits for others (0: none)
     max_batch: int = Field(32, ge=1)  # most queries in one encoder call / store search
     compact_every: int = Field(1000, ge=1)  # journaled gallery changes between full saves
     static_dir: Path | None = STATIC_DIR  # the search page (index.html at /, files at /static); None: no page

@@ -6,7 +6,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -29,16 +29,19 @@ class SearchJob:
 
     query: np.ndarray | str  # a preprocessed 3 x S x S image, or a text
     target: Kind  # gallery searched
-    fetch: int  # k-NN: results needed (offset + k); unused with radius
+    offset: int  # results skipped before the page
+    k: int  # page size
     radius: int | None  # hash lookup radius, or None for k-NN
 
 
 @dataclass
 class SearchOutcome:
-    """The raw results of one job: the first `fetch` ids, or every id within the radius."""
+    """One page of results of a job, in (distance, insertion order)."""
 
-    ids: list[str]  # in (distance, insertion order)
+    ids: list[str]  # the page's item ids
     distances: list[int]  # Hamming distance of each
+    metadata: list[dict[str, Any]]  # stored metadata of each ({} if removed meanwhile)
+    found: int  # results before paging: offset + k at most for k-NN, all within the radius
 
 
 class ServiceState:
@@ -59,7 +62,7 @@ class ServiceState:
     def load(self) -> None:
         """Load the model and open (or create) the configured galleries."""
         s = self.settings
-        encoder = Encoder.load(s.model_dir, device=s.device, threads=s.threads)
+        encoder = Encoder.load(s.model_dir, device=s.device, threads=s.threads, spinning=s.spinning)
         store_device = "cuda" if s.device == "cuda" or (s.device == "auto" and gpu_available()) else "cpu"
         for kind, path in (("image", s.image_gallery), ("text", s.text_gallery)):
             if path is None:
@@ -101,8 +104,8 @@ class ServiceState:
 
     def run_batch(self, modality: Modality, jobs: Sequence[SearchJob]) -> list[SearchOutcome]:
         """Encode every job's query at once, then one k-NN search per gallery (at the largest
-        fetch; a prefix of a longer ranking is the shorter ranking) and one range search per
-        (gallery, radius)."""
+        offset + k; a prefix of a longer ranking is the shorter ranking) and one range search per
+        (gallery, radius), and read the metadata of each job's page, all in this worker thread."""
         self.metrics.batch.labels(modality).observe(len(jobs))
         codes = self.encode(modality, [j.query for j in jobs])
         out: list[SearchOutcome | None] = [None] * len(jobs)
@@ -113,14 +116,16 @@ class ServiceState:
             store = self.gallery(target).gallery.store
             start = time.perf_counter()
             if radius is None:
-                ids, dists = store.search(codes[rows], max(jobs[i].fetch for i in rows))
-                for row, i in enumerate(rows):
-                    n = min(jobs[i].fetch, len(ids[row]))
-                    out[i] = SearchOutcome(ids[row][:n], [int(d) for d in dists[row][:n]])
+                ids, dists = store.search(codes[rows], max(jobs[i].offset + jobs[i].k for i in rows))
+                found = [(ids[row][: jobs[i].offset + jobs[i].k], dists[row]) for row, i in enumerate(rows)]
             else:
-                for i, (found, d) in zip(rows, store.range_search(codes[rows], radius)):
-                    out[i] = SearchOutcome(list(found), [int(x) for x in d])
+                found = store.range_search(codes[rows], radius)
             self.metrics.search.labels(target).observe(time.perf_counter() - start)
+            for i, (all_ids, all_dists) in zip(rows, found):
+                page = slice(jobs[i].offset, jobs[i].offset + jobs[i].k)
+                items = [store.get(x) for x in all_ids[page]]
+                out[i] = SearchOutcome(list(all_ids[page]), [int(d) for d in all_dists[page]],
+                                       [item["metadata"] if item else {} for item in items], len(all_ids))
         return out  # type: ignore[return-value]
 
 

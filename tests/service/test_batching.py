@@ -42,6 +42,52 @@ def test_batcher_passes_errors_to_every_waiter() -> None:
     assert all(isinstance(e, RuntimeError) for e in asyncio.run(main()))
 
 
+def test_idle_batcher_starts_at_once_and_groups_what_queues_behind_a_running_batch() -> None:
+    release = threading.Event()
+    calls: list[list[int]] = []
+    running = 0
+    most_running = 0
+
+    def slow(items: Sequence[int]) -> list[int]:
+        nonlocal running, most_running
+        running += 1
+        most_running = max(most_running, running)
+        calls.append(list(items))
+        if len(calls) == 1:
+            assert release.wait(5)
+        running -= 1
+        return [-i for i in items]
+
+    async def main() -> list[int]:
+        batcher = MicroBatcher(slow, window_ms=0, max_batch=4)
+        first = asyncio.ensure_future(batcher.submit(0))
+        while not calls:  # the lone first item started without waiting for company
+            await asyncio.sleep(0.001)
+        rest = [asyncio.ensure_future(batcher.submit(i)) for i in range(1, 7)]
+        await asyncio.sleep(0.05)
+        assert calls == [[0]]  # the others wait for the running batch
+        release.set()
+        results = await asyncio.gather(first, *rest)
+        await batcher.drain()
+        return results
+
+    assert asyncio.run(main()) == [-i for i in range(7)]
+    assert calls == [[0], [1, 2, 3, 4], [5, 6]]
+    assert most_running == 1
+
+
+def test_cancelled_waiter_does_not_stop_the_others() -> None:
+    async def main() -> list[int]:
+        batcher = MicroBatcher(lambda items: [i + 1 for i in items], window_ms=10, max_batch=8)
+        doomed = asyncio.ensure_future(batcher.submit(100))
+        kept = [asyncio.ensure_future(batcher.submit(i)) for i in range(3)]
+        await asyncio.sleep(0)
+        doomed.cancel()
+        return await asyncio.gather(*kept)
+
+    assert asyncio.run(main()) == [1, 2, 3]
+
+
 @pytest.mark.parametrize("route", ["text", "image"])
 def test_concurrent_requests_share_encoder_calls(make_settings, route: str) -> None:
     n = 8
