@@ -4,7 +4,7 @@ service stays healthy, and the galleries (ids, counts, stored upload files) do n
 Part 1 is a hand-made sweep (broken and disguised images, empty and huge bodies, out-of-range
 and wrongly typed numbers, non-UTF-8 bytes, ids with path characters) that extends
 test_errors.py; part 2 fuzzes every operation of the OpenAPI schema with schemathesis
-(bounded and derandomized, so CI is reproducible). Known bugs are strict xfails."""
+(bounded and derandomized, so CI is reproducible)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import httpx
 import pytest

@@ -17,7 +17,6 @@ from model.data.mirflickr import (
     load_mirflickr,
     load_mirflickr_image_folder,
     load_mirflickr_mat,
-    load_mirflickr_official,
 )
 from model.text import BagOfWords
 
