@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 EXTRAS ?= cpu,test,minilm,milvus
 
-.PHONY: venv test demo demo-data bench-quality clean
+.PHONY: venv test demo demo-data bench-quality bench-perf clean
 
 $(BIN)/cmhash: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -49,6 +49,15 @@ $(DEMO)/model/model.json: $(DEMO)/run/checkpoint.pt
 
 bench-quality: venv
 	$(BIN)/python bench/quality.py $(BENCH_ARGS)
+
+# The speed and load benchmarks of docs/results.md, on the `make demo` model and galleries (run
+# `make demo` once first): search scale, indexing throughput, service latency, mixed load. Each
+# prints its table and writes JSON under bench/out; about 40 minutes on 2 cores.
+bench-perf: venv $(DEMO)/model/model.json
+	$(BIN)/python bench/search_scale.py
+	$(BIN)/python bench/index_throughput.py --model $(DEMO)/model
+	$(BIN)/python bench/service_latency.py --model $(DEMO)/model
+	$(BIN)/python bench/load.py --model $(DEMO)/model
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -4,12 +4,18 @@ process on 127.0.0.1, over fresh copies of the galleries (the originals stay unt
     .venv/bin/python bench/load.py                       # 60 s, 16 clients, runs/demo/model
     .venv/bin/python bench/load.py --duration 20 --clients 8
 
-Each client draws requests from a mix of text-to-image and image-to-text searches, text adds
-and deletes of its own acknowledged adds, and records what was acknowledged. At the end:
+Each client draws requests from a mix (default text-to-image=4, image-to-text=2, add-text=2,
+delete-text=1, add-image=1, delete-image=1) of text-to-image and image-to-text searches, text and
+image adds, and deletes of its own acknowledged adds of that kind (a delete with none left
+becomes an add), and records what was acknowledged. At the end:
   - status counts per route (any 5xx or connection error fails the run), p50 / p95 latency;
-  - the final text gallery checked against the clients' records: every item exactly once in a
-    full radius search, every acknowledged add present, every acknowledged delete gone, and the
-    count equal to the initial items plus the live adds (nothing lost, nothing duplicated);
+  - both final galleries (texts and images) checked against the clients' records: every item
+    exactly once in a full radius search, every acknowledged add present and readable, every
+    acknowledged delete gone (404), and the count equal to the initial items plus the live adds
+    (nothing lost, nothing duplicated);
+  - the upload folder (<image gallery>/uploads) holding exactly the files of the live uploaded
+    images, by their metadata "path" (no file missing, no orphan or leftover *.tmp file), and
+    each live uploaded image's file served (GET /gallery/images/{id}/file);
   - the server's RSS (VmRSS, sampled every second): first, last and max.
 
 Every flag can also be set by an environment variable CMHASH_BENCH_<FLAG>. Writes
@@ -40,7 +46,8 @@ from flags import env, free_port, proc_field
 
 ROOT = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
-ROUTES = ("text-to-image", "image-to-text", "add-text", "delete-text")
+ROUTES = ("text-to-image", "image-to-text", "add-text", "delete-text", "add-image", "delete-image")
+KINDS = ("text", "image")  # the galleries; "add-<kind>" / "delete-<kind>" routes write to them
 
 
 def parse_args() -> argparse.Namespace:
@@ -57,7 +64,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--clients", type=int, default=int(env("clients", "16")), help="concurrent clients [CMHASH_BENCH_CLIENTS]")
     p.add_argument("--max-requests", type=int, default=int(env("max_requests", "20000")),
                    help="most requests per client [CMHASH_BENCH_MAX_REQUESTS]")
-    p.add_argument("--mix", default=env("mix", "text-to-image=4,image-to-text=2,add-text=2,delete-text=1"),
+    p.add_argument("--mix", default=env("mix", "text-to-image=4,image-to-text=2,add-text=2,delete-text=1,add-image=1,delete-image=1"),
                    help="relative weights of the request kinds [CMHASH_BENCH_MIX]")
     p.add_argument("--device", default=env("device", "auto"), help="server device: auto, cpu or cuda [CMHASH_BENCH_DEVICE]")
     p.add_argument("--threads", type=int, default=int(env("threads", "0")) or None,
@@ -80,8 +87,8 @@ class Record:
 
     latency: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     status: dict[str, dict[str, int]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(int)))
-    added: set[str] = field(default_factory=set)
-    deleted: set[str] = field(default_factory=set)
+    added: dict[str, set[str]] = field(default_factory=lambda: {kind: set() for kind in KINDS})
+    deleted: dict[str, set[str]] = field(default_factory=lambda: {kind: set() for kind in KINDS})
     errors: list[str] = field(default_factory=list)
 
 
@@ -124,14 +131,15 @@ def client(cid: int, base: str, args: argparse.Namespace, images: list[bytes], t
     """Send requests from the mix until the deadline or --max-requests."""
     rng = random.Random(args.seed * 1000 + cid)
     kinds, weights = list(args.mix), list(args.mix.values())
-    live: list[str] = []  # this client's acknowledged, not yet deleted adds
+    live: dict[str, list[str]] = {g: [] for g in KINDS}  # this client's acknowledged, not yet deleted adds
     with httpx.Client(base_url=base, timeout=60) as http:
         for n in range(args.max_requests):
             if time.monotonic() >= deadline:
                 return
             kind = rng.choices(kinds, weights)[0]
-            if kind == "delete-text" and not live:
-                kind = "add-text"
+            op, _, gallery = kind.partition("-")  # of a write: "add" or "delete", and the gallery kind
+            if op == "delete" and not live[gallery]:
+                op, kind = "add", f"add-{gallery}"
             item_id = f"load-c{cid:02d}-{n:05d}"
             started = time.perf_counter()
             try:
@@ -142,33 +150,37 @@ def client(cid: int, base: str, args: argparse.Namespace, images: list[bytes], t
                                   data={"k": "10"})
                 elif kind == "add-text":
                     r = http.post("/gallery/texts", json={"items": [{"id": item_id, "text": f"{rng.choice(texts)} {n}"}]})
+                elif kind == "add-image":
+                    r = http.post("/gallery/images", files={"files": ("q.jpg", rng.choice(images), "image/jpeg")},
+                                  data={"ids": item_id})
                 else:
-                    item_id = live.pop(rng.randrange(len(live)))
-                    r = http.delete(f"/gallery/texts/{item_id}")
+                    item_id = live[gallery].pop(rng.randrange(len(live[gallery])))
+                    r = http.delete(f"/gallery/{gallery}s/{item_id}")
             except httpx.TransportError as exc:
                 rec.errors.append(f"{kind} {item_id}: {type(exc).__name__}: {exc}")
                 rec.status[kind]["error"] += 1
                 continue
             rec.latency[kind].append(time.perf_counter() - started)
             rec.status[kind][f"{r.status_code // 100}xx"] += 1
-            expected = {"add-text": 201}.get(kind, 200)
+            expected = 201 if op == "add" else 200
             if r.status_code != expected:
                 rec.errors.append(f"{kind} {item_id}: {r.status_code} {r.text[:200]}")
-            elif kind == "add-text":
-                rec.added.add(item_id)
-                live.append(item_id)
-            elif kind == "delete-text":
-                rec.deleted.add(item_id)
+            elif op == "add":
+                rec.added[gallery].add(item_id)
+                live[gallery].append(item_id)
+            elif op == "delete":
+                rec.deleted[gallery].add(item_id)
             elif len(r.json()["results"]) != 10:
                 rec.errors.append(f"{kind}: {len(r.json()['results'])} results, not 10")
 
 
-def all_text_ids(http: httpx.Client) -> list[str]:
-    """Every text gallery id, from a radius search as wide as the code, page by page."""
-    bits = int(http.get("/gallery/texts").json()["bits"])
+def all_ids(http: httpx.Client, kind: str) -> list[str]:
+    """Every id of the `kind` gallery, from a text query's radius search as wide as the code
+    (text queries reach both galleries), page by page."""
+    bits = int(http.get(f"/gallery/{kind}s").json()["bits"])
     ids: list[str] = []
     while True:
-        r = http.post("/search/text-to-text", json={"text": "x", "k": 1000, "radius": bits, "offset": len(ids)})
+        r = http.post(f"/search/text-to-{kind}", json={"text": "x", "k": 1000, "radius": bits, "offset": len(ids)})
         r.raise_for_status()
         page = [h["id"] for h in r.json()["results"]]
         ids += page
@@ -176,12 +188,16 @@ def all_text_ids(http: httpx.Client) -> list[str]:
             return ids
 
 
-def check_gallery(http: httpx.Client, initial: list[str], recs: list[Record]) -> list[str]:
-    """Problems of the final text gallery against the clients' records (empty: none)."""
-    added = set().union(*(r.added for r in recs))
-    deleted = set().union(*(r.deleted for r in recs))
+def live_adds(recs: list[Record], kind: str) -> tuple[set[str], set[str]]:
+    """The ids of `kind` whose add, and those whose delete, some client saw acknowledged."""
+    return set().union(*(r.added[kind] for r in recs)), set().union(*(r.deleted[kind] for r in recs))
+
+
+def check_gallery(http: httpx.Client, kind: str, initial: list[str], recs: list[Record]) -> list[str]:
+    """Problems of the final `kind` gallery against the clients' records (empty: none)."""
+    added, deleted = live_adds(recs, kind)
     expected = (set(initial) | added) - deleted
-    final = all_text_ids(http)
+    final = all_ids(http, kind)
     problems = []
     if len(final) != len(set(final)):
         problems.append(f"{len(final) - len(set(final))} duplicated ids in the gallery")
@@ -189,17 +205,47 @@ def check_gallery(http: httpx.Client, initial: list[str], recs: list[Record]) ->
         problems.append(f"{len(missing)} acknowledged items missing, e.g. {sorted(missing)[:5]}")
     if extra := set(final) - expected:
         problems.append(f"{len(extra)} unexpected items, e.g. {sorted(extra)[:5]}")
-    count = http.get("/gallery/texts").json()["count"]
+    count = http.get(f"/gallery/{kind}s").json()["count"]
     if count != len(expected):
         problems.append(f"gallery count {count}, expected {len(expected)} (initial {len(initial)} + "
                         f"{len(added)} added - {len(deleted)} deleted)")
     for item_id in sorted(added - deleted)[:200]:
-        if http.get(f"/gallery/texts/{item_id}").status_code != 200:
+        if http.get(f"/gallery/{kind}s/{item_id}").status_code != 200:
             problems.append(f"acknowledged add {item_id} not readable")
     for item_id in sorted(deleted)[:200]:
-        if http.get(f"/gallery/texts/{item_id}").status_code != 404:
+        if http.get(f"/gallery/{kind}s/{item_id}").status_code != 404:
             problems.append(f"acknowledged delete {item_id} still readable")
-    return problems
+    return [f"{kind} gallery: {p}" for p in problems]
+
+
+def check_uploads(http: httpx.Client, folder: Path, recs: list[Record]) -> tuple[list[str], int]:
+    """Problems of the upload `folder` against the clients' live image adds (empty: none), and
+    its number of files: exactly one file per live uploaded image (its metadata "path"), no
+    file of a deleted or failed upload left behind (nor a *.tmp), and each file served."""
+    added, deleted = live_adds(recs, "image")
+    live = sorted(added - deleted)
+    expected: dict[str, str] = {}  # file name -> id
+    problems = []
+    for item_id in live:
+        r = http.get(f"/gallery/images/{item_id}")
+        if r.status_code != 200:
+            problems.append(f"live image {item_id}: GET answered {r.status_code}, its file not checked")
+            continue
+        path = Path(str(r.json()["metadata"].get("path", "")))
+        if path.parent.resolve() != folder.resolve():
+            problems.append(f"live image {item_id}: path {str(path)!r} is not in the upload folder")
+        else:
+            expected[path.name] = item_id
+    files = {p.name for p in folder.iterdir() if p.is_file()} if folder.is_dir() else set()
+    if missing := set(expected) - files:
+        problems.append(f"{len(missing)} files of live images missing from the upload folder, e.g. "
+                        f"{[(expected[name], name) for name in sorted(missing)[:5]]}")
+    if orphans := files - set(expected):
+        problems.append(f"{len(orphans)} orphan files in the upload folder, e.g. {sorted(orphans)[:5]}")
+    for item_id in live[:200]:
+        if (status := http.get(f"/gallery/images/{item_id}/file").status_code) != 200:
+            problems.append(f"live image {item_id}: GET .../file answered {status}")
+    return [f"uploads: {p}" for p in problems], len(files)
 
 
 def load_queries(path: Path, limit: int = 32) -> tuple[list[bytes], list[str]]:
@@ -242,7 +288,7 @@ def main() -> None:
         sampler = threading.Thread(target=sample_rss, args=(proc.pid, stop, rss), daemon=True)
         try:
             with httpx.Client(base_url=base, timeout=60) as http:
-                initial = all_text_ids(http)
+                initial = {kind: all_ids(http, kind) for kind in KINDS}
                 sampler.start()
                 recs = [Record() for _ in range(args.clients)]
                 started = time.monotonic()
@@ -255,7 +301,9 @@ def main() -> None:
                 wall = time.monotonic() - started
                 stop.set()
                 sampler.join()
-                problems = check_gallery(http, initial, recs)
+                problems = [p for kind in KINDS for p in check_gallery(http, kind, initial[kind], recs)]
+                upload_problems, upload_files = check_uploads(http, image_gallery / "uploads", recs)
+                problems += upload_problems
         finally:
             stop.set()
             proc.send_signal(signal.SIGINT)
@@ -272,13 +320,16 @@ def main() -> None:
     n5xx = sum(r["status"].get("5xx", 0) for r in routes.values())
     if n5xx or errors:
         problems.append(f"{n5xx} responses 5xx, {len(errors)} failed requests, e.g. {errors[:3]}")
+    gallery: dict[str, Any] = {kind: {"initial": len(initial[kind]), "added": sum(len(r.added[kind]) for r in recs),
+                                      "deleted": sum(len(r.deleted[kind]) for r in recs)} for kind in KINDS}
+    gallery["upload_files"] = upload_files
     result = {
         "machine": {"cpu": proc_field("/proc/cpuinfo", "model name"), "cores": os.cpu_count()},
         "model": str(args.model), "duration_s": args.duration, "wall_s": wall, "clients": args.clients, "mix": args.mix,
         "routes": routes, "responses_5xx": n5xx, "errors": errors[:50],
-        "gallery": {"initial": len(initial), "added": sum(len(r.added) for r in recs),
-                    "deleted": sum(len(r.deleted) for r in recs)},
-        "rss_mib": {"first": rss[0], "last": rss[-1], "max": max(rss), "samples": rss} if rss else None,
+        "gallery": gallery,
+        "rss_mib": {"first": rss[0], "last": rss[-1], "max": max(rss), "second_half_growth": rss[-1] - rss[len(rss) // 2],
+                    "samples": rss} if rss else None,
         "problems": problems,
     }
     print(f"{args.clients} clients, {wall:.1f} s, {result['machine']['cpu']} ({result['machine']['cores']} cores)")
@@ -287,11 +338,13 @@ def main() -> None:
         s = r["status"]
         print(f"{kind:<15}{r['requests']:>9}{r['per_s']:>8.1f}{s.get('2xx', 0):>7}{s.get('4xx', 0):>6}{s.get('5xx', 0):>6}"
               f"{s.get('error', 0):>6}{r['p50_ms'] or 0:>9.1f}{r['p95_ms'] or 0:>9.1f}")
-    g = result["gallery"]
-    print(f"text gallery: {g['initial']} initial + {g['added']} added - {g['deleted']} deleted, checked against the "
-          f"clients' records: {'ok' if not problems else 'FAILED'}")
+    kinds = "; ".join(f"{kind} gallery: {gallery[kind]['initial']} initial + {gallery[kind]['added']} added - "
+                      f"{gallery[kind]['deleted']} deleted" for kind in KINDS)
+    print(f"{kinds}; upload files: {upload_files}, checked against the clients' records: "
+          f"{'ok' if not problems else 'FAILED'}")
     if rss:
-        print(f"server RSS MiB: first {rss[0]:.0f}, last {rss[-1]:.0f}, max {max(rss):.0f} ({len(rss)} samples)")
+        print(f"server RSS MiB: first {rss[0]:.0f}, last {rss[-1]:.0f}, max {max(rss):.0f}, growth over the second "
+              f"half {rss[-1] - rss[len(rss) // 2]:+.0f} ({len(rss)} samples, one per second)")
     for problem in problems:
         print(f"PROBLEM: {problem}")
     (args.out / "load.json").write_text(json.dumps(result, indent=1))

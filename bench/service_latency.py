@@ -344,7 +344,8 @@ def report(meta: dict) -> str:
         f"gallery: {meta['gallery']['size']:,} random codes, built in {meta['gallery']['build_s']:.1f} s; "
         f"{len(meta['queries'])} query texts, k={meta['settings']['k']}; server: CMHASH_BATCH_WINDOW_MS="
         f"{meta['server']['batch_window_ms']:g}, CMHASH_MAX_BATCH={meta['server']['max_batch']}, "
-        f"CMHASH_THREADS={meta['server']['threads'] or 'default'}, CMHASH_SPINNING={meta['server']['spinning']}",
+        f"CMHASH_THREADS={meta['server']['threads'] or 'default'}, CMHASH_SPINNING={meta['server']['spinning']}, "
+        f"OMP_WAIT_POLICY={meta['server']['omp_wait_policy']}",
         f"bare, one query per call, lower p50 of the passes before and after the server ran: encoder "
         f"{b['encode_p50_ms']:.3f} ms, FAISS store search {b['search_p50_ms']:.3f} ms (sum "
         f"{b['encode_p50_ms'] + b['search_p50_ms']:.3f} ms); per pass: encoder "
@@ -416,7 +417,8 @@ def main() -> None:
         "gallery": {"size": args.size, "build_s": build_s},
         "healthz_p50_ms": healthz_p50_ms,
         "server": {"batch_window_ms": server.batch_window_ms, "max_batch": server.max_batch, "threads": server.threads,
-                   "spinning": server.spinning},
+                   "spinning": server.spinning,
+                   "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset")},
         "queries": queries,
         "bare": bare,
         "results": rows,
