@@ -1,16 +1,22 @@
 """Small helpers shared by the bench scripts (kept free of torch so light scripts stay light):
 flags read from CMHASH_BENCH_<FLAG> variables, argparse types, the command line as typed,
-/proc facts for the machine line and a free local port."""
+/proc facts for the machine line, a free local port and waiting for a started server."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import platform
 import re
 import shlex
 import socket
+import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
+
+import httpx
 
 
 def env(flag: str, default: str | None) -> str | None:
@@ -33,6 +39,24 @@ def proc_field(path: str, field: str) -> str | None:
     except OSError:
         return None
     return match.group(1).strip() if match else None
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (what `nproc` prints)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def machine_base() -> dict[str, Any]:
+    """The machine facts every benchmark reports: CPU model and counts, memory, platform, python."""
+    mem_kb = proc_field("/proc/meminfo", "MemTotal")
+    return {
+        "cpu_model": proc_field("/proc/cpuinfo", "model name") or platform.processor() or "unknown",
+        "nproc": usable_cpus(),
+        "cpu_count": os.cpu_count(),
+        "memory_gib": round(int(mem_kb.split()[0]) / 2**20, 1) if mem_kb else None,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+    }
 
 
 def ints(text: str) -> list[int]:
@@ -69,3 +93,20 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_ready(proc: subprocess.Popen[bytes], base: str, log: Path, timeout_s: float) -> None:
+    """Return once the server `proc` started answers GET {base}/readyz with 200; RuntimeError
+    (with the end of its `log`) when it exits first or is not ready within `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"server not ready after {timeout_s:.0f} s:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{base}/readyz", timeout=5).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)

@@ -42,10 +42,11 @@ from typing import Any
 
 import httpx
 import numpy as np
-from flags import env, free_port, proc_field
+from flags import env, free_port, proc_field, wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
+READY_TIMEOUT_S = 180.0
 ROUTES = ("text-to-image", "image-to-text", "add-text", "delete-text", "add-image", "delete-image")
 KINDS = ("text", "image")  # the galleries; "add-<kind>" / "delete-<kind>" routes write to them
 
@@ -103,18 +104,12 @@ def start_server(args: argparse.Namespace, images: Path, texts: Path, log: Path)
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=environ, stdout=out, stderr=subprocess.STDOUT)
     base = f"http://{HOST}:{port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"the server exited with {proc.returncode}:\n{log.read_text()}")
-        try:
-            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                return proc, base
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    raise SystemExit(f"the server did not become ready in 180 s:\n{log.read_text()}")
+    try:
+        wait_ready(proc, base, log, READY_TIMEOUT_S)
+    except RuntimeError as exc:
+        proc.kill()
+        raise SystemExit(str(exc)) from None
+    return proc, base
 
 
 def sample_rss(pid: int, stop: threading.Event, samples: list[float]) -> None:

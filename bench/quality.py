@@ -17,15 +17,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
-import platform
 import re
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from flags import boolean, command_line, env, proc_field
+from flags import boolean, command_line, env, machine_base, usable_cpus
 import matplotlib
 
 matplotlib.use("Agg")
@@ -280,21 +278,10 @@ def progress_line(record: dict) -> str:
 # Provenance
 
 
-def usable_cpus() -> int:
-    """CPUs this process may run on (what `nproc` prints)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def machine_info(threads: int, device: torch.device) -> dict:
     """CPU, memory, library versions and the device of the benchmark."""
-    mem_kb = proc_field("/proc/meminfo", "MemTotal")
     return {
-        "nproc": usable_cpus(),
-        "cpu_count": os.cpu_count(),
-        "cpu_model": proc_field("/proc/cpuinfo", "model name") or platform.processor() or "unknown",
-        "memory_gib": round(int(mem_kb.split()[0]) / 2**20, 1) if mem_kb else None,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
+        **machine_base(),
         "torch": torch.__version__,
         "torch_threads": threads,
         "device": str(device),

@@ -23,14 +23,13 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from flags import boolean, command_line, env, ints, positive, proc_field
+from flags import boolean, command_line, env, ints, machine_base, positive
 import faiss
 import numpy as np
 
@@ -118,22 +117,11 @@ def _cache_sizes() -> dict[str, str]:
     return out
 
 
-def usable_cpus() -> int:
-    """CPUs this process may run on (what `nproc` prints)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def machine_info() -> dict:
     """CPU, caches, memory and library versions."""
-    mem_kb = proc_field("/proc/meminfo", "MemTotal")
     return {
-        "cpu_model": proc_field("/proc/cpuinfo", "model name") or platform.processor() or "unknown",
-        "nproc": usable_cpus(),
-        "cpu_count": os.cpu_count(),
+        **machine_base(),
         "caches": _cache_sizes(),
-        "memory_gib": round(int(mem_kb.split()[0]) / 2**20, 1) if mem_kb else None,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
         "numpy": np.__version__,
         "faiss": faiss.__version__,
         "faiss_compile_options": faiss.get_compile_options().strip(),

@@ -25,7 +25,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import re
 import signal
 import subprocess
@@ -38,7 +37,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from flags import command_line, env, free_port, ints, positive, proc_field
+from flags import command_line, env, free_port, ints, machine_base, positive, wait_ready
 import httpx
 import numpy as np
 
@@ -111,16 +110,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def machine_info() -> dict:
     """CPU, core counts, memory and the load average at start."""
-    mem_kb = proc_field("/proc/meminfo", "MemTotal")
-    return {
-        "cpu_model": proc_field("/proc/cpuinfo", "model name") or platform.processor() or "unknown",
-        "nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "cpu_count": os.cpu_count(),
-        "memory_gib": round(int(mem_kb.split()[0]) / 2**20, 1) if mem_kb else None,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "loadavg_start": os.getloadavg(),
-    }
+    return {**machine_base(), "loadavg_start": os.getloadavg()}
 
 
 def make_queries(n: int, seed: int) -> list[str]:
@@ -191,18 +181,7 @@ def running_server(args: argparse.Namespace, gallery: Path, port: int, log: Path
     with log.open("wb") as out:
         proc = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"server not ready after {READY_TIMEOUT_S:.0f} s:\n{log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{base}/readyz", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
+        wait_ready(proc, base, log, READY_TIMEOUT_S)
         yield base, proc.pid
     finally:
         proc.send_signal(signal.SIGINT)
