@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 from fastapi import APIRouter, Depends, File, Form, UploadFile
 
@@ -21,13 +22,33 @@ async def _text(state: ServiceState, body: TextQuery, target: Kind) -> SearchRes
     return await run_search(state, "text", text, target, body.k, body.offset, body.radius, started)
 
 
-async def _image(state: ServiceState, file: UploadFile, target: Kind, k: int, offset: int, radius: int | None) -> SearchResponse:
+@dataclass
+class ImageQuery:
+    """The multipart fields of an image search."""
+
+    file: UploadFile  # the query image
+    k: int  # page size
+    offset: int  # results skipped
+    radius: int | None  # hash lookup radius, or None for k-NN
+
+
+def image_query(
+    file: UploadFile = File(..., description="the query image"),
+    k: int = Form(10, description="page size"),
+    offset: int = Form(0, description="results skipped"),
+    radius: int | None = Form(None, description="hash lookup radius"),
+) -> ImageQuery:
+    """The form of both image searches, declared once."""
+    return ImageQuery(file, k, offset, radius)
+
+
+async def _image(state: ServiceState, query: ImageQuery, target: Kind) -> SearchResponse:
     started = time.perf_counter()
-    check_page(state, k, offset, radius)  # before the upload is read and decoded
+    check_page(state, query.k, query.offset, query.radius)  # before the upload is read and decoded
     state.gallery(target)
-    data, _ = await image_bytes(state, file)
-    array = await image_array(state, data, repr(file.filename or "upload"))
-    return await run_search(state, "image", array, target, k, offset, radius, started)
+    data, _ = await image_bytes(state, query.file)
+    array = await image_array(state, data, repr(query.file.filename or "upload"))
+    return await run_search(state, "image", array, target, query.k, query.offset, query.radius, started)
 
 
 @router.post("/text-to-image", response_model=SearchResponse)
@@ -44,24 +65,12 @@ async def text_to_text(body: TextQuery, state: ServiceState = Depends(get_state)
 
 
 @router.post("/image-to-text", response_model=SearchResponse)
-async def image_to_text(
-    file: UploadFile = File(..., description="the query image"),
-    k: int = Form(10, description="page size"),
-    offset: int = Form(0, description="results skipped"),
-    radius: int | None = Form(None, description="hash lookup radius"),
-    state: ServiceState = Depends(get_state),
-) -> SearchResponse:
+async def image_to_text(query: ImageQuery = Depends(image_query), state: ServiceState = Depends(get_state)) -> SearchResponse:
     """Texts nearest to an uploaded image."""
-    return await _image(state, file, "text", k, offset, radius)
+    return await _image(state, query, "text")
 
 
 @router.post("/image-to-image", response_model=SearchResponse)
-async def image_to_image(
-    file: UploadFile = File(..., description="the query image"),
-    k: int = Form(10, description="page size"),
-    offset: int = Form(0, description="results skipped"),
-    radius: int | None = Form(None, description="hash lookup radius"),
-    state: ServiceState = Depends(get_state),
-) -> SearchResponse:
+async def image_to_image(query: ImageQuery = Depends(image_query), state: ServiceState = Depends(get_state)) -> SearchResponse:
     """Images nearest to an uploaded image."""
-    return await _image(state, file, "image", k, offset, radius)
+    return await _image(state, query, "image")
