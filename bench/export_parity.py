@@ -30,17 +30,18 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from flags import env
 import numpy as np
 import torch
+from flags import env
 
-from model.backbones import MiniLMTextEmbedder, build_backbone
-from model.data import load_dataset
-from model.export import export_run, relative_error
-from model.image import load_image, to_array
-from model.runtime import Encoder, read_model_info
-from model.text import BagOfWords
-from model.train import load_checkpoint
+from model.runtime.encoder import Encoder
+from model.runtime.model_dir import read_model_info
+from model.runtime.image import load_image, to_array
+from model.runtime.text import BagOfWords
+from model.training.backbones import MiniLMTextEmbedder, build_backbone
+from model.training.data import load_dataset
+from model.training.export import export_run, relative_error
+from model.training.train import load_checkpoint
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "out"
 

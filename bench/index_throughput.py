@@ -32,8 +32,8 @@ from flags import env
 
 from index.commands import build_gallery
 from index.sources import image_listing
-from model.config import REPO_ROOT, shared_data_root
-from model.runtime import Encoder
+from model.runtime.encoder import Encoder
+from model.training.config import REPO_ROOT, shared_data_root
 
 
 def parse_args() -> argparse.Namespace:

@@ -96,7 +96,7 @@ class Record:
 def start_server(args: argparse.Namespace, images: Path, texts: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
     """`cmhash serve` on a free port of 127.0.0.1, once /readyz answers 200."""
     port = free_port()
-    cmd = [sys.executable, "-m", "model.cli", "serve", "--model", str(args.model), "--image-gallery", str(images),
+    cmd = [sys.executable, "-m", "service.cli", "serve", "--model", str(args.model), "--image-gallery", str(images),
            "--text-gallery", str(texts), "--host", HOST, "--port", str(port), "--device", args.device]
     if args.threads:
         cmd += ["--threads", str(args.threads)]

@@ -23,8 +23,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from flags import boolean, command_line, env, machine_base, usable_cpus
 import matplotlib
+from flags import boolean, command_line, env, machine_base, usable_cpus
 
 matplotlib.use("Agg")
 
@@ -33,11 +33,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from model.config import REPO_ROOT, TrainConfig  # noqa: E402
-from model.evaluate import MAP_TOP_K, evaluate_codes, split_codes  # noqa: E402
-from model.metrics import map_variant_name  # noqa: E402
-from model.run import train_summary, write_run_dir  # noqa: E402
-from model.train import (  # noqa: E402
+from model.training.config import REPO_ROOT, TrainConfig  # noqa: E402
+from model.training.evaluate import MAP_TOP_K, evaluate_codes, split_codes  # noqa: E402
+from model.training.metrics import map_variant_name  # noqa: E402
+from model.training.run import train_summary, write_run_dir  # noqa: E402
+from model.training.train import (  # noqa: E402
     PreparedRun,
     TrainHistory,
     check_hyper_parameters,

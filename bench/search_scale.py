@@ -29,9 +29,9 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from flags import boolean, command_line, env, ints, machine_base, positive
 import faiss
 import numpy as np
+from flags import boolean, command_line, env, ints, machine_base, positive
 
 from index.faiss_store import FaissCodeStore
 

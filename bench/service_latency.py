@@ -37,13 +37,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from flags import command_line, env, free_port, ints, machine_base, positive, wait_ready
 import httpx
 import numpy as np
+from flags import command_line, env, free_port, ints, machine_base, positive, wait_ready
 
 from index.faiss_store import gpu_available
 from index.gallery import Gallery, GalleryInfo
-from model.runtime import Encoder
+from model.runtime.encoder import Encoder
 from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -175,7 +175,7 @@ def bare_summary(encoder: Encoder, passes: list[dict]) -> dict:
 def running_server(args: argparse.Namespace, gallery: Path, port: int, log: Path) -> Iterator[tuple[str, int]]:
     """`cmhash serve` in a subprocess until the block ends (stopped also on error); yields its base URL
     and process id once /readyz answers 200."""
-    command = [sys.executable, "-m", "model.cli", "serve", "--model", str(args.model), "--image-gallery",
+    command = [sys.executable, "-m", "service.cli", "serve", "--model", str(args.model), "--image-gallery",
                str(gallery), "--host", "127.0.0.1", "--port", str(port), "--device", args.device]
     base = f"http://127.0.0.1:{port}"
     with log.open("wb") as out:

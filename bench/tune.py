@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from model.config import TrainConfig
-from model.evaluate import evaluate_codes, split_codes
-from model.train import prepare_run, train_model
+from model.training.config import TrainConfig
+from model.training.evaluate import evaluate_codes, split_codes
+from model.training.train import prepare_run, train_model
 
 SETTINGS = Path(__file__).resolve().parent / "settings.json"
 DATASETS = {

@@ -9,18 +9,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from index.faiss_store import Device
-from index.gallery import GALLERY_FILE, Gallery, Kind, open_or_create, read_info
+from index.gallery import GALLERY_FILE, Gallery, open_or_create, read_info
 from index.pipeline import IndexReport, index_items
 from index.snapshots import CURRENT, write_atomic
+from index.search import Page, search_pages
 from index.sources import Listing, image_listing, text_listing
 from index.store import CodeStore
+from model.runtime.choices import Device, Modality
+from model.runtime.errors import UserError
 
 REPORT_FILE = "last_index_report.json"
 
 
 def _load_encoder(model_dir: Path, device: Device, threads: int | None) -> Any:
-    from model.runtime import Encoder
+    from model.runtime.encoder import Encoder
 
     return Encoder.load(model_dir, device=device, threads=threads)
 
@@ -38,7 +40,7 @@ class MilvusTarget:
     token: str | None = None  # server credentials, never written to disk
 
 
-def _open_or_create(out: Path, kind: Kind, encoder: Any, milvus: MilvusTarget | None) -> Gallery:
+def _open_or_create(out: Path, kind: Modality, encoder: Any, milvus: MilvusTarget | None) -> Gallery:
     """The gallery at `out` (checked against the encoder's model and the kind), or a new one
     (FAISS, or Milvus when `milvus` is given) in an empty or new folder. A FAISS store runs on
     the CPU here: indexing only adds, and one-off searches need no GPU mirror."""
@@ -83,7 +85,7 @@ def build_gallery(
     codes in Milvus when `milvus` is given. Writes the report to ``out/last_index_report.json``."""
     if (images is None) == (texts is None):
         raise ValueError("give exactly one of images (folder or manifest) or texts (file)")
-    kind: Kind = "image" if images is not None else "text"
+    kind: Modality = "image" if images is not None else "text"
     listing: Listing = image_listing(images) if images is not None else text_listing(texts)  # type: ignore[arg-type]
     encoder = _load_encoder(model_dir, device, threads)
     out = Path(out)
@@ -117,16 +119,6 @@ def build_gallery(
     return report
 
 
-@dataclass
-class Hit:
-    """One search result."""
-
-    rank: int  # 1-based position
-    id: str  # gallery item id
-    distance: int  # Hamming distance to the query code
-    metadata: dict[str, Any]  # what was stored with the item (path, text, labels...)
-
-
 def search_gallery(
     model_dir: Path,
     gallery_dir: Path,
@@ -138,24 +130,14 @@ def search_gallery(
     device: Device = "auto",
     threads: int | None = None,
     milvus_token: str | None = None,
-) -> list[Hit]:
-    """Encode one text or image query with `model_dir` and return the nearest items of the
-    gallery (or, with `radius`, every item within that Hamming distance, inclusive), ordered
-    by (distance, insertion order). Refuses a gallery built with another model."""
+) -> Page:
+    """Encode one text or image query with `model_dir` and return the first `k` nearest items
+    of the gallery (or, with `radius`, of those within that Hamming distance, inclusive; `found`
+    counts them all, and `nearest` says how far the best match is when none is within),
+    ordered by (distance, insertion order). Refuses a gallery built with another model."""
     if (text is None) == (image is None):
-        raise ValueError("give exactly one query: a text or an image")
+        raise UserError("give exactly one query: a text or an image")
     encoder = _load_encoder(model_dir, device, threads)
     gallery = Gallery.open(gallery_dir, model_checksum=encoder.checksum, bits=encoder.bits, token=milvus_token)
-    code = encoder.encode_texts([text]) if text is not None else encoder.encode_images([Path(image)])  # type: ignore[list-item]
-    if radius is not None:
-        ids, dists = gallery.store.range_search(code, radius)[0]
-        ids, dists = ids[:k] if k else ids, dists[:k] if k else dists
-    else:
-        found, d = gallery.store.search(code, k)
-        ids, dists = found[0], d[0]
-    hits = []
-    for rank, (item_id, dist) in enumerate(zip(ids, dists), start=1):
-        item = gallery.store.get(item_id)
-        hits.append(Hit(rank, item_id, int(dist), item["metadata"] if item else {}))
-    return hits
-
+    code = encoder.encode_texts([text]) if text is not None else encoder.encode_images([Path(image)])  # type: ignore[arg-type]
+    return search_pages(gallery.store, code, [(0, k)], radius, explain_empty=True)[0]

@@ -1,6 +1,6 @@
 """Embedded FAISS binary code store keyed by external string ids, metadata in SQLite.
 
-Codes are packed uint8 arrays (``bits // 8`` bytes per code, see :mod:`index.codes`).
+Codes are packed uint8 arrays (``bits // 8`` bytes per code, see :mod:`model.runtime.codes`).
 The codes live in ``IndexBinaryIDMap2(IndexBinaryFlat(padded_bits))`` under int64 internal
 ids drawn from an increasing counter, so internal id order is insertion order (the id map
 keeps ids stable across ``remove_ids``, which shifts the rows of a bare flat index). Widths
@@ -25,14 +25,15 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import faiss
 import numpy as np
 
-from index.codes import check_packed
 from index.snapshots import read_current, write_snapshot
 from index.store import RangeResult, SearchResult
+from model.runtime.choices import Device
+from model.runtime.codes import check_packed
 
 __all__ = ["FaissCodeStore", "padded_bits_for", "gpu_available", "GPU_MAX_K"]
 
@@ -44,7 +45,6 @@ DB_FILE = "metadata.sqlite"
 _FORMAT_VERSION = 2
 _SCHEMA = "CREATE TABLE items (iid INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, metadata TEXT NOT NULL)"
 
-Device = Literal["auto", "cpu", "cuda"]
 
 
 def padded_bits_for(bits: int) -> int:

@@ -17,14 +17,14 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from index.faiss_store import Device, FaissCodeStore
+from index.faiss_store import FaissCodeStore
 from index.snapshots import write_atomic
 from index.store import CodeStore
+from model.runtime.choices import Device, Modality
 
 GALLERY_FILE = "gallery.json"
 GALLERY_FORMAT = 1
 
-Kind = Literal["image", "text"]
 Backend = Literal["faiss", "milvus"]
 
 
@@ -38,7 +38,7 @@ class GalleryInfo(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     format_version: int = GALLERY_FORMAT  # layout version of this file
-    kind: Kind  # modality of the items: image or text
+    kind: Modality  # modality of the items: image or text
     bits: int = Field(ge=8)  # code length L
     backend: Backend = "faiss"  # where the codes live
     model_checksum: str  # checksum of the exported model whose encoder made the codes
@@ -74,7 +74,7 @@ class Gallery:
 
     @classmethod
     def open(cls, path: Path, *, model_checksum: str | None = None, bits: int | None = None,
-             kind: Kind | None = None, device: Device = "cpu", token: str | None = None) -> Gallery:
+             kind: Modality | None = None, device: Device = "cpu", token: str | None = None) -> Gallery:
         """Load the gallery at `path`; with `model_checksum` / `bits` / `kind` given, refuse a
         gallery built otherwise (GalleryMismatchError naming both sides and the fix).
         `device` places a FAISS store's k-NN; `token` authenticates to a Milvus server."""
@@ -97,7 +97,7 @@ class Gallery:
 
 
 class ModelIdentity(Protocol):
-    """What a gallery records of the model whose codes it holds (model.runtime.Encoder has it)."""
+    """What a gallery records of the model whose codes it holds (model.runtime.encoder.Encoder has it)."""
 
     bits: int
     checksum: str
@@ -106,7 +106,7 @@ class ModelIdentity(Protocol):
     def info(self) -> Any: ...  # has `.method`
 
 
-def open_or_create(path: Path, kind: Kind, model: ModelIdentity, *, device: Device = "cpu",
+def open_or_create(path: Path, kind: Modality, model: ModelIdentity, *, device: Device = "cpu",
                    token: str | None = None, new_store: Callable[[], CodeStore] | None = None) -> Gallery:
     """The gallery at `path`, refused unless it holds `kind` codes of `model`; or, when there is
     none yet, a new empty one bound to `model` (FAISS on `device`, or the store `new_store` makes)."""
@@ -128,7 +128,7 @@ def read_info(path: Path) -> GalleryInfo:
 
 
 def check_compatible(path: Path, info: GalleryInfo, *, model_checksum: str | None = None,
-                     bits: int | None = None, kind: Kind | None = None) -> None:
+                     bits: int | None = None, kind: Modality | None = None) -> None:
     """Raise GalleryMismatchError when the gallery was not built for this model and kind."""
     if kind is not None and info.kind != kind:
         raise GalleryMismatchError(f"{path} is a {info.kind} gallery, not a {kind} gallery")

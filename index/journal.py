@@ -25,8 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from index.gallery import Gallery
+from index.gallery import Gallery, GalleryInfo
 from index.snapshots import CURRENT, fsync_path, write_atomic
+from index.store import RangeResult, SearchResult
 
 JOURNAL_FILE = "journal.jsonl"
 MARKER_FILE = "journal.compacting"
@@ -68,8 +69,8 @@ def read_journal(path: Path) -> list[dict[str, Any]]:
 class JournaledGallery:
     """A `Gallery` whose adds and removes are durable when they return (see module doc).
 
-    Writes are serialised by a lock; searches may go straight to `gallery.store`, which is
-    thread-safe, and see every acknowledged change."""
+    Writes are serialised by a lock; reads (search, get, ids) go to the thread-safe store
+    and see every acknowledged change. Callers use this interface, never `gallery.store`."""
 
     def __init__(self, gallery: Gallery, compact_every: int = 1000) -> None:
         if compact_every < 1:
@@ -92,6 +93,43 @@ class JournaledGallery:
     def pending(self) -> int:
         """Journal records not yet folded into a snapshot."""
         return self._pending
+
+    @property
+    def info(self) -> GalleryInfo:
+        """gallery.json: kind, bits, backend, the model checksum."""
+        return self.gallery.info
+
+    @property
+    def bits(self) -> int:
+        """Code length L."""
+        return self.gallery.info.bits
+
+    @property
+    def device(self) -> str:
+        """Where the store's k-NN runs ("cpu", or "cuda" with a GPU mirror)."""
+        return str(getattr(self.gallery.store, "device", "cpu"))
+
+    def search(self, codes: np.ndarray, k: int) -> SearchResult:
+        """k nearest ids per query code, by (Hamming distance, insertion order)."""
+        return self.gallery.store.search(codes, k)
+
+    def range_search(self, codes: np.ndarray, radius: int) -> RangeResult:
+        """Every item within `radius` (inclusive) per query code, in the same order."""
+        return self.gallery.store.range_search(codes, radius)
+
+    def get(self, id: str) -> dict[str, Any] | None:
+        """The stored item (id, code, metadata), or None."""
+        return self.gallery.store.get(id)
+
+    def ids(self) -> list[str]:
+        """Every id, in insertion order."""
+        return self.gallery.store.ids()
+
+    def __len__(self) -> int:
+        return len(self.gallery.store)
+
+    def __contains__(self, item: object) -> bool:
+        return item in self.gallery.store
 
     def _replay(self) -> None:
         file = self.path / JOURNAL_FILE

@@ -10,7 +10,7 @@ One collection holds one store. Its schema:
 * ``ext_id`` VARCHAR: the caller's string id, returned by searches;
 * ``id_key`` VARCHAR: the UTF-8 hex of the id, the only form used inside filter
   expressions (Milvus string literals cannot express every character, newlines among them);
-* ``code`` BINARY_VECTOR (dim = bits): the packed code (:mod:`index.codes`), metric HAMMING;
+* ``code`` BINARY_VECTOR (dim = bits): the packed code (:mod:`model.runtime.codes`), metric HAMMING;
 * ``meta`` JSON: the item's metadata.
 
 Index: ``BIN_FLAT`` (exact; the only binary index Milvus Lite supports) or, on a server,
@@ -47,7 +47,7 @@ from uuid import uuid4
 
 import numpy as np
 
-from index.codes import check_packed
+from model.runtime.codes import check_packed
 
 try:
     from pymilvus import DataType, MilvusClient

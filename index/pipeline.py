@@ -21,11 +21,11 @@ from tqdm.auto import tqdm
 
 from index.gallery import Gallery
 from index.sources import Item
-from model.image import ImageDecodeError
+from model.runtime.image import ImageDecodeError
 
 
 class GalleryEncoder(Protocol):
-    """What indexing needs of an encoder (model.runtime.Encoder provides it)."""
+    """What indexing needs of an encoder (model.runtime.encoder.Encoder provides it)."""
 
     def preprocess_image(self, source: Path | bytes) -> np.ndarray: ...
 

@@ -8,15 +8,12 @@ plain text line's id is derived from its content.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from model.data import CrossModalDataset, DataError
-from model.data.manifest import read_jsonl
+from model.runtime.errors import DataError
+from model.runtime.jsonl import read_jsonl
 
 
 @dataclass
@@ -100,28 +97,3 @@ def text_listing(source: Path) -> Listing:
             if text:
                 items.append(Item(text_id(text), text, {"text": text}))
     return _dedupe(items, rejected)
-
-
-def write_dataset_sources(ds: CrossModalDataset, out: Path) -> tuple[Path, Path | None]:
-    """Write a dataset's items as gallery inputs: ``images.jsonl`` (id, image path, labels and
-    text) and ``texts.jsonl`` (id, text, labels; items without text left out). Returns the
-    two paths (texts None when the dataset has no raw texts or no image files)."""
-    if ds.image_paths is None:
-        raise DataError(f"{ds.name}: the dataset gives image feature vectors, not image files")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    names = [[ds.label_names[j] for j in np.flatnonzero(row)] for row in ds.labels]
-    texts = ds.texts if ds.texts is not None else [None] * len(ds)
-    images = out / "images.jsonl"
-    with open(images, "w", encoding="utf-8") as f:
-        for item_id, path, labels, text in zip(ds.ids, ds.image_paths, names, texts):
-            row = {"id": item_id, "image": str(Path(path).resolve()), "labels": labels}
-            f.write(json.dumps(row if text is None else {**row, "text": text}, ensure_ascii=False) + "\n")
-    if ds.texts is None:
-        return images, None
-    text_file = out / "texts.jsonl"
-    with open(text_file, "w", encoding="utf-8") as f:
-        for item_id, labels, text in zip(ds.ids, names, ds.texts):
-            if text.strip():
-                f.write(json.dumps({"id": item_id, "text": text, "labels": labels}, ensure_ascii=False) + "\n")
-    return images, text_file

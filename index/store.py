@@ -1,6 +1,6 @@
 """The one interface every code store backend implements (FAISS embedded, Milvus server).
 
-Codes are packed bits: ``n x bits/8`` uint8 (see :mod:`index.codes`). Ids are strings chosen
+Codes are packed bits: ``n x bits/8`` uint8 (see :mod:`model.runtime.codes`). Ids are strings chosen
 by the user. Results are ordered by (Hamming distance, insertion order), so every backend
 returns exactly the same ranking for the same data, ties included.
 """

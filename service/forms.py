@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import codecs
 
-from python_multipart.multipart import MultipartParseError, MultipartParser, parse_options_header
+from python_multipart.multipart import (
+    MultipartParseError,
+    MultipartParser,
+    parse_options_header,
+)
 
 
 class _PartTexts:

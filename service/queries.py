@@ -8,12 +8,12 @@ import time
 import numpy as np
 from fastapi import UploadFile
 
-from index.gallery import Kind
-from model.image import ImageDecodeError
+from model.runtime.choices import Modality
+from model.runtime.image import ImageDecodeError
 from service.deps import check_page, check_text
 from service.errors import bad_request, unsupported
-from service.schemas import Hit, SearchResponse
-from service.state import Modality, SearchJob, ServiceState
+from service.schemas import SearchResponse
+from service.state import SearchJob, ServiceState
 from service.uploads import check_image, read_upload
 
 
@@ -42,13 +42,12 @@ async def image_array(state: ServiceState, data: bytes, name: str = "upload") ->
         raise unsupported(f"{name}: {exc}") from None
 
 
-async def run_search(state: ServiceState, modality: Modality, query: np.ndarray | str, target: Kind,
+async def run_search(state: ServiceState, modality: Modality, query: np.ndarray | str, target: Modality,
                      k: int, offset: int, radius: int | None, started: float) -> SearchResponse:
     """One page of `target` results for `query` (k-NN after `offset`, or the radius lookup's page)."""
     check_page(state, k, offset, radius)
     journaled = state.gallery(target)
     outcome = await state.batchers[modality].submit(SearchJob(query, target, offset, k, radius))
-    results = [Hit(id=i, distance=d, metadata=m) for i, d, m in zip(outcome.ids, outcome.distances, outcome.metadata)]
-    return SearchResponse(results=results, bits=journaled.gallery.store.bits,
+    return SearchResponse(results=outcome.hits, bits=journaled.bits,
                           took_ms=(time.perf_counter() - started) * 1000.0,
                           total=outcome.found if radius is not None else None)

@@ -10,6 +10,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 
+from index.search import Hit
+
 class TextQuery(BaseModel):
     """A text search."""
 
@@ -19,14 +21,6 @@ class TextQuery(BaseModel):
     k: int = 10  # page size: results returned (1..max_k)
     radius: int | None = None  # hash lookup: every item within this Hamming distance (0..bits), paginated
     offset: int = 0  # results skipped before the page (0..max_offset)
-
-
-class Hit(BaseModel):
-    """One search result."""
-
-    id: str  # gallery item id
-    distance: int  # Hamming distance to the query code
-    metadata: dict[str, Any]  # what was stored with the item (path, text, labels...)
 
 
 class SearchResponse(BaseModel):

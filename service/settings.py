@@ -22,9 +22,9 @@ class Settings(BaseSettings):
     upload_dir: Path | None = None  # where uploaded gallery images are stored (default: <image_gallery>/uploads)
     host: str = "127.0.0.1"  # interface `cmhash serve` binds
     port: int = Field(8000, ge=0, le=65535)  # TCP port `cmhash serve` binds
-    workers: int = Field(1, ge=1)  # uvicorn worker processes (each loads the model; galleries need 1 writer)
+    server_workers: int = Field(1, ge=1)  # uvicorn worker processes (each loads the model; galleries need 1 writer)
     device: Literal["auto", "cpu", "cuda"] = "auto"  # where the encoder and the FAISS k-NN run
-    threads: int | None = Field(None, ge=1)  # ONNX Runtime intra-op threads (None: its default)
+    encoder_threads: int | None = Field(None, ge=1)  # ONNX Runtime intra-op threads (None: its default)
     spinning: bool = False  # let idle ONNX Runtime threads busy-wait between runs (burns the cores the server shares)
     api_key: str | None = None  # required on writes (X-API-Key or Bearer) when set; None or "": open
     milvus_token: str | None = None  # credentials of the Milvus server behind a Milvus-backed gallery
@@ -40,7 +40,7 @@ class Settings(BaseSettings):
     compact_every: int = Field(1000, ge=1)  # journaled gallery changes between full saves
     static_dir: Path | None = STATIC_DIR  # the search page (index.html at /, files at /static); None: no page
 
-    @field_validator("image_gallery", "text_gallery", "upload_dir", "threads", "api_key", "milvus_token",
+    @field_validator("image_gallery", "text_gallery", "upload_dir", "encoder_threads", "api_key", "milvus_token",
                      "static_dir", mode="before")
     @classmethod
     def _empty_is_none(cls, value: Any) -> Any:

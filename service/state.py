@@ -6,21 +6,22 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from index.faiss_store import gpu_available
-from index.gallery import Kind, open_or_create
+from index.gallery import open_or_create
 from index.journal import JournaledGallery
-from model.runtime import Encoder
+from index.search import Page, search_pages
+from model.runtime.choices import Modality
+from model.runtime.encoder import Encoder
 from service.batching import MicroBatcher
 from service.errors import ApiError, not_ready
 from service.metrics import Metrics
 from service.settings import Settings
 
 log = logging.getLogger("cmhash.service")
-Modality = Literal["image", "text"]
 
 
 @dataclass
@@ -28,20 +29,10 @@ class SearchJob:
     """One query waiting in a micro-batch."""
 
     query: np.ndarray | str  # a preprocessed 3 x S x S image, or a text
-    target: Kind  # gallery searched
+    target: Modality  # gallery searched
     offset: int  # results skipped before the page
     k: int  # page size
     radius: int | None  # hash lookup radius, or None for k-NN
-
-
-@dataclass
-class SearchOutcome:
-    """One page of results of a job, in (distance, insertion order)."""
-
-    ids: list[str]  # the page's item ids
-    distances: list[int]  # Hamming distance of each
-    metadata: list[dict[str, Any]]  # stored metadata of each ({} if removed meanwhile)
-    found: int  # results before paging: offset + k at most for k-NN, all within the radius
 
 
 class ServiceState:
@@ -51,10 +42,10 @@ class ServiceState:
         self.settings = settings
         self.metrics = metrics
         self.encoder: Encoder | None = None
-        self.galleries: dict[Kind, JournaledGallery] = {}
+        self.galleries: dict[Modality, JournaledGallery] = {}
         self.error: str | None = None
         self.ready = False
-        self.batchers: dict[Modality, MicroBatcher[SearchJob, SearchOutcome]] = {
+        self.batchers: dict[Modality, MicroBatcher[SearchJob, Page]] = {
             m: MicroBatcher(lambda jobs, m=m: self.run_batch(m, jobs), settings.batch_window_ms, settings.max_batch)
             for m in ("image", "text")
         }
@@ -62,14 +53,14 @@ class ServiceState:
     def load(self) -> None:
         """Load the model and open (or create) the configured galleries."""
         s = self.settings
-        encoder = Encoder.load(s.model_dir, device=s.device, threads=s.threads, spinning=s.spinning)
+        encoder = Encoder.load(s.model_dir, device=s.device, threads=s.encoder_threads, spinning=s.spinning)
         store_device = "cuda" if s.device == "cuda" or (s.device == "auto" and gpu_available()) else "cpu"
         for kind, path in (("image", s.image_gallery), ("text", s.text_gallery)):
             if path is None:
                 continue
             gallery = open_or_create(path, kind, encoder, device=store_device, token=s.milvus_token)  # type: ignore[arg-type]
             self.galleries[kind] = JournaledGallery(gallery, s.compact_every)  # type: ignore[index]
-            log.info("%s gallery %s: %d items", kind, path, len(gallery.store))
+            log.info("%s gallery %s: %d items", kind, path, len(self.galleries[kind]))
         self.encoder = encoder
         self.ready = True
 
@@ -84,7 +75,7 @@ class ServiceState:
             raise not_ready(f"model not loaded: {self.error}" if self.error else "the model is still loading")
         return self.encoder
 
-    def gallery(self, kind: Kind) -> JournaledGallery:
+    def gallery(self, kind: Modality) -> JournaledGallery:
         """The `kind` gallery, or 503 when not loaded or not configured."""
         self.require_encoder()
         if kind not in self.galleries:
@@ -102,36 +93,26 @@ class ServiceState:
         self.metrics.encode.labels(modality).observe(time.perf_counter() - start)
         return codes
 
-    def run_batch(self, modality: Modality, jobs: Sequence[SearchJob]) -> list[SearchOutcome]:
-        """Encode every job's query at once, then one k-NN search per gallery (at the largest
-        offset + k; a prefix of a longer ranking is the shorter ranking) and one range search per
-        (gallery, radius), and read the metadata of each job's page, all in this worker thread."""
+    def run_batch(self, modality: Modality, jobs: Sequence[SearchJob]) -> list[Page]:
+        """Encode every job's query at once, then one `search_pages` per (gallery, radius), all in
+        this worker thread."""
         self.metrics.batch.labels(modality).observe(len(jobs))
         codes = self.encode(modality, [j.query for j in jobs])
-        out: list[SearchOutcome | None] = [None] * len(jobs)
-        groups: dict[tuple[Kind, int | None], list[int]] = {}
+        out: dict[int, Page] = {}
+        groups: dict[tuple[Modality, int | None], list[int]] = {}
         for i, job in enumerate(jobs):
             groups.setdefault((job.target, job.radius), []).append(i)
         for (target, radius), rows in groups.items():
-            store = self.gallery(target).gallery.store
             start = time.perf_counter()
-            if radius is None:
-                ids, dists = store.search(codes[rows], max(jobs[i].offset + jobs[i].k for i in rows))
-                found = [(ids[row][: jobs[i].offset + jobs[i].k], dists[row]) for row, i in enumerate(rows)]
-            else:
-                found = store.range_search(codes[rows], radius)
+            pages = search_pages(self.gallery(target), codes[rows], [(jobs[i].offset, jobs[i].k) for i in rows], radius)
             self.metrics.search.labels(target).observe(time.perf_counter() - start)
-            for i, (all_ids, all_dists) in zip(rows, found):
-                page = slice(jobs[i].offset, jobs[i].offset + jobs[i].k)
-                items = [store.get(x) for x in all_ids[page]]
-                out[i] = SearchOutcome(list(all_ids[page]), [int(d) for d in all_dists[page]],
-                                       [item["metadata"] if item else {} for item in items], len(all_ids))
-        return out  # type: ignore[return-value]
+            out.update(zip(rows, pages, strict=True))
+        return [out[i] for i in range(len(jobs))]
 
 
-def gallery_kind(name: str) -> Kind:
+def gallery_kind(name: str) -> Modality:
     """"images" / "texts" in a URL -> the gallery kind; 404 for anything else."""
-    kinds: dict[str, Kind] = {"images": "image", "texts": "text"}
+    kinds: dict[str, Modality] = {"images": "image", "texts": "text"}
     if name not in kinds:
         raise ApiError(404, f"no gallery {name!r}: use images or texts")
     return kinds[name]

@@ -21,8 +21,8 @@ def tiny_manifest(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_run(tiny_manifest, tmp_path_factory) -> Path:
     """A trained run directory: Bi_NCMH, 16 bits, hidden 64, 15 epochs on the tiny manifest."""
-    from model.config import TrainConfig
-    from model.run import train_run
+    from model.training.config import TrainConfig
+    from model.training.run import train_run
 
     out = tmp_path_factory.mktemp("tiny_runs") / "bi_ncmh16"
     cfg = TrainConfig(
@@ -35,8 +35,8 @@ def tiny_run(tiny_manifest, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tiny_run, tmp_path_factory) -> Path:
-    """tiny_run exported once with model.export (image.onnx, text.onnx, model.json)."""
-    from model.export import export_run
+    """tiny_run exported once with model.training.export (image.onnx, text.onnx, model.json)."""
+    from model.training.export import export_run
 
     out = tmp_path_factory.mktemp("tiny_models") / "bi_ncmh16"
     export_run(tiny_run, out)
@@ -71,8 +71,8 @@ def write_wikipedia_miniature(root: Path, n_train: int = 40, n_test: int = 8, se
 def tiny_features_run(tmp_path_factory) -> Path:
     """A trained run on feature vectors only (a Wikipedia miniature with LDA text): Bi_NCMH,
     16 bits, hidden 32, 10 epochs."""
-    from model.config import TrainConfig
-    from model.run import train_run
+    from model.training.config import TrainConfig
+    from model.training.run import train_run
 
     data = write_wikipedia_miniature(tmp_path_factory.mktemp("tiny_wikipedia"))
     out = tmp_path_factory.mktemp("tiny_runs") / "features16"
@@ -87,7 +87,7 @@ def tiny_features_run(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_features_model_dir(tiny_features_run, tmp_path_factory) -> Path:
     """tiny_features_run exported once: "features" inputs on both sides."""
-    from model.export import export_run
+    from model.training.export import export_run
 
     out = tmp_path_factory.mktemp("tiny_models") / "features16"
     export_run(tiny_features_run, out)

@@ -18,10 +18,10 @@ from typing import Any
 from fastapi import APIRouter, Depends, File, Form, UploadFile
 from fastapi.responses import FileResponse
 
-from index.gallery import Kind
 from index.journal import JournaledGallery
 from index.snapshots import fsync_path
 from index.sources import text_id
+from model.runtime.choices import Modality
 from service.deps import get_state, require_read, require_write
 from service.errors import ApiError, bad_request, not_found
 from service.queries import image_array, image_bytes, text_query
@@ -67,7 +67,7 @@ def _check_ids(ids: list[str], journaled: JournaledGallery) -> None:
         if item_id in seen:
             raise ApiError(409, f"id {item_id!r} appears twice in the request")
         seen.add(item_id)
-        if item_id in journaled.gallery.store:
+        if item_id in journaled:
             raise ApiError(409, f"id {item_id!r} is already in the gallery")
 
 
@@ -108,7 +108,7 @@ def _add(journaled: JournaledGallery, ids: list[str], codes: Any, metas: list[di
         journaled.add(ids, codes, metas)
     except ValueError as exc:
         raise ApiError(409, str(exc)) from None
-    return len(journaled.gallery.store)
+    return len(journaled)
 
 
 @router.post("/images", response_model=Added, status_code=201, dependencies=[Depends(require_write)])
@@ -174,7 +174,7 @@ async def add_texts(body: TextItems, state: ServiceState = Depends(get_state)) -
             responses={200: {"content": {"image/*": {}}}, 404: {"description": "no such item or file"}})
 async def image_file(item_id: str, state: ServiceState = Depends(get_state)) -> FileResponse:
     """The stored image file of an image item (its metadata "path")."""
-    item = state.gallery("image").gallery.store.get(item_id)
+    item = state.gallery("image").get(item_id)
     path = Path(str(item["metadata"].get("path", ""))) if item else None
     if path is None or not path.name or not path.is_file():
         raise not_found(f"no image file for {item_id!r}")
@@ -186,15 +186,15 @@ async def image_file(item_id: str, state: ServiceState = Depends(get_state)) -> 
 async def status(kind: str, state: ServiceState = Depends(get_state)) -> GalleryStatus:
     """Size, code length, model checksum and backend of a gallery (images or texts)."""
     journaled = state.gallery(gallery_kind(kind))
-    g = journaled.gallery
-    return GalleryStatus(kind=g.info.kind, count=len(g.store), bits=g.info.bits, model_checksum=g.info.model_checksum,
-                         backend=g.info.backend, device=getattr(g.store, "device", "cpu"), pending=journaled.pending)
+    info = journaled.info
+    return GalleryStatus(kind=info.kind, count=len(journaled), bits=info.bits, model_checksum=info.model_checksum,
+                         backend=info.backend, device=journaled.device, pending=journaled.pending)
 
 
 @router.get("/{kind}/{item_id:path}", response_model=Item, dependencies=[Depends(require_read)])
 async def get_item(kind: str, item_id: str, state: ServiceState = Depends(get_state)) -> Item:
     """One item: id, code (hex) and metadata."""
-    item = state.gallery(gallery_kind(kind)).gallery.store.get(item_id)
+    item = state.gallery(gallery_kind(kind)).get(item_id)
     if item is None:
         raise not_found(f"no item {item_id!r} in the {kind} gallery")
     return Item(id=item_id, code=bytes(item["code"]).hex(), metadata=item["metadata"])
@@ -203,9 +203,9 @@ async def get_item(kind: str, item_id: str, state: ServiceState = Depends(get_st
 @router.delete("/{kind}/{item_id:path}", response_model=Deleted, dependencies=[Depends(require_write)])
 async def delete_item(kind: str, item_id: str, state: ServiceState = Depends(get_state)) -> Deleted:
     """Remove an item (and its uploaded file); 404 when absent."""
-    gkind: Kind = gallery_kind(kind)
+    gkind: Modality = gallery_kind(kind)
     journaled = state.gallery(gkind)
-    item = journaled.gallery.store.get(item_id)
+    item = journaled.get(item_id)
     removed = await asyncio.to_thread(journaled.remove, [item_id])
     if not removed or item is None:
         raise not_found(f"no item {item_id!r} in the {kind} gallery")
@@ -213,4 +213,4 @@ async def delete_item(kind: str, item_id: str, state: ServiceState = Depends(get
         path = Path(str(item["metadata"].get("path", "")))
         if path.name and path.parent.resolve() == upload_dir(state).resolve():
             path.unlink(missing_ok=True)
-    return Deleted(id=item_id, count=len(journaled.gallery.store))
+    return Deleted(id=item_id, count=len(journaled))

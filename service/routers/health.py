@@ -23,7 +23,7 @@ def healthz() -> Health:
 def readyz(state: ServiceState = Depends(get_state)) -> Response:
     """200 once the model and the configured galleries are loaded; 503 before, or after a failure."""
     if state.ready:
-        loaded = ", ".join(f"{k} gallery ({len(g.gallery.store)})" for k, g in state.galleries.items())
+        loaded = ", ".join(f"{k} gallery ({len(g)})" for k, g in state.galleries.items())
         return JSONResponse(Health(status="ok", detail=f"model{', ' + loaded if loaded else ''}").model_dump())
     status = "failed" if state.error else "loading"
     body = Health(status=status, detail=state.error).model_dump()
@@ -34,5 +34,5 @@ def readyz(state: ServiceState = Depends(get_state)) -> Response:
 def metrics(state: ServiceState = Depends(get_state)) -> Response:
     """Prometheus text exposition: requests and latency per route, encode / search time, gallery sizes."""
     for kind, journaled in state.galleries.items():
-        state.metrics.gallery_items.labels(kind).set(len(journaled.gallery.store))
+        state.metrics.gallery_items.labels(kind).set(len(journaled))
     return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from fastapi import APIRouter, Depends, File, Form, UploadFile
 
-from index.gallery import Kind
+from model.runtime.choices import Modality
 from service.deps import check_page, get_state, require_read
 from service.queries import image_array, image_bytes, run_search, text_query
 from service.schemas import SearchResponse, TextQuery
@@ -16,7 +16,7 @@ from service.state import ServiceState
 router = APIRouter(prefix="/search", tags=["search"], dependencies=[Depends(require_read)])
 
 
-async def _text(state: ServiceState, body: TextQuery, target: Kind) -> SearchResponse:
+async def _text(state: ServiceState, body: TextQuery, target: Modality) -> SearchResponse:
     started = time.perf_counter()
     text = text_query(state, body.text)
     return await run_search(state, "text", text, target, body.k, body.offset, body.radius, started)
@@ -42,7 +42,7 @@ def image_query(
     return ImageQuery(file, k, offset, radius)
 
 
-async def _image(state: ServiceState, query: ImageQuery, target: Kind) -> SearchResponse:
+async def _image(state: ServiceState, query: ImageQuery, target: Modality) -> SearchResponse:
     started = time.perf_counter()
     check_page(state, query.k, query.offset, query.radius)  # before the upload is read and decoded
     state.gallery(target)

@@ -125,10 +125,10 @@ def from_image(instrs: list[tuple[str, str]]) -> str | None:
 
 @lru_cache(maxsize=1)
 def cli_group() -> click.Group:
-    from model.cli import app
+    from service.cli import app
 
     group = typer.main.get_command(app)
-    assert hasattr(group, "commands"), "model.cli.app is not a command group"
+    assert hasattr(group, "commands"), "service.cli.app is not a command group"
     return group  # type: ignore[return-value]
 
 
@@ -205,7 +205,7 @@ def service_settings_envvars() -> set[str]:
 
 def invoke_help(command: str):
     """`cmhash <command> --help` through typer's CliRunner (wide, so names are not wrapped)."""
-    from model.cli import app
+    from service.cli import app
 
     return CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "200", "TERMINAL_WIDTH": "200"})
 
@@ -562,7 +562,7 @@ def check_commands(compose: dict, *, allow_missing: frozenset[str] = frozenset()
         if command in allow_missing:
             continue
         if command not in commands:
-            problems.append(f"{where}: `cmhash {command}` is not a command of model.cli.app")
+            problems.append(f"{where}: `cmhash {command}` is not a command of service.cli.app")
             continue
         options = command_options(command)
         for flag in flags:
@@ -680,7 +680,7 @@ def test_trainer_env_names_are_real(compose):
 
 def test_api_env_names_are_serve_settings(compose):
     if not serve_registered():
-        pytest.skip("`cmhash serve` is not registered in model.cli.app yet (the service is being written): "
+        pytest.skip("`cmhash serve` is not registered in service.cli.app yet (the service is being written): "
                     "the API services' CMHASH_* variables cannot be checked against it")
     result = invoke_help("serve")
     assert result.exit_code == 0, result.output
@@ -731,7 +731,7 @@ def test_cmhash_commands_are_real(compose):
 
 def test_serve_command_used_by_images_is_registered(compose):
     if not serve_registered():
-        pytest.skip("`cmhash serve` is not registered in model.cli.app yet (the service is being written)")
+        pytest.skip("`cmhash serve` is not registered in service.cli.app yet (the service is being written)")
     assert check_commands(compose) == []
 
 
@@ -800,7 +800,7 @@ def test_checks_catch_broken_compose(compose, tmp_path):
 def test_checks_catch_broken_dockerfile_and_script(tmp_path):
     text = DOCKERFILES["cpu"].read_text()
     bad = tmp_path / "Dockerfile.cpu"
-    bad.write_text(text.replace('ENTRYPOINT ["cmhash"]', 'ENTRYPOINT ["python", "-m", "model.cli"]')
+    bad.write_text(text.replace('ENTRYPOINT ["cmhash"]', 'ENTRYPOINT ["python", "-m", "service.cli"]')
                    .replace("HEALTHCHECK", "# HEALTHCHECK").replace("USER cmhash", "USER root")
                    .replace("ARG EXTRAS=cpu,minilm", "ARG EXTRAS=cpu,gpu,minilm"))
     problems = check_dockerfile(bad, "cpu")

@@ -16,11 +16,11 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from index.codes import hamming_distance_matrix
 from index.commands import build_gallery, search_gallery
 from index.gallery import Gallery, GalleryMismatchError
-from model.cli import app
-from model.runtime import Encoder
+from model.runtime.codes import hamming_distance_matrix
+from model.runtime.encoder import Encoder
+from service.cli import app
 from tests.tiny_data import CLASSES, draw_item, item_text
 
 runner = CliRunner()
@@ -76,7 +76,7 @@ def test_index_folder_then_search_matches_brute_force(tiny_model_dir, encoder, f
     np.testing.assert_array_equal(codes, encoder.encode_images(files))  # pipeline = direct encoding
 
     for text in ("a small red square", "a bright blue stripes"):
-        hits = search_gallery(tiny_model_dir, tmp_path / "g", text=text, k=6)
+        hits = search_gallery(tiny_model_dir, tmp_path / "g", text=text, k=6).hits
         q = encoder.encode_texts([text])
         dist = hamming_distance_matrix(q, codes)[0]
         expected = sorted(range(len(ids)), key=lambda p: (dist[p], p))[:6]
@@ -84,7 +84,7 @@ def test_index_folder_then_search_matches_brute_force(tiny_model_dir, encoder, f
         assert [h.distance for h in hits] == [int(dist[p]) for p in expected]
         assert hits[0].metadata["path"] == str((folder / f"{hits[0].id}.jpg").resolve())
     radius = int(np.median(dist))
-    within = search_gallery(tiny_model_dir, tmp_path / "g", text="a bright blue stripes", k=100, radius=radius)
+    within = search_gallery(tiny_model_dir, tmp_path / "g", text="a bright blue stripes", k=100, radius=radius).hits
     assert [h.id for h in within] == [ids[p] for p in sorted(range(len(ids)), key=lambda p: (dist[p], p)) if dist[p] <= radius]
 
 
@@ -113,7 +113,7 @@ def test_text_gallery_and_image_query(tiny_model_dir, encoder, folder, tmp_path)
     texts.write_text("\n".join(json.dumps(r) for r in rows))
     report = build_gallery(tiny_model_dir, tmp_path / "t", texts=texts, progress=False)
     assert report.added == 12
-    hits = search_gallery(tiny_model_dir, tmp_path / "t", image=folder / "g02.jpg", k=12)
+    hits = search_gallery(tiny_model_dir, tmp_path / "t", image=folder / "g02.jpg", k=12).hits
     q = encoder.encode_images([folder / "g02.jpg"])
     dist = hamming_distance_matrix(q, encoder.encode_texts([r["text"] for r in rows]))[0]
     assert [h.id for h in hits] == [f"c{p}" for p in sorted(range(12), key=lambda p: (dist[p], p))]
@@ -125,7 +125,7 @@ def other_model_dir(tiny_run, tmp_path_factory) -> Path:
     """The tiny run with one weight changed, exported: another model of the same shape."""
     import torch
 
-    from model.export import export_run
+    from model.training.export import export_run
 
     run = tmp_path_factory.mktemp("other_run") / "run"
     shutil.copytree(tiny_run, run)
@@ -142,14 +142,14 @@ def test_gallery_of_another_model_is_refused(tiny_model_dir, other_model_dir, fo
     build_gallery(tiny_model_dir, tmp_path / "g", images=folder, progress=False)
     assert Encoder.load(other_model_dir).checksum != Encoder.load(tiny_model_dir).checksum
     with pytest.raises(GalleryMismatchError, match="rebuild"):
-        search_gallery(other_model_dir, tmp_path / "g", text="red")
+        search_gallery(other_model_dir, tmp_path / "g", text="red").hits
     with pytest.raises(GalleryMismatchError):
         build_gallery(other_model_dir, tmp_path / "g", images=folder, progress=False)
     result = invoke("index", "--model", other_model_dir, "--images", folder, "--out", tmp_path / "g")
     assert result.exit_code == 2 and "was built with model" in ANSI.sub("", result.output)
     assert len(Gallery.open(tmp_path / "g").store) == 16  # untouched
     rebuilt = build_gallery(other_model_dir, tmp_path / "g", images=folder, rebuild=True, progress=False)
-    assert rebuilt.added == 16 and search_gallery(other_model_dir, tmp_path / "g", text="red")
+    assert rebuilt.added == 16 and search_gallery(other_model_dir, tmp_path / "g", text="red").hits
 
 
 def test_cli_index_and_search(tiny_model_dir, folder, tmp_path):
@@ -203,8 +203,8 @@ def test_milvus_gallery_gives_the_faiss_gallery_results(tiny_model_dir, folder, 
     again = build_gallery(tiny_model_dir, tmp_path / "milvus", images=folder, progress=False)
     assert (again.added, again.already_present) == (0, 16)
     for text in ("a red square", "yellow checks"):
-        a = search_gallery(tiny_model_dir, tmp_path / "faiss", text=text, k=7)
-        b = search_gallery(tiny_model_dir, tmp_path / "milvus", text=text, k=7)
+        a = search_gallery(tiny_model_dir, tmp_path / "faiss", text=text, k=7).hits
+        b = search_gallery(tiny_model_dir, tmp_path / "milvus", text=text, k=7).hits
         assert [(h.id, h.distance, h.metadata) for h in a] == [(h.id, h.distance, h.metadata) for h in b]
     with pytest.raises(ValueError, match="rebuild"):
         build_gallery(tiny_model_dir, tmp_path / "milvus", images=folder, rebuild=True, progress=False)

@@ -12,8 +12,8 @@ import faiss
 import numpy as np
 import pytest
 
-from index.codes import hamming_distance_matrix, pack_codes, unpack_codes
 from index.faiss_store import GPU_MAX_K, FaissCodeStore, padded_bits_for
+from model.runtime.codes import hamming_distance_matrix, pack_codes, unpack_codes
 
 BITS = [16, 32, 64, 128]
 

@@ -11,7 +11,13 @@ import numpy as np
 import pytest
 
 from index.gallery import Gallery, GalleryInfo
-from index.journal import JOURNAL_FILE, MARKER_FILE, JournalError, JournaledGallery, read_journal
+from index.journal import (
+    JOURNAL_FILE,
+    MARKER_FILE,
+    JournaledGallery,
+    JournalError,
+    read_journal,
+)
 from index.snapshots import CURRENT
 
 BITS = 32

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from index.codes import hamming_distance_matrix
 from index.gallery import Gallery, GalleryInfo
 from index.pipeline import index_items
 from index.sources import image_listing, text_listing
-from model.image import ImagePreprocess, load_image, to_array
+from model.runtime.codes import hamming_distance_matrix
+from model.runtime.image import ImagePreprocess, load_image, to_array
 from tests.tiny_data import draw_item
 
 BITS = 64

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from index.sources import image_listing, text_id, text_listing
-from model.data import DataError
+from model.runtime.errors import DataError
 
 
 def test_folder_ids_are_relative_paths_without_extension(tmp_path: Path):
@@ -77,18 +77,3 @@ def test_jsonl_texts_keep_ids_and_fields(tmp_path: Path):
     assert [i.id for i in listing.items] == ["c1", text_id("no id here")]
     assert listing.items[0].metadata == {"text": "a cat", "labels": ["cat"]}
     assert listing.rejected == [(f"{f}:3", "needs a non-empty string 'text'")]
-
-
-def test_dataset_sources_round_trip_through_the_listings(tiny_manifest, tmp_path: Path):
-    from index.sources import write_dataset_sources
-    from model.data import load_dataset
-
-    ds = load_dataset("manifest", tiny_manifest)
-    images, texts = write_dataset_sources(ds, tmp_path / "src")
-    img, txt = image_listing(images), text_listing(texts)
-    assert [i.id for i in img.items] == [i.id for i in txt.items] == ds.ids
-    for row, (a, b) in enumerate(zip(img.items, txt.items)):
-        assert a.source == ds.image_paths[row].resolve()
-        assert b.source == a.metadata["text"] == ds.texts[row]
-        labels = [ds.label_names[j] for j in range(len(ds.label_names)) if ds.labels[row, j]]
-        assert a.metadata["labels"] == b.metadata["labels"] == labels

@@ -7,8 +7,8 @@ import io
 import json
 import shutil
 import time
-from contextlib import contextmanager
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from index.commands import build_gallery
-from model.runtime import Encoder
+from model.runtime.encoder import Encoder
 from service.app import create_app
 from service.settings import Settings
 from tests.tiny_data import draw_item, item_text
@@ -104,7 +104,7 @@ def module_settings(tiny_model_dir: Path, gallery_templates: Path, tmp_path_fact
     shutil.copytree(gallery_templates / "images", root / "images")
     shutil.copytree(gallery_templates / "texts", root / "texts")
     return Settings(model_dir=tiny_model_dir, image_gallery=root / "images", text_gallery=root / "texts",
-                    device="cpu", threads=1)
+                    device="cpu", encoder_threads=1)
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi.testclient import TestClient
 
-from model.runtime import Encoder
+from model.runtime.encoder import Encoder
 from tests.service.conftest import png_bytes
 
 

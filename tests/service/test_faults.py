@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from index.journal import MARKER_FILE
-from model.runtime import Encoder
+from model.runtime.encoder import Encoder
 from tests.service.conftest import N_IMAGES, N_TEXTS, png_bytes
 from tests.service.test_uvicorn import ROOT, free_port
 
@@ -58,7 +58,7 @@ class Server:
         """Start on a free port and wait for /readyz (fails fast if the process exits)."""
         port = free_port()
         self.base = f"http://127.0.0.1:{port}"
-        cmd = [sys.executable, "-m", "model.cli", "serve", "--model", str(self.model), "--image-gallery",
+        cmd = [sys.executable, "-m", "service.cli", "serve", "--model", str(self.model), "--image-gallery",
                str(self.images), "--text-gallery", str(self.texts), "--port", str(port), "--device", "cpu",
                "--threads", "1"]
         with open(self.log, "ab") as log:

@@ -11,7 +11,7 @@ import numpy as np
 from fastapi.testclient import TestClient
 
 from index.gallery import Gallery
-from model.runtime import Encoder
+from model.runtime.encoder import Encoder
 from service.settings import Settings
 from tests.service.conftest import open_client, png_bytes
 from tests.tiny_data import draw_item

@@ -360,7 +360,7 @@ def fuzz_app(tiny_model_dir: Path, gallery_templates: Path, tmp_path_factory: py
     shutil.copytree(gallery_templates / "texts", root / "texts")
     # small limits keep the generated bodies (and the 413 paths) cheap
     app = create_app(Settings(model_dir=tiny_model_dir, image_gallery=root / "images", text_gallery=root / "texts",
-                              device="cpu", threads=1, max_upload_bytes=200_000, max_text_chars=200))
+                              device="cpu", encoder_threads=1, max_upload_bytes=200_000, max_text_chars=200))
     try:
         with asgi.get_client(app):  # starts the lifespan; the model loads in the background
             deadline = time.monotonic() + 60

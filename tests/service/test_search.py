@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from index.codes import hamming_distance_matrix
 from index.gallery import Gallery
-from model.runtime import Encoder
+from model.runtime.codes import hamming_distance_matrix
+from model.runtime.encoder import Encoder
 from service.settings import Settings
 from tests.service.conftest import png_bytes
 

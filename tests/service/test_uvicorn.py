@@ -17,7 +17,7 @@ import pytest
 import uvicorn
 
 from index.gallery import Gallery
-from model.runtime import Encoder
+from model.runtime.encoder import Encoder
 from service.app import create_app
 from service.settings import Settings
 from tests.service.conftest import png_bytes
@@ -81,8 +81,8 @@ def test_endpoints_over_http(server: str, encoder: Encoder) -> None:
 def test_cmhash_serve_process(module_settings: Settings, tmp_path: Path) -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CMHASH_")}
-    env["CMHASH_THREADS"] = "1"  # flags come from their CMHASH_ variables too
-    cmd = [sys.executable, "-m", "model.cli", "serve", "--model", str(module_settings.model_dir),
+    env["CMHASH_ENCODER_THREADS"] = "1"  # flags come from their CMHASH_ variables too
+    cmd = [sys.executable, "-m", "service.cli", "serve", "--model", str(module_settings.model_dir),
            "--text-gallery", str(tmp_path / "new_texts"), "--port", str(port), "--device", "cpu", "--api-key", "k"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

@@ -1,0 +1,64 @@
+"""Tokenizer and bag of words: Unicode handling, deterministic vocabulary, exact vectors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from model.runtime.text import TOKENIZER_VERSION, BagOfWords, tokenize
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Hello, World!!  -- ...", ["hello", "world"]),
+        ("ＡＢＣ１２３ Straße", ["abc123", "strasse"]),  # NFKC full-width, casefold ß
+        ("Cafe\u0301 CAFÉ", ["café", "café"]),  # combining accent composed by NFKC
+        ("東京タワー", ["東", "京", "タ", "ワ", "ー"]),
+        ("iphone手机 2024", ["iphone", "手", "机", "2024"]),
+        ("서울 맛집", ["서", "울", "맛", "집"]),
+        ("हिन्दी भाषा", ["हिन्दी", "भाषा"]),  # vowel signs stay inside the word
+        ("plant_life ___ ... !!", ["plant_life"]),
+        ("360° geo:tool=gmif", ["360", "geo", "tool", "gmif"]),
+        ("", []),
+    ],
+)
+def test_tokenize(text: str, expected: list[str]) -> None:
+    assert tokenize(text) == expected
+
+
+def test_fit_orders_by_document_frequency_then_word() -> None:
+    texts = ["b a", "a c", "A b", "d d d d", "c"]
+    # document frequencies: a 3, b 2, c 2, d 1 (repeats within one text count once)
+    assert BagOfWords.fit(texts).vocabulary == ["a", "b", "c", "d"]
+    assert BagOfWords.fit(texts, min_count=2).vocabulary == ["a", "b", "c"]
+    assert BagOfWords.fit(texts, max_size=2).vocabulary == ["a", "b"]
+    assert BagOfWords.fit(list(reversed(texts))).vocabulary == ["a", "b", "c", "d"]
+
+
+def test_transform_binary_and_counts() -> None:
+    texts = ["sky sky sea", "unknown words only", "", "Sea, SKY! tree"]
+    binary = BagOfWords(vocabulary=["sky", "sea", "tree"], binary=True).transform(texts)
+    counts = BagOfWords(vocabulary=["sky", "sea", "tree"], binary=False).transform(texts)
+    assert binary.dtype == np.float32 and binary.shape == (4, 3)
+    np.testing.assert_array_equal(binary, [[1, 1, 0], [0, 0, 0], [0, 0, 0], [1, 1, 1]])
+    np.testing.assert_array_equal(counts, [[2, 1, 0], [0, 0, 0], [0, 0, 0], [1, 1, 1]])
+
+
+def test_external_vocabulary_entries_spanning_several_tokens() -> None:
+    # MIRFLICKR tags such as 東京 or 360° tokenize into other tokens; they must still match.
+    bow = BagOfWords(vocabulary=["東京", "360°", "sky", "京"], binary=True)
+    out = bow.transform(["東京 sky", "360°", "京都", "東 京"])
+    np.testing.assert_array_equal(out, [[1, 0, 1, 1], [0, 1, 0, 0], [0, 0, 0, 1], [1, 0, 0, 1]])
+
+
+def test_json_round_trip_and_version_check() -> None:
+    bow = BagOfWords.fit(["x y", "y z"], binary=False)
+    restored = BagOfWords.from_json(json.loads(json.dumps(bow.to_json())))
+    assert restored.vocabulary == bow.vocabulary == ["y", "x", "z"]
+    assert restored.binary is False and len(restored) == 3
+    np.testing.assert_array_equal(restored.transform(["z y y"]), bow.transform(["z y y"]))
+    with pytest.raises(ValueError, match="tokenizer"):
+        BagOfWords.from_json({**bow.to_json(), "tokenizer": TOKENIZER_VERSION + 1})
