@@ -1,21 +1,39 @@
-# One entry point for the README's two commands. The venv is created on first use.
+# One entry point for the README's two commands. The venv is created on first use; each set of
+# extras is installed once (a stamp file per set), so `make demo` and `make test` share it.
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-EXTRAS ?= cpu,test,minilm,milvus
+DEMO_EXTRAS ?= cpu,train
+TEST_EXTRAS ?= cpu,train,test,minilm,milvus
+EXTRAS ?= $(TEST_EXTRAS)
+PIP_QUIET := -q --disable-pip-version-check
 
-.PHONY: venv test demo demo-data bench-quality bench-perf clean
+.PHONY: venv venv-demo test test-fast lint demo demo-data bench-quality bench-perf clean
 
-$(BIN)/cmhash: pyproject.toml
+$(BIN)/python:
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[$(EXTRAS)]"
-	touch $(BIN)/cmhash
+	$(BIN)/pip install $(PIP_QUIET) --upgrade pip
 
-venv: $(BIN)/cmhash
+$(VENV)/.installed-%: pyproject.toml | $(BIN)/python
+	@echo "installing cmhash[$*] into $(VENV) (log: $(VENV)/pip.log)"
+	@$(BIN)/pip install $(PIP_QUIET) -e ".[$*]" > $(VENV)/pip.log 2>&1 || { cat $(VENV)/pip.log; exit 1; }
+	$(BIN)/python -c "import model, index, service" && touch $@
 
-test: venv
+venv: $(VENV)/.installed-$(EXTRAS)
+venv-demo: $(VENV)/.installed-$(DEMO_EXTRAS)
+
+# The full suite CI runs: lint, types, then every test (training, servers, browser, Milvus).
+test: $(VENV)/.installed-$(TEST_EXTRAS) lint
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# The inner loop (under a minute): no training, no subprocess servers, no browser, no Milvus.
+test-fast: $(VENV)/.installed-$(TEST_EXTRAS)
+	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed-$(TEST_EXTRAS)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 # The main job: train Bi_NCMH on the MIRFLICKR sample, export it to ONNX, index its images and
 # tag texts into two galleries, run one query each way, then serve the API and the search page
@@ -25,7 +43,7 @@ DEMO := runs/demo
 DATA_ROOT ?= $(or $(CMHASH_DATA_ROOT),../shared/data)
 HOST ?= 127.0.0.1
 PORT ?= 8000
-demo: demo-data venv $(DEMO)/model/model.json
+demo: demo-data venv-demo $(DEMO)/model/model.json
 	$(BIN)/cmhash sources --dataset mirflickr --data $(DATA_ROOT)/mirflickr25k --out $(DEMO)/sources
 	$(BIN)/cmhash index --model $(DEMO)/model --images $(DEMO)/sources/images.jsonl --out $(DEMO)/gallery-images
 	$(BIN)/cmhash index --model $(DEMO)/model --texts $(DEMO)/sources/texts.jsonl --out $(DEMO)/gallery-texts
@@ -40,20 +58,22 @@ demo-data:
 	  echo "tag_vocab.txt, label_names.txt, rows.tsv and images/im*.jpg: see ../shared/data/README.md for what"; \
 	  echo "each file is and where it comes from. Put them there, or set CMHASH_DATA_ROOT=/path/to/data."; \
 	  exit 2; }
+	@$(PY) -c "import socket,sys; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('$(HOST)', $(PORT)))" 2>/dev/null || { \
+	  echo "error: $(HOST):$(PORT) is already in use (another cmhash serve?): run make demo PORT=8080"; exit 2; }
 
-$(DEMO)/run/checkpoint.pt: | venv
+$(DEMO)/run/checkpoint.pt: | venv-demo
 	$(BIN)/cmhash train --dataset mirflickr --data $(DATA_ROOT)/mirflickr25k --method bi_ncmh --bits 64 --weight-decay 1e-4 --out $(DEMO)/run
 
 $(DEMO)/model/model.json: $(DEMO)/run/checkpoint.pt
 	$(BIN)/cmhash export $(DEMO)/run --out $(DEMO)/model
 
-bench-quality: venv
+bench-quality: $(VENV)/.installed-$(TEST_EXTRAS)
 	$(BIN)/python bench/quality.py $(BENCH_ARGS)
 
 # The speed and load benchmarks of docs/results.md, on the `make demo` model and galleries (run
 # `make demo` once first): search scale, indexing throughput, service latency, mixed load. Each
 # prints its table and writes JSON under bench/out; about 40 minutes on 2 cores.
-bench-perf: venv $(DEMO)/model/model.json
+bench-perf: $(VENV)/.installed-$(TEST_EXTRAS) $(DEMO)/model/model.json
 	$(BIN)/python bench/search_scale.py
 	$(BIN)/python bench/index_throughput.py --model $(DEMO)/model
 	$(BIN)/python bench/service_latency.py --model $(DEMO)/model

@@ -44,8 +44,10 @@ def _open_or_create(out: Path, kind: Modality, encoder: Any, milvus: MilvusTarge
     """The gallery at `out` (checked against the encoder's model and the kind), or a new one
     (FAISS, or Milvus when `milvus` is given) in an empty or new folder. A FAISS store runs on
     the CPU here: indexing only adds, and one-off searches need no GPU mirror."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} is a file, not a gallery folder: choose an empty or new folder")
     if not (out / GALLERY_FILE).is_file() and out.exists() and any(out.iterdir()) and not _is_gallery_dir(out):
-        raise FileExistsError(f"{out} exists and is not a gallery: choose an empty or new folder")
+        raise UserError(f"{out} exists and is not a gallery: choose an empty or new folder")
 
     def milvus_store() -> CodeStore:
         from index.milvus_store import MilvusCodeStore
@@ -84,7 +86,7 @@ def build_gallery(
     only: a Milvus gallery is rebuilt by dropping its collection). A new gallery keeps its
     codes in Milvus when `milvus` is given. Writes the report to ``out/last_index_report.json``."""
     if (images is None) == (texts is None):
-        raise ValueError("give exactly one of images (folder or manifest) or texts (file)")
+        raise UserError("give exactly one of --images (folder or manifest) or --texts (file)")
     kind: Modality = "image" if images is not None else "text"
     listing: Listing = image_listing(images) if images is not None else text_listing(texts)  # type: ignore[arg-type]
     encoder = _load_encoder(model_dir, device, threads)
@@ -92,9 +94,9 @@ def build_gallery(
     target = out
     if rebuild:
         if milvus is not None or (out / GALLERY_FILE).is_file() and read_info(out).backend == "milvus":
-            raise ValueError("--rebuild works on FAISS galleries; for Milvus, drop the collection and index again")
+            raise UserError("--rebuild works on FAISS galleries; for Milvus, drop the collection and index again")
         if out.exists() and not _is_gallery_dir(out):
-            raise FileExistsError(f"{out} exists and is not a gallery: refusing to replace it")
+            raise UserError(f"{out} exists and is not a gallery: refusing to replace it")
         target = out.with_name(out.name + ".rebuild")
         shutil.rmtree(target, ignore_errors=True)
     gallery = _open_or_create(target, kind, encoder, milvus)
@@ -137,6 +139,8 @@ def search_gallery(
     ordered by (distance, insertion order). Refuses a gallery built with another model."""
     if (text is None) == (image is None):
         raise UserError("give exactly one query: a text or an image")
+    if image is not None and not Path(image).is_file():
+        raise UserError(f"{image}: no such image file")
     encoder = _load_encoder(model_dir, device, threads)
     gallery = Gallery.open(gallery_dir, model_checksum=encoder.checksum, bits=encoder.bits, token=milvus_token)
     code = encoder.encode_texts([text]) if text is not None else encoder.encode_images([Path(image)])  # type: ignore[arg-type]

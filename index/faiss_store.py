@@ -30,7 +30,8 @@ from typing import Any
 import faiss
 import numpy as np
 
-from index.snapshots import read_current, write_snapshot
+from index.errors import DuplicateIdError
+from index.snapshots import Fallback, open_snapshot, read_current, write_snapshot
 from index.store import RangeResult, SearchResult
 from model.runtime.choices import Device
 from model.runtime.codes import check_packed
@@ -124,6 +125,8 @@ class FaissCodeStore:
         self._next_id = 0
         self._lock = threading.RLock()
         self._gpu: _GpuMirror | None = None
+        self.snapshot: str | None = None  # the snapshot `load` read (set by load)
+        self.fallback: Fallback | None = None  # set by load(fallback=True) when it skipped CURRENT's snapshot
         if _gpu_factory is None and (device == "cuda" or (device == "auto" and gpu_available())):
             if not gpu_available():
                 raise RuntimeError("device 'cuda' was asked for but FAISS has no GPU support or sees no GPU "
@@ -177,7 +180,7 @@ class FaissCodeStore:
     # --------------------------------------------------------------- mutations
     def add(self, ids: Sequence[str], codes: np.ndarray, metadata: Sequence[dict[str, Any] | None] | None = None) -> None:
         """Add items. Any duplicate id (within the call or already stored) raises
-        ``ValueError`` and nothing is added."""
+        `DuplicateIdError` (a ValueError) and nothing is added."""
         ids = list(ids)
         for i in ids:
             if not isinstance(i, str) or not i:
@@ -189,7 +192,7 @@ class FaissCodeStore:
         if len(set(ids)) != len(ids):
             seen: set[str] = set()
             dups = sorted({i for i in ids if i in seen or seen.add(i)})
-            raise ValueError(f"duplicate ids within call: {dups[:10]}")
+            raise DuplicateIdError(f"duplicate ids within call: {dups[:10]}")
         if not ids:
             return
         padded = self._pad(arr)
@@ -198,7 +201,7 @@ class FaissCodeStore:
                 "SELECT id FROM items WHERE id IN (SELECT value FROM json_each(?)) ORDER BY iid",
                 (json.dumps(ids),))]
             if present:
-                raise ValueError(f"ids already present: {present[:10]}")
+                raise DuplicateIdError(f"ids already present: {present[:10]}")
             internal = np.arange(self._next_id, self._next_id + len(ids), dtype=np.int64)
             self._db.execute("BEGIN")
             try:
@@ -337,10 +340,11 @@ class FaissCodeStore:
             return [([names[int(x)] for x in i], d) for d, i in raw]
 
     # ------------------------------------------------------------- persistence
-    def save(self, path: Path | str) -> None:
+    def save(self, path: Path | str, extra: Callable[[Path], dict[str, Any]] | None = None) -> None:
         """Persist to directory ``path`` as a new snapshot (``index.faissbin``,
         ``metadata.sqlite`` and a ``store.json`` sidecar), made current by one atomic
-        rename: a crash at any point leaves the previous snapshot loadable."""
+        rename: a crash at any point leaves the previous snapshot loadable. `extra(tmp_dir)`
+        may write more files into the snapshot; the entries it returns join store.json."""
 
         def write(tmp: Path) -> dict[str, Any]:
             faiss.write_index_binary(self._index, str(tmp / INDEX_FILE))
@@ -349,7 +353,7 @@ class FaissCodeStore:
                 self._db.backup(target)
             finally:
                 target.close()
-            return {
+            state = {
                 "format_version": _FORMAT_VERSION,
                 "backend": self.backend,
                 "bits": self.bits,
@@ -357,14 +361,33 @@ class FaissCodeStore:
                 "next_id": self._next_id,
                 "ntotal": int(self._index.ntotal),
             }
+            if extra is not None:
+                state.update(extra(tmp))
+            return state
 
         with self._lock:
-            write_snapshot(Path(path), write)
+            self.snapshot = write_snapshot(Path(path), write).name
 
     @classmethod
-    def load(cls, path: Path | str, device: Device = "cpu") -> FaissCodeStore:
-        """Open the current snapshot of directory ``path`` (checksums verified)."""
-        snap, state = read_current(Path(path))
+    def load(cls, path: Path | str, device: Device = "cpu", *, fallback: bool = False) -> FaissCodeStore:
+        """Open the current snapshot of directory ``path`` (checksums verified). With
+        `fallback`, a damaged current snapshot (or a bad CURRENT) makes it load the newest
+        valid snapshot before it instead, and ``store.fallback`` says what was skipped (the
+        caller decides whether that loses data); without, damage raises ValueError."""
+        if not fallback:
+            snap, state = read_current(Path(path))
+            store = cls._load_snapshot(snap, state, device)
+            store.snapshot = snap.name
+            return store
+        store, snap, used = open_snapshot(Path(path), lambda s, st: cls._load_snapshot(s, st, device))
+        store.snapshot = snap.name
+        store.fallback = used
+        return store
+
+    @classmethod
+    def _load_snapshot(cls, snap: Path, state: dict[str, Any], device: Device) -> FaissCodeStore:
+        """The store in verified snapshot directory `snap` with store.json `state`."""
+        path = snap.name
         if state.get("backend") != cls.backend or state.get("format_version") != _FORMAT_VERSION:
             raise ValueError(f"{path}: not a FAISS code store of format {_FORMAT_VERSION} "
                              f"(backend {state.get('backend')!r}, format {state.get('format_version')!r})")
@@ -377,6 +400,8 @@ class FaissCodeStore:
         source = sqlite3.connect(f"file:{snap / DB_FILE}?mode=ro", uri=True)
         try:
             source.backup(store._db)
+        except sqlite3.DatabaseError as exc:
+            raise ValueError(f"{path}/{DB_FILE}: {exc}") from None
         finally:
             source.close()
         (count,) = store._db.execute("SELECT count(*) FROM items").fetchone()

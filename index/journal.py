@@ -12,11 +12,22 @@ they are skipped; otherwise every record is replayed. Replay is idempotent (an a
 an item of the same id, a remove of an absent id does nothing), so a store that persists by
 itself (Milvus) converges to the journaled state too. A torn last line (a crash while
 appending, so never acknowledged) is dropped.
+
+A write that fails leaves nothing behind: the journal is written through an unbuffered file
+descriptor, and after a failed append (a full disk, an I/O error) it is cut back to its last
+good length and fsync'd before the error is raised, so a refused change never becomes
+durable. If even that fails, the gallery refuses writes (`JournalUnavailable`) until a later
+attempt to cut it back succeeds, so nothing is ever appended after a torn record. A failed
+compaction does not fail the change that triggered it (that change is journaled already): it
+is logged, counted (`take_compaction_failures`) and retried on a later write.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import logging
 import os
 import threading
 from collections.abc import Iterable, Sequence
@@ -31,6 +42,12 @@ from index.store import RangeResult, SearchResult
 
 JOURNAL_FILE = "journal.jsonl"
 MARKER_FILE = "journal.compacting"
+
+log = logging.getLogger("cmhash.index")
+
+
+class JournalUnavailable(OSError):
+    """A failed append could not be cut back off the journal: writes are refused (reads work)."""
 
 
 class JournalError(ValueError):
@@ -81,7 +98,14 @@ class JournaledGallery:
         self._seq = 0
         self._pending = 0
         self._replay()
-        self._file = open(self.path / JOURNAL_FILE, "ab")
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
+        self._fd: int | None = os.open(self.path / JOURNAL_FILE, flags, 0o644)  # unbuffered: no bytes linger
+        self._size = os.fstat(self._fd).st_size  # the last good length: every byte below it is acknowledged
+        self._broken: OSError | None = None  # why the journal could not be cut back after a failed append
+        self._compact_at = compact_every  # pending count that triggers the next compaction (backs off on failure)
+        self._failed_compactions = 0  # failed compactions in a row (the retry backs off)
+        self._unreported = 0  # failed compactions not yet taken by take_compaction_failures
+        self._stats_lock = threading.Lock()
         fsync_path(self.path)  # a new journal's directory entry is durable before any write is acknowledged
 
     @property
@@ -159,14 +183,52 @@ class JournaledGallery:
                 store.remove([record["id"]])
             self._pending += 1
 
+    @property
+    def writable(self) -> bool:
+        """False after a failed append that could not be cut back off the journal (until a later
+        write manages to)."""
+        return self._broken is None
+
+    def _restore(self) -> None:
+        """Cut the journal back to its last good length and make that durable; on failure the
+        gallery refuses writes until a later call succeeds."""
+        assert self._fd is not None
+        try:
+            os.ftruncate(self._fd, self._size)
+            os.fsync(self._fd)
+        except OSError as exc:
+            if self._broken is None:
+                log.error("journal %s could not be cut back to %d bytes after a failed write (%s): "
+                          "the gallery refuses writes until it can be", self.path / JOURNAL_FILE, self._size, exc)
+            self._broken = exc
+            return
+        if self._broken is not None:
+            log.warning("journal %s cut back to %d bytes: the gallery accepts writes again",
+                        self.path / JOURNAL_FILE, self._size)
+        self._broken = None
+
     def _append(self, records: list[dict[str, Any]]) -> None:
+        if self._fd is None:
+            raise JournalUnavailable(errno.EBADF, "the gallery is closed")
+        if self._broken is not None:
+            self._restore()
+            if self._broken is not None:
+                raise JournalUnavailable(errno.EIO, "the gallery journal could not be repaired after a failed "
+                                                    "write; the gallery is read-only") from self._broken
         data = b"".join(json.dumps(r, ensure_ascii=False).encode("utf-8") + b"\n" for r in records)
-        self._file.write(data)
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view):]
+            os.fsync(self._fd)
+        except BaseException:
+            self._restore()  # a refused change must not become durable, nor precede the next record
+            raise
+        self._size += len(data)
 
     def add(self, ids: Sequence[str], codes: np.ndarray, metadata: Sequence[dict[str, Any] | None] | None = None) -> None:
-        """Add items (all or none; a duplicate id raises ValueError); durable on return."""
+        """Add items (all or none; a duplicate id raises `DuplicateIdError`, a failed write the
+        OSError, and nothing is kept); durable on return."""
         ids = list(ids)
         metas = list(metadata) if metadata is not None else [None] * len(ids)
         with self._lock:
@@ -184,25 +246,46 @@ class JournaledGallery:
                 raise
             self._after_write(len(records))
 
-    def remove(self, ids: Iterable[str]) -> list[str]:
-        """Remove the given ids that are present; returns those removed, durable on return."""
+    def remove(self, ids: Iterable[str]) -> list[dict[str, Any]]:
+        """Remove the given ids that are present; returns the items removed (id, code, metadata,
+        as read under the write lock, so they are exactly what this call removed), durable on
+        return. A failed write raises its OSError and removes nothing."""
         with self._lock:
-            present = [i for i in dict.fromkeys(ids) if i in self.gallery.store]
+            store = self.gallery.store
+            present = [item for item in (store.get(i) for i in dict.fromkeys(ids)) if item is not None]
             if not present:
                 return []
             records = []
-            for item_id in present:
+            for item in present:
                 self._seq += 1
-                records.append({"seq": self._seq, "op": "remove", "id": item_id})
+                records.append({"seq": self._seq, "op": "remove", "id": item["id"]})
             self._append(records)
-            self.gallery.store.remove(present)
+            store.remove([item["id"] for item in present])
             self._after_write(len(records))
             return present
 
+    def take_compaction_failures(self) -> int:
+        """Compactions that failed since the last call (each was logged, and is retried later)."""
+        with self._stats_lock:
+            failures, self._unreported = self._unreported, 0
+            return failures
+
     def _after_write(self, n: int) -> None:
+        """Compact once enough changes are pending. The change is durable already, so a failed
+        compaction is logged, counted and retried after a few more writes, never raised."""
         self._pending += n
-        if self._pending >= self.compact_every:
+        if self._pending < self._compact_at:
+            return
+        try:
             self._compact()
+        except Exception as exc:
+            self._failed_compactions += 1
+            with self._stats_lock:
+                self._unreported += 1
+            retry_in = min(self.compact_every, 2 ** min(self._failed_compactions, 16))
+            self._compact_at = self._pending + retry_in
+            log.error("compaction of the gallery at %s failed (%s: %s); its %d changes stay journaled, "
+                      "retried after %d more", self.path, type(exc).__name__, exc, self._pending, retry_in)
 
     def compact(self) -> None:
         """Save the gallery and empty the journal."""
@@ -210,21 +293,39 @@ class JournaledGallery:
             self._compact()
 
     def _compact(self) -> None:
+        """Save the gallery, then empty the journal; on failure no temporary file is left behind
+        and every journaled change is still replayed on open."""
+        assert self._fd is not None
         marker = self.path / MARKER_FILE
-        write_atomic(marker, json.dumps({"before": _current_snapshot(self.path), "seq": self._seq}))
-        self.gallery.save()
-        self._file.truncate(0)
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        marker.unlink()
-        fsync_path(self.path)
+        try:
+            write_atomic(marker, json.dumps({"before": _current_snapshot(self.path), "seq": self._seq}))
+            self.gallery.save()
+            os.ftruncate(self._fd, 0)
+            self._size = 0
+            os.fsync(self._fd)
+            marker.unlink()
+            fsync_path(self.path)
+        except BaseException:
+            for leftover in (marker.with_name(marker.name + ".tmp"), self.path / f"{CURRENT}.tmp"):
+                with contextlib.suppress(OSError):
+                    leftover.unlink(missing_ok=True)
+            raise
         self._pending = 0
+        self._compact_at = self.compact_every
+        self._failed_compactions = 0
+        self._broken = None  # the journal is empty now: nothing torn is left in it
 
     def close(self) -> None:
-        """Compact when anything is pending, then close the journal file."""
+        """Compact when anything is pending, then close the journal file. A failed compaction is
+        logged, not raised: the journal still holds every change, replayed on the next open."""
         with self._lock:
-            if self._file.closed:
+            if self._fd is None:
                 return
-            if self._pending:
-                self._compact()
-            self._file.close()
+            if self._pending or self._broken is not None:
+                try:
+                    self._compact()
+                except Exception as exc:
+                    log.error("compaction of the gallery at %s on close failed (%s: %s); its changes stay "
+                              "journaled", self.path, type(exc).__name__, exc)
+            os.close(self._fd)
+            self._fd = None

@@ -47,7 +47,9 @@ from uuid import uuid4
 
 import numpy as np
 
+from index.errors import DuplicateIdError
 from model.runtime.codes import check_packed
+from model.runtime.errors import UserError
 
 try:
     from pymilvus import DataType, MilvusClient
@@ -172,15 +174,15 @@ class MilvusCodeStore:
         if bits <= 0 or bits % 8 != 0:
             raise ValueError(f"bits must be a positive multiple of 8, got {bits}")
         if index_type not in INDEX_TYPES:
-            raise ValueError(f"index_type must be one of {INDEX_TYPES}, got {index_type!r}")
+            raise UserError(f"index_type must be one of {INDEX_TYPES}, got {index_type!r}")
         if not isinstance(collection, str) or not _NAME_RE.fullmatch(collection):
-            raise ValueError(f"invalid Milvus collection name {collection!r}")
+            raise UserError(f"invalid Milvus collection name {collection!r}")
         for name, value in (("nlist", nlist), ("nprobe", nprobe)):
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if _is_lite(uri):
             if index_type != "BIN_FLAT":
-                raise ValueError("Milvus Lite supports binary vectors only with index_type='BIN_FLAT'")
+                raise UserError("Milvus Lite supports binary vectors only with index_type='BIN_FLAT'")
             uri = str(Path(uri).expanduser().resolve())
         self.bits = bits
         self.code_bytes = bits // 8
@@ -198,7 +200,7 @@ class MilvusCodeStore:
                 self._create_collection(index_type, nlist)
                 self.index_type = index_type
             else:
-                raise ValueError(f"no collection {collection!r} at {uri}")
+                raise UserError(f"no collection {collection!r} at {uri}")
             self._client.load_collection(collection)
             self._next_id = self._max_pk() + 1
         except BaseException:
@@ -237,16 +239,16 @@ class MilvusCodeStore:
             _META: DataType.JSON,
         }
         if {n: fields[n]["type"] for n in want if n in fields} != want or not fields[_PK].get("is_primary"):
-            raise ValueError(f"collection {self.collection!r} is not a code store (fields {sorted(fields)})")
+            raise UserError(f"collection {self.collection!r} is not a code store (fields {sorted(fields)})")
         dim = int(fields[_CODE]["params"]["dim"])
         if dim != self.bits:
-            raise ValueError(f"collection {self.collection!r} holds {dim}-bit codes, not {self.bits}")
+            raise UserError(f"collection {self.collection!r} holds {dim}-bit codes, not {self.bits}")
         names = self._client.list_indexes(self.collection, field_name=_CODE)
         if not names:
-            raise ValueError(f"collection {self.collection!r} has no index on {_CODE!r}")
+            raise UserError(f"collection {self.collection!r} has no index on {_CODE!r}")
         index = self._client.describe_index(self.collection, names[0])
         if index.get("metric_type") != "HAMMING" or index.get("index_type") not in INDEX_TYPES:
-            raise ValueError(
+            raise UserError(
                 f"collection {self.collection!r} has a {index.get('index_type')}/{index.get('metric_type')} "
                 f"index; expected one of {INDEX_TYPES} with HAMMING"
             )
@@ -287,7 +289,7 @@ class MilvusCodeStore:
         codes: np.ndarray,
         metadata: Sequence[dict[str, Any] | None] | None = None,
     ) -> None:
-        """Add items; a duplicate id (in the call or already stored) raises ValueError and adds
+        """Add items; a duplicate id (in the call or already stored) raises DuplicateIdError and adds
         nothing. Metadata must be JSON-serializable (it is stored in a JSON field)."""
         ids = list(ids)
         for i in ids:
@@ -315,14 +317,14 @@ class MilvusCodeStore:
         if len(set(ids)) != len(ids):
             seen: set[str] = set()
             dups = sorted({i for i in ids if i in seen or seen.add(i)})
-            raise ValueError(f"duplicate ids within call: {dups[:10]}")
+            raise DuplicateIdError(f"duplicate ids within call: {dups[:10]}")
         keys = [_key(i) for i in ids]
         if not ids:
             return
         with self._lock:
             present = self._lookup(keys)
             if present:
-                raise ValueError(f"ids already present: {[i for i, k in zip(ids, keys) if k in present][:10]}")
+                raise DuplicateIdError(f"ids already present: {[i for i, k in zip(ids, keys) if k in present][:10]}")
             batch: list[dict[str, Any]] = []
             size = 0
             for j, (sid, key, m, mj) in enumerate(zip(ids, keys, metas, meta_json)):

@@ -17,12 +17,29 @@ from fastapi.staticfiles import StaticFiles
 
 from service.errors import install_handlers
 from service.metrics import Metrics, RequestMetrics
-from service.middleware import BodyLimit, StrictFormText
+from service.middleware import (
+    BodyLimit,
+    BodyTimeout,
+    HostCheck,
+    OriginCheck,
+    SecurityHeaders,
+    StrictFormText,
+    allowed_host_names,
+)
+from service.queries import hide_paths
 from service.routers import encode, gallery, health, search
 from service.settings import Settings
 from service.state import ServiceState
 
 log = logging.getLogger("cmhash.service")
+
+# The search page loads only its own script, style sheet and images (a dropped query image is
+# previewed from a blob: URL) and talks only to this server.
+PAGE_HEADERS = [
+    (b"content-security-policy", b"default-src 'self'; img-src 'self' blob:; object-src 'none'; base-uri 'none'; "
+                                 b"form-action 'self'; frame-ancestors 'none'"),
+    (b"referrer-policy", b"same-origin"),
+]
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -38,7 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await asyncio.to_thread(state.load)
                 log.info("cmhash service ready")
             except Exception as exc:  # any load failure is reported by /readyz
-                state.error = f"{type(exc).__name__}: {exc}"
+                state.error = hide_paths(f"{type(exc).__name__}: {exc}")  # shown to callers: no server paths
                 log.exception("loading the model or galleries failed")
 
         loader = asyncio.create_task(load())
@@ -59,6 +76,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router)
     app.add_middleware(StrictFormText)  # inside the body limit, which bounds what it reads
     app.add_middleware(BodyLimit, limit=settings.max_upload_bytes)  # inside RequestMetrics: its 413s are counted
+    app.add_middleware(BodyTimeout, timeout=settings.body_timeout_s)  # outside the body limit: bounds its reads too
+    app.add_middleware(OriginCheck, allowed=settings.allowed_origins)  # CSRF: before any body is read
+    app.add_middleware(HostCheck, allowed=allowed_host_names(settings.allowed_hosts, settings.host))  # DNS rebinding
+    app.add_middleware(SecurityHeaders, extra={"/": PAGE_HEADERS})  # on every answer above, errors included
     app.add_middleware(RequestMetrics, metrics=metrics)
 
     static = settings.static_dir

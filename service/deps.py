@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import secrets
 
 from fastapi import Request
@@ -29,9 +30,38 @@ def _check_key(request: Request, state: ServiceState) -> None:
         raise ApiError(403, "the API key is not valid")
 
 
+def is_local_client(host: str | None, allowed: list[str]) -> bool:
+    """Whether client address `host` is one of `allowed` (addresses, networks, or exact names)."""
+    if not host:
+        return False
+    try:
+        address = ipaddress.ip_address(host.split("%")[0])
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+    except ValueError:
+        address = None
+    for entry in allowed:
+        if entry == host:
+            return True
+        try:
+            if address is not None and address in ipaddress.ip_network(entry, strict=False):
+                return True
+        except ValueError:
+            continue
+    return False
+
+
 def require_write(request: Request) -> None:
-    """Writes need the API key whenever one is configured."""
-    _check_key(request, get_state(request))
+    """Writes need the API key whenever one is configured; without one, they are accepted only
+    from `anonymous_write_clients` (loopback by default), never from the network."""
+    state = get_state(request)
+    if state.settings.api_key is None:
+        client = request.client.host if request.client else None
+        if not is_local_client(client, state.settings.anonymous_write_clients):
+            raise ApiError(403, "writes without an API key are accepted only from this machine; "
+                                "set CMHASH_API_KEY on the server and send it as X-API-Key to write remotely")
+        return
+    _check_key(request, state)
 
 
 def require_read(request: Request) -> None:

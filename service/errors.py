@@ -1,18 +1,24 @@
 """The service's error taxonomy: every error response is ``{"error": {"code", "message"}}``.
 
 Bad input never yields a 500: request validation (422), HTTP errors raised by the framework
-(404 unknown route, 405, 400 unparsable body) and `ApiError`s are all rendered here; only an
-unexpected exception is a 500, and it is logged with its traceback."""
+(404 unknown route, 405, 400 unparsable body) and `ApiError`s are all rendered here; a failed disk write
+(an `OSError` a route let through, or `storage_error`) is a 507 when the disk is full and a 503
+otherwise, with no server path in the message; only an unexpected exception is a 500, and it is
+logged with its traceback."""
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from model.runtime.errors import UserError
 
 log = logging.getLogger("cmhash.service")
 
@@ -29,7 +35,11 @@ STATUS_CODES = {
     422: "validation_error",
     500: "internal_error",
     503: "not_ready",
+    507: "insufficient_storage",
 }
+
+# errno values of a full disk or an exhausted quota: 507 rather than 503
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 class ApiError(Exception):
@@ -65,6 +75,17 @@ def not_found(message: str) -> ApiError:
 def not_ready(message: str) -> ApiError:
     """503: the model is still loading, or the gallery is not configured."""
     return ApiError(503, message)
+
+
+def storage_error(exc: OSError, what: str = "the write", outcome: str = "nothing was stored") -> ApiError:
+    """507 (disk full or quota exhausted) or 503 (any other I/O error) for an OSError, logged with
+    its details; the message names neither the file nor the directory."""
+    log.error("%s failed: %s", what, exc, exc_info=exc)
+    reason = os.strerror(exc.errno) if isinstance(exc.errno, int) else type(exc).__name__
+    if exc.errno in DISK_FULL:
+        return ApiError(507, f"{what} failed: the server's storage is full ({reason}); {outcome}")
+    return ApiError(503, f"{what} failed: the server's storage is unavailable ({reason}); {outcome}",
+                    "storage_unavailable")
 
 
 def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
@@ -103,6 +124,17 @@ def install_handlers(app: FastAPI) -> None:
         message = exc.detail if isinstance(exc.detail, str) else "request failed"
         return JSONResponse(error_body(STATUS_CODES.get(exc.status_code, "error"), message),
                             status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(UserError)
+    async def user_error(_: Request, exc: UserError) -> JSONResponse:
+        # What the client asked for cannot be done with this model or gallery (e.g. a pixels
+        # query to a features model): a 400 with the message. Anything else is a 500 below.
+        return error_response(400, str(exc))
+
+    @app.exception_handler(OSError)
+    async def os_error(request: Request, exc: OSError) -> JSONResponse:
+        error = storage_error(exc, f"{request.method} {request.url.path}", "try again later")
+        return error_response(error.status, error.message, error.code)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

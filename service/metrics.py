@@ -18,7 +18,8 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 
 
 class Metrics:
-    """Request counts and latencies per route, encode and search time, batch and gallery sizes."""
+    """Request counts and latencies per route, encode and search time, batch and gallery sizes,
+    failed gallery compactions."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -34,6 +35,16 @@ class Metrics:
         self.batch = Histogram("cmhash_batch_queries", "Queries per micro-batch, by modality", ["modality"],
                                buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r)
         self.gallery_items = Gauge("cmhash_gallery_items", "Items per gallery", ["gallery"], registry=r)
+        # issue 10 (corruption): degraded galleries, snapshot fallbacks, startup sweep
+        self.gallery_degraded = Gauge("cmhash_gallery_degraded", "1 when a configured gallery could not be opened "
+                                      "(requests to it answer 503), by gallery", ["gallery"], registry=r)
+        self.gallery_fallbacks = Counter("cmhash_gallery_fallbacks", "Galleries opened from an older snapshot or "
+                                         "past a bad CURRENT pointer, by gallery", ["gallery"], registry=r)
+        self.swept_files = Counter("cmhash_swept_files", "Leftover files removed by the startup sweep, by kind "
+                                   "(upload, gallery)", ["kind"], registry=r)
+        self.compaction_failures = Counter("cmhash_gallery_compaction_failures",
+                                           "Failed journal compactions (the write was kept; retried later), by gallery",
+                                           ["gallery"], registry=r)
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""

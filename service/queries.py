@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
+import weakref
+from pathlib import PurePosixPath
+from typing import Any
 
 import numpy as np
 from fastapi import UploadFile
 
+from index.search import Hit
 from model.runtime.choices import Modality
-from model.runtime.image import ImageDecodeError
+from model.runtime.image import ImageDecodeError, ImageTooLargeError
 from service.deps import check_page, check_text
-from service.errors import bad_request, unsupported
+from service.errors import bad_request, too_large, unsupported
 from service.schemas import SearchResponse
 from service.state import SearchJob, ServiceState
 from service.uploads import check_image, read_upload
@@ -31,13 +36,35 @@ async def image_bytes(state: ServiceState, file: UploadFile) -> tuple[bytes, str
     return data, check_image(data, state.settings.max_image_pixels, repr(file.filename or "upload"))
 
 
+# One semaphore per service state: at most settings.max_concurrent_decodes uploads are decoded at once.
+_DECODE_SLOTS: weakref.WeakKeyDictionary[ServiceState, asyncio.Semaphore] = weakref.WeakKeyDictionary()
+
+
 async def image_array(state: ServiceState, data: bytes, name: str = "upload") -> np.ndarray:
-    """The encoder input (3 x S x S) of vetted image bytes, decoded in a thread (415 if undecodable)."""
+    """The encoder input (3 x S x S) of vetted image bytes, decoded in a thread within the image
+    limits (413 naming the limit: aspect ratio, pixels, decoded size), at most
+    settings.max_concurrent_decodes at a time (415 if undecodable)."""
     encoder = state.require_encoder()
     if encoder.info.image.kind != "pixels":
         raise bad_request("this model reads image feature vectors, not image files")
+    settings = state.settings
+    slots = _DECODE_SLOTS.get(state)
+    if slots is None:
+        slots = _DECODE_SLOTS.setdefault(state, asyncio.Semaphore(settings.max_concurrent_decodes))
+    await slots.acquire()
     try:
-        return await asyncio.to_thread(encoder.preprocess_image, data)
+        decode = asyncio.ensure_future(asyncio.to_thread(
+            encoder.preprocess_image, data, max_pixels=settings.max_image_pixels,
+            max_aspect=settings.max_image_aspect, max_decoded_pixels=settings.max_decoded_pixels, name=name))
+    except BaseException:
+        slots.release()
+        raise
+    # The slot is freed when the decoding thread ends, even if this request is cancelled first.
+    decode.add_done_callback(lambda done: (slots.release(), done.cancelled() or done.exception()))
+    try:
+        return await asyncio.shield(decode)
+    except ImageTooLargeError as exc:
+        raise too_large(str(exc)) from None
     except ImageDecodeError as exc:
         raise unsupported(f"{name}: {exc}") from None
 
@@ -48,6 +75,37 @@ async def run_search(state: ServiceState, modality: Modality, query: np.ndarray 
     check_page(state, k, offset, radius)
     journaled = state.gallery(target)
     outcome = await state.batchers[modality].submit(SearchJob(query, target, offset, k, radius))
-    return SearchResponse(results=outcome.hits, bits=journaled.bits,
+    return SearchResponse(results=[public_hit(hit) for hit in outcome.hits], bits=journaled.bits,
                           took_ms=(time.perf_counter() - started) * 1000.0,
                           total=outcome.found if radius is not None else None)
+
+
+# An absolute POSIX path in a message: "/" not preceded by a word character, ":", "/" or "." (so
+# URLs and relative paths are left alone), up to whitespace, a quote or punctuation.
+ABSOLUTE_PATH = re.compile(r"(?<![\w:/.~])/[^\s'\"<>|,;:()\[\]{}]+")
+
+
+def hide_paths(message: str) -> str:
+    """`message` with each absolute path shortened to its last component ("/srv/x/model.json"
+    -> "…/model.json"): errors shown to callers name the file without revealing the server's
+    layout (the server log keeps the full message)."""
+    def short(match: re.Match[str]) -> str:
+        name = PurePosixPath(match.group()).name
+        return f"…/{name}" if name else "…"
+
+    return ABSOLUTE_PATH.sub(short, message)
+
+
+def public_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
+    """Item metadata as the API shows it: an absolute "path" (where `cmhash index` or an upload
+    stored the image on the server) becomes its file name; the stored metadata is unchanged."""
+    path = metadata.get("path")
+    if isinstance(path, str) and (path.startswith("/") or re.match(r"[A-Za-z]:[\\/]", path)):
+        return {**metadata, "path": PurePosixPath(path.replace("\\", "/")).name}
+    return metadata
+
+
+def public_hit(hit: Hit) -> Hit:
+    """A search hit with `public_metadata`."""
+    shown = public_metadata(hit.metadata)
+    return hit if shown is hit.metadata else hit.model_copy(update={"metadata": shown})

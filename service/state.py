@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
 
 import numpy as np
 
@@ -14,6 +15,7 @@ from index.faiss_store import gpu_available
 from index.gallery import open_or_create
 from index.journal import JournaledGallery
 from index.search import Page, search_pages
+from index.sweep import sweep_gallery_dir, sweep_uploads
 from model.runtime.choices import Modality
 from model.runtime.encoder import Encoder
 from service.batching import MicroBatcher
@@ -44,6 +46,7 @@ class ServiceState:
         self.encoder: Encoder | None = None
         self.galleries: dict[Modality, JournaledGallery] = {}
         self.error: str | None = None
+        self.degraded: dict[Modality, str] = {}  # configured galleries that failed to open -> short reason (no paths)
         self.ready = False
         self.batchers: dict[Modality, MicroBatcher[SearchJob, Page]] = {
             m: MicroBatcher(lambda jobs, m=m: self.run_batch(m, jobs), settings.batch_window_ms, settings.max_batch)
@@ -51,18 +54,81 @@ class ServiceState:
         }
 
     def load(self) -> None:
-        """Load the model and open (or create) the configured galleries."""
+        """Load the model and open (or create) the configured galleries, then sweep leftovers.
+
+        A gallery that cannot be opened (damaged snapshots with no lossless fallback, a
+        damaged journal line, a model mismatch...) does not stop the others: it is recorded in
+        `degraded` (kind -> reason without server paths), logged with logging.error and
+        exported as cmhash_gallery_degraded; requests to it answer 503 naming the gallery.
+        A model that fails to load still fails everything (`error`)."""
         s = self.settings
         encoder = Encoder.load(s.model_dir, device=s.device, threads=s.encoder_threads, spinning=s.spinning)
         store_device = "cuda" if s.device == "cuda" or (s.device == "auto" and gpu_available()) else "cpu"
         for kind, path in (("image", s.image_gallery), ("text", s.text_gallery)):
             if path is None:
                 continue
-            gallery = open_or_create(path, kind, encoder, device=store_device, token=s.milvus_token)  # type: ignore[arg-type]
-            self.galleries[kind] = JournaledGallery(gallery, s.compact_every)  # type: ignore[index]
-            log.info("%s gallery %s: %d items", kind, path, len(self.galleries[kind]))
+            try:
+                gallery = open_or_create(path, kind, encoder, device=store_device, token=s.milvus_token)  # type: ignore[arg-type]
+                if gallery.fallback is not None:
+                    self.metrics.gallery_fallbacks.labels(kind).inc()
+                self.galleries[kind] = JournaledGallery(gallery, s.compact_every)  # type: ignore[index]
+            except Exception as exc:  # any failure degrades this gallery only
+                reason = _without_paths(f"{type(exc).__name__}: {exc}", path)
+                self.degraded[kind] = reason  # type: ignore[index]
+                self.metrics.gallery_degraded.labels(kind).set(1)
+                log.error("%s gallery %s cannot be opened, it is refused (503) until repaired: %s", kind, path,
+                          reason, exc_info=True)
+                continue
+            self.metrics.gallery_degraded.labels(kind).set(0)
+            log.info("%s gallery %s: %d items", kind, path, len(self.galleries[kind]))  # type: ignore[index]
+        self._sweep()
         self.encoder = encoder
         self.ready = True
+
+    def _sweep(self) -> None:
+        """Remove leftovers of interrupted writes (index.sweep) from the galleries that opened
+        and, when the image gallery opened, orphan uploads; logs and counts what went."""
+        s = self.settings
+        for kind, journaled in self.galleries.items():
+            try:
+                gone = sweep_gallery_dir(journaled.path)
+            except OSError as exc:
+                log.warning("sweeping the %s gallery failed: %s", kind, exc)
+                continue
+            if gone:
+                self.metrics.swept_files.labels("gallery").inc(len(gone))
+                log.warning("startup sweep: removed %d leftover file(s) from the %s gallery: %s", len(gone), kind,
+                            ", ".join(gone[:20]))
+        images = self.galleries.get("image")
+        if images is None or s.image_gallery is None:
+            return  # without the image gallery nothing says which uploads are live
+        folder = s.upload_dir or s.image_gallery / "uploads"  # as service.routers.gallery.upload_dir
+        live = set()
+        for item_id in images.ids():
+            item = images.get(item_id)
+            if item is not None and item["metadata"].get("path"):
+                live.add(Path(str(item["metadata"]["path"])).name)
+        try:
+            gone = sweep_uploads(folder, live)
+        except OSError as exc:
+            log.warning("sweeping the upload directory failed: %s", exc)
+            return
+        self.metrics.swept_files.labels("upload").inc(len(gone))
+        if gone:
+            log.warning("startup sweep: removed %d orphan upload file(s)", len(gone))
+
+    def gallery_status(self) -> dict[str, str]:
+        """Per configured gallery: "ok", "loading" or "degraded: <reason>" (for /readyz)."""
+        s = self.settings
+        out: dict[str, str] = {}
+        for kind, path in (("image", s.image_gallery), ("text", s.text_gallery)):
+            if path is None:
+                continue
+            if kind in self.degraded:
+                out[kind] = f"degraded: {self.degraded[kind]}"  # type: ignore[index]
+            else:
+                out[kind] = "ok" if kind in self.galleries else "loading"
+        return out
 
     def close(self) -> None:
         """Fold the journals into snapshots and close them."""
@@ -78,6 +144,8 @@ class ServiceState:
     def gallery(self, kind: Modality) -> JournaledGallery:
         """The `kind` gallery, or 503 when not loaded or not configured."""
         self.require_encoder()
+        if kind in self.degraded:
+            raise ApiError(503, f"the {kind} gallery is unavailable: {self.degraded[kind]}", "gallery_unavailable")
         if kind not in self.galleries:
             raise not_ready(f"no {kind} gallery is configured (set CMHASH_{kind.upper()}_GALLERY)")
         return self.galleries[kind]
@@ -108,6 +176,15 @@ class ServiceState:
             self.metrics.search.labels(target).observe(time.perf_counter() - start)
             out.update(zip(rows, pages, strict=True))
         return [out[i] for i in range(len(jobs))]
+
+
+def _without_paths(message: str, gallery: Path | None = None) -> str:
+    """`message` with the gallery directory left out and every other absolute path cut to its
+    last component (a reason fit for clients and /readyz)."""
+    if gallery is not None:
+        for p in {str(gallery), str(Path(gallery).resolve())}:
+            message = message.replace(p + "/", "").replace(p, "<gallery>")
+    return re.sub(r"(?<![\w.])/(?:[^\s'\"/:,;()]+/)*([^\s'\"/:,;()]*)", r"\1", message)[:300]
 
 
 def gallery_kind(name: str) -> Modality:

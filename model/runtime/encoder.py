@@ -14,7 +14,8 @@ from PIL import Image
 
 from model.runtime.choices import Device
 from model.runtime.codes import pack_codes
-from model.runtime.image import ImagePreprocess, load_image, to_array
+from model.runtime.errors import UserError
+from model.runtime.image import MAX_ASPECT, ImagePreprocess, load_for_model
 from model.runtime.model_dir import (
     IMAGE_FILE,
     INFO_FILE,
@@ -40,7 +41,7 @@ def resolve_providers(device: Device) -> list[str]:
     if device not in ("auto", "cpu", "cuda"):
         raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
     if device == "cuda" and CUDA_PROVIDER not in available:
-        raise RuntimeError(
+        raise UserError(
             f"device='cuda' was asked for but this onnxruntime has no {CUDA_PROVIDER} "
             f"(available: {available}); install the cmhash[gpu] extra (onnxruntime-gpu) or use device='cpu'"
         )
@@ -139,10 +140,21 @@ class Encoder:
 
     # images -------------------------------------------------------------------------------
 
-    def preprocess_image(self, source: ImageSource) -> np.ndarray:
-        """3 x S x S float32 input of one image (decoded, resized, cropped, scaled to [-1, 1]).
-        Raises model.runtime.image.ImageDecodeError for undecodable input. Thread-safe."""
-        return to_array(load_image(source), self._pixel_preprocess())
+    def preprocess_image(
+        self,
+        source: ImageSource,
+        *,
+        max_pixels: int | None = None,
+        max_aspect: float | None = MAX_ASPECT,
+        max_decoded_pixels: int | None = None,
+        name: str | None = None,
+    ) -> np.ndarray:
+        """3 x S x S float32 input of one image (decoded, resized, cropped, scaled to [-1, 1]) by
+        `model.runtime.image.load_for_model`: size and aspect limits checked from the header, JPEG
+        decoded at reduced scale. Raises model.runtime.image.ImageDecodeError for undecodable
+        input, its subclass ImageTooLargeError for one over a limit. Thread-safe."""
+        return load_for_model(source, self._pixel_preprocess(), max_pixels=max_pixels, max_aspect=max_aspect,
+                              max_decoded_pixels=max_decoded_pixels, name=name)
 
     def image_representations(self, arrays: np.ndarray) -> np.ndarray:
         """B x bits float32 h of image inputs: B x 3 x S x S pixels (pixels models) or B x d
@@ -169,7 +181,7 @@ class Encoder:
     def encode_image_features(self, x: np.ndarray) -> np.ndarray:
         """B x bits/8 packed uint8 codes of image feature vectors (B x d; features models only)."""
         if self._info.image.kind != "features":
-            raise ValueError("this model reads image pixels, not feature vectors: use encode_images")
+            raise UserError("this model reads image pixels, not feature vectors: use encode_images")
         return self.pack(self.image_representations(x))
 
     # texts --------------------------------------------------------------------------------
@@ -187,7 +199,7 @@ class Encoder:
         if kind == "minilm":
             order = np.array(sorted(range(len(texts)), key=lambda i: len(texts[i])), dtype=np.int64)
             return self._run_chunks(self._text, len(texts), lambda rows: self._tokens([texts[i] for i in rows]), order)
-        raise ValueError(
+        raise UserError(
             "this model reads text feature vectors (it was trained without a vocabulary or tokenizer, "
             "e.g. on Wikipedia LDA topics): raw texts cannot be encoded; use encode_text_features"
         )
@@ -200,7 +212,7 @@ class Encoder:
         """B x bits float32 h of text feature vectors (features models, or bag-of-words vectors
         of a bow model)."""
         if self._info.text.kind == "minilm":
-            raise ValueError("this model reads MiniLM tokens, not text feature vectors: use encode_texts")
+            raise UserError("this model reads MiniLM tokens, not text feature vectors: use encode_texts")
         x = self._as_batch(x, (self._info.text.dim,), "text features")
         return self._run_chunks(self._text, len(x), lambda rows: {"features": x[rows]})
 
@@ -216,7 +228,7 @@ class Encoder:
 
     def _pixel_preprocess(self) -> ImagePreprocess:
         if self._preprocess is None:
-            raise ValueError(
+            raise UserError(
                 "this model reads image feature vectors (it was trained on given features, e.g. "
                 "Wikipedia SIFT), not pixels: use encode_image_features"
             )

@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
 from model.runtime.choices import Device
+from model.runtime.errors import DataError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATASET_DIRS = {"wikipedia": "wikipedia", "mirflickr": "mirflickr25k"}
@@ -77,5 +78,5 @@ class TrainConfig(BaseModel):
         if self.data is not None:
             return self.data
         if self.dataset == "manifest":
-            raise ValueError("--data is required for a manifest dataset")
+            raise DataError("--data is required for a manifest dataset")
         return shared_data_root() / DATASET_DIRS[self.dataset]

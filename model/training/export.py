@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from model.runtime.encoder import Encoder
+from model.runtime.errors import UserError
 from model.runtime.model_dir import (
     FORMAT_VERSION,
     IMAGE_FILE,
@@ -68,7 +69,7 @@ _PROBE_TEXTS = [
 ]
 
 
-class ExportError(RuntimeError):
+class ExportError(UserError):
     """The run cannot be exported, or its ONNX graphs disagree with PyTorch; the message says why."""
 
 

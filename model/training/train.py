@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from model.runtime.errors import UserError
 from model.training.config import TrainConfig
 from model.training.data import (
     CrossModalDataset,
@@ -53,7 +54,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for but torch sees no CUDA GPU")
+        raise UserError("--device cuda was asked for but torch sees no CUDA GPU")
     return torch.device(name)
 
 
@@ -210,7 +211,7 @@ def train_model(cfg: TrainConfig, run: PreparedRun, progress: bool = True) -> tu
     image_input: torch.Tensor | PixelImages = image
     if cfg.finetune_backbone:
         if run.inputs.pixels is None:
-            raise ValueError("--finetune-backbone needs image files; this dataset gives image feature vectors")
+            raise UserError("--finetune-backbone needs image files; this dataset gives image feature vectors")
         from model.training.backbones import build_backbone
 
         model.image_backbone = build_backbone(cfg.image_backbone)

@@ -6,12 +6,16 @@ import errno
 import os
 import socket
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from model.runtime.choices import DEVICES
+from model.runtime.model_dir import INFO_FILE
 from service.cli.common import choices, env_option, fail, user_errors
+
+if TYPE_CHECKING:
+    from service.settings import Settings
 
 NAME = "serve"
 DeviceChoice = choices("Device", DEVICES)
@@ -27,6 +31,18 @@ def port_in_use(host: str, port: int) -> bool:
         except OSError as exc:
             return exc.errno == errno.EADDRINUSE
     return False
+
+
+def server_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's limits on slow or many clients, from `settings`: the request-head timeout
+    (`service.middleware.HeadTimeoutProtocol`, which reads CMHASH_HEADER_TIMEOUT_S in each
+    worker), the keep-alive timeout, the connection limit (beyond it new requests get 503) and
+    the h11 head size limit. The body timeout is the app's own (`service.middleware.BodyTimeout`)."""
+    from service.middleware import HeadTimeoutProtocol
+
+    return {"http": HeadTimeoutProtocol or "auto", "timeout_keep_alive": settings.keep_alive_s,
+            "limit_concurrency": settings.max_connections,
+            "h11_max_incomplete_event_size": settings.max_header_bytes}
 
 
 def run(
@@ -53,7 +69,11 @@ def run(
         if value is not None:
             os.environ[f"CMHASH_{name}"] = str(value)  # the app factory (in every worker) reads them
     with user_errors():
-        Settings()  # type: ignore[call-arg]
+        settings = Settings()  # type: ignore[call-arg]
+    os.environ["CMHASH_HEADER_TIMEOUT_S"] = str(settings.header_timeout_s)  # for HeadTimeoutProtocol in each worker
+    if not (model / INFO_FILE).is_file():
+        fail(f"no exported model in {model} ({INFO_FILE} missing): run `cmhash export RUN_DIR --out {model}` "
+             "first (in Docker, the trainer writes it: docker compose up runs it before the API)")
     if server_workers > 1 and (image_gallery or text_gallery):
         fail("--workers > 1 would give each worker its own copy of the galleries (writes would diverge); "
              "use 1 worker: searches are batched and run in threads")
@@ -61,4 +81,5 @@ def run(
         fail(f"{host}:{port} is already in use (another cmhash serve?); choose another port with --port "
              "(make demo PORT=8080)")
     typer.echo(f"cmhash serving on http://{host}:{port} (API docs at http://{host}:{port}/docs)")
-    uvicorn.run("service.app:create_app", factory=True, host=host, port=port, workers=server_workers)
+    uvicorn.run("service.app:create_app", factory=True, host=host, port=port, workers=server_workers,
+                **server_options(settings))

@@ -1,16 +1,20 @@
 """Gallery management: add images or texts, read, delete, and serve stored image files.
 
 Changes go through the gallery's journal (`index.journal`): visible to searches at once and
-durable when the response is sent. Uploaded images are kept under the upload directory (named
-by a hash of their id, never by the client's file name) so the search page can show them."""
+durable when the response is sent; a write that is refused (a 4xx, or 507/503 when the disk is
+full or failing) leaves nothing behind. Uploaded images are kept under the upload directory
+(named by a hash of their id, never by the client's file name) so the search page can show them.
+Metadata is bounded (max_metadata_bytes, max_metadata_depth) and must round-trip through JSON,
+so whatever is stored can be read back by GET and by every search."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
 import json
+import logging
+import math
 import mimetypes
-import os
 import uuid
 from pathlib import Path
 from typing import Any
@@ -18,19 +22,24 @@ from typing import Any
 from fastapi import APIRouter, Depends, File, Form, UploadFile
 from fastapi.responses import FileResponse
 
+from index.errors import DuplicateIdError
 from index.journal import JournaledGallery
-from index.snapshots import fsync_path
 from index.sources import text_id
 from model.runtime.choices import Modality
+from model.runtime.errors import UserError
 from service.deps import get_state, require_read, require_write
-from service.errors import ApiError, bad_request, not_found
+from service.errors import ApiError, bad_request, not_found, storage_error
 from service.queries import image_array, image_bytes, text_query
 from service.schemas import Added, Deleted, GalleryStatus, Item, TextItems
+from service.settings import Settings
 from service.state import ServiceState, gallery_kind
-from service.uploads import SUFFIXES
+from service.uploads import SUFFIXES, write_upload
 
 router = APIRouter(prefix="/gallery", tags=["gallery"])
+log = logging.getLogger("cmhash.service")
 MAX_ID_CHARS = 256
+# metadata integers must survive any JSON reader (and Python's 4300-digit str limit): 64 bits
+MIN_METADATA_INT, MAX_METADATA_INT = -(2**63), 2**64 - 1
 
 
 def upload_dir(state: ServiceState) -> Path:
@@ -48,13 +57,53 @@ def _check_unicode(value: str, what: str) -> None:
         raise bad_request(f"{what} is not valid Unicode text (it contains a lone surrogate)") from None
 
 
-def _check_metadata(metas: list[dict[str, Any]]) -> None:
-    """400 for metadata that cannot be stored as JSON text (NaN, lone surrogates, deep nesting)."""
-    for meta in metas:
-        try:
-            json.dumps(meta, ensure_ascii=False, allow_nan=False).encode("utf-8")
-        except (ValueError, UnicodeEncodeError, RecursionError) as exc:
-            raise bad_request(f"metadata cannot be stored as JSON: {type(exc).__name__}") from None
+def _metadata_problem(meta: dict[str, Any], max_depth: int) -> str | None:
+    """Why `meta` cannot be stored and read back, or None. Walked without recursion, so any
+    depth is safe to inspect: nesting beyond `max_depth`, a value JSON has no form for (NaN,
+    infinities, integers beyond 64 bits, lone surrogates, non-JSON types)."""
+    stack: list[tuple[Any, int]] = [(meta, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict | list):
+            if depth > max_depth:
+                return f"is nested more than {max_depth} levels deep (the max_metadata_depth limit)"
+            children = value.values() if isinstance(value, dict) else value
+            if isinstance(value, dict):
+                for key in value:
+                    if not isinstance(key, str):
+                        return "has a key that is not a string"
+                    stack.append((key, depth))
+            stack.extend((child, depth + 1) for child in children)
+        elif isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return "holds text that is not valid Unicode (a lone surrogate)"
+        elif isinstance(value, bool) or value is None:
+            continue
+        elif isinstance(value, int):
+            if not MIN_METADATA_INT <= value <= MAX_METADATA_INT:
+                return "holds an integer beyond 64 bits, which JSON readers cannot round-trip"
+        elif isinstance(value, float):
+            if not math.isfinite(value):
+                return "holds a non-finite number (NaN or infinity), which JSON cannot represent"
+        else:
+            return f"holds a {type(value).__name__}, which is not a JSON value"
+    return None
+
+
+def _check_metadata(metas: list[dict[str, Any]], settings: Settings) -> None:
+    """400 naming the limit for metadata that could not be read back as stored: too deep, too
+    large as JSON (max_metadata_bytes), or holding values JSON cannot represent."""
+    for n, meta in enumerate(metas):
+        problem = _metadata_problem(meta, settings.max_metadata_depth)
+        if problem is None:
+            size = len(json.dumps(meta, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8"))
+            if size > settings.max_metadata_bytes:
+                limit = settings.max_metadata_bytes
+                problem = f"is {size} bytes as JSON, more than the max_metadata_bytes limit of {limit}"
+        if problem is not None:
+            raise bad_request(f"the metadata of item {n} {problem}")
 
 
 def _check_ids(ids: list[str], journaled: JournaledGallery) -> None:
@@ -84,31 +133,54 @@ def _parse_metadata(raw: list[str] | None, n: int) -> list[dict[str, Any]]:
             raise bad_request(f"metadata must be a JSON object: {exc.msg}") from None
         except RecursionError:
             raise bad_request("metadata is nested too deeply") from None
+        except ValueError:  # an integer of more digits than Python converts (4300)
+            raise bad_request("metadata holds a number too large to store") from None
         if not isinstance(value, dict):
             raise bad_request("metadata must be a JSON object")
         out.append(value)
     return out
 
 
-def _write_file(path: Path, data: bytes) -> None:
-    if not path.parent.is_dir():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fsync_path(path.parent.parent)
-    tmp = path.with_name(path.name + ".tmp")  # the final name is unique per request, so is this
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_path(path.parent)
+def _note_compactions(state: ServiceState, kind: Modality, journaled: JournaledGallery) -> None:
+    """Count the gallery's failed compactions (logged by the journal, retried by a later write)."""
+    failures = journaled.take_compaction_failures()
+    if failures:
+        state.metrics.compaction_failures.labels(kind).inc(failures)
 
 
-def _add(journaled: JournaledGallery, ids: list[str], codes: Any, metas: list[dict[str, Any]]) -> int:
+def _add(state: ServiceState, kind: Modality, ids: list[str], codes: Any, metas: list[dict[str, Any]]) -> int:
+    """Add to the journaled gallery: 409 only for a duplicate id, 400 for another UserError,
+    507/503 for a failed disk write (nothing stored then); anything else is a bug (500)."""
+    journaled = state.gallery(kind)
     try:
         journaled.add(ids, codes, metas)
-    except ValueError as exc:
+    except DuplicateIdError as exc:
         raise ApiError(409, str(exc)) from None
+    except UserError as exc:
+        raise bad_request(str(exc)) from None
+    except OSError as exc:
+        raise storage_error(exc, f"adding to the {kind} gallery") from None
+    finally:
+        _note_compactions(state, kind, journaled)
     return len(journaled)
+
+
+def _remove(state: ServiceState, kind: Modality, item_id: str) -> list[dict[str, Any]]:
+    """The items removed (as stored, read under the journal's lock); 507/503 for a failed write."""
+    journaled = state.gallery(kind)
+    try:
+        return journaled.remove([item_id])
+    except OSError as exc:
+        raise storage_error(exc, f"deleting from the {kind} gallery", "nothing was deleted") from None
+    finally:
+        _note_compactions(state, kind, journaled)
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:
+        log.error("could not remove the upload %s: %s", path, exc)
 
 
 @router.post("/images", response_model=Added, status_code=201, dependencies=[Depends(require_write)])
@@ -127,7 +199,11 @@ async def add_images(
     item_ids = ids if ids is not None else [Path(f.filename or "").stem for f in files]
     _check_ids(item_ids, journaled)
     metas = _parse_metadata(metadata, len(files))
-    _check_metadata(metas)
+    _check_metadata(metas, state.settings)
+    folder = upload_dir(state)
+    room = str(folder / f"{'0' * 24}-{'0' * 12}.webp")  # as long as any stored path (checked before storing)
+    stored = [{**m, "path": room, "filename": f.filename or ""} for m, f in zip(metas, files, strict=True)]
+    _check_metadata(stored, state.settings)  # with the path and file name the server adds
     blobs, arrays, suffixes = [], [], []
     for file in files:
         data, fmt = await image_bytes(state, file)
@@ -135,19 +211,20 @@ async def add_images(
         blobs.append(data)
         suffixes.append(SUFFIXES.get(fmt, ".img"))
     codes = await asyncio.to_thread(state.encode, "image", arrays)
-    folder = upload_dir(state)
     # One file name per upload request (id hash + random part): concurrent uploads of one id,
     # or an upload racing a delete, never write, rename or clean up each other's files.
     paths = [folder / f"{hashlib.sha256(i.encode('utf-8')).hexdigest()[:24]}-{uuid.uuid4().hex[:12]}{s}"
              for i, s in zip(item_ids, suffixes)]
-    for path, data in zip(paths, blobs):
-        await asyncio.to_thread(_write_file, path, data)
-    stored = [{**m, "path": str(p), "filename": f.filename or ""} for m, p, f in zip(metas, paths, files)]
+    stored = [{**m, "path": str(p)} for m, p in zip(stored, paths, strict=True)]
     try:
-        count = await asyncio.to_thread(_add, journaled, item_ids, codes, stored)
-    except ApiError:
+        for path, data in zip(paths, blobs, strict=True):
+            await asyncio.to_thread(write_upload, path, data)
+        count = await asyncio.to_thread(_add, state, "image", item_ids, codes, stored)
+    except Exception as exc:  # refused: none of this request's files may stay behind
         for path in paths:
-            path.unlink(missing_ok=True)
+            _unlink_quietly(path)
+        if isinstance(exc, OSError):
+            raise storage_error(exc, "storing the uploaded images") from None
         raise
     return Added(ids=item_ids, count=count)
 
@@ -164,9 +241,9 @@ async def add_texts(body: TextItems, state: ServiceState = Depends(get_state)) -
     item_ids = [item.id if item.id is not None else text_id(item.text) for item in body.items]
     _check_ids(item_ids, journaled)
     metas = [{**(item.metadata or {}), "text": item.text} for item in body.items]
-    _check_metadata(metas)
+    _check_metadata(metas, state.settings)
     codes = await asyncio.to_thread(state.encode, "text", texts)
-    count = await asyncio.to_thread(_add, journaled, item_ids, codes, metas)
+    count = await asyncio.to_thread(_add, state, "text", item_ids, codes, metas)
     return Added(ids=item_ids, count=count)
 
 
@@ -202,15 +279,16 @@ async def get_item(kind: str, item_id: str, state: ServiceState = Depends(get_st
 
 @router.delete("/{kind}/{item_id:path}", response_model=Deleted, dependencies=[Depends(require_write)])
 async def delete_item(kind: str, item_id: str, state: ServiceState = Depends(get_state)) -> Deleted:
-    """Remove an item (and its uploaded file); 404 when absent."""
+    """Remove an item (and its uploaded file); 404 when absent. The answer and the file removed
+    come from what this call removed under the journal's lock, never from an earlier read."""
     gkind: Modality = gallery_kind(kind)
     journaled = state.gallery(gkind)
-    item = journaled.get(item_id)
-    removed = await asyncio.to_thread(journaled.remove, [item_id])
-    if not removed or item is None:
+    removed = await asyncio.to_thread(_remove, state, gkind, item_id)
+    if not removed:
         raise not_found(f"no item {item_id!r} in the {kind} gallery")
     if gkind == "image":
-        path = Path(str(item["metadata"].get("path", "")))
-        if path.name and path.parent.resolve() == upload_dir(state).resolve():
-            path.unlink(missing_ok=True)
+        for item in removed:
+            path = Path(str(item["metadata"].get("path", "")))
+            if path.name and path.parent.resolve() == upload_dir(state).resolve():
+                await asyncio.to_thread(_unlink_quietly, path)
     return Deleted(id=item_id, count=len(journaled))

@@ -17,6 +17,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from index.commands import build_gallery, search_gallery
+from model.runtime.errors import UserError
 from index.gallery import Gallery, GalleryMismatchError
 from model.runtime.codes import hamming_distance_matrix
 from model.runtime.encoder import Encoder
@@ -160,8 +161,9 @@ def test_cli_index_and_search(tiny_model_dir, folder, tmp_path):
 
     result = invoke("search", "--model", tiny_model_dir, "--gallery", tmp_path / "g", "--text", "a red square", "-k", "3")
     assert result.exit_code == 0, result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 3 and lines[0].split()[0] == "1"
+    header, *lines = result.output.strip().splitlines()
+    assert header.split() == ["rank", "dist", "id", "item"]
+    assert len(lines) == 3 and [line.split()[0] for line in lines] == ["1", "2", "3"]
     result = invoke("search", "--model", tiny_model_dir, "--gallery", tmp_path / "g", "--text", "a red square", "--json")
     hits = json.loads(result.output)
     assert len(hits) == 10 and [h["rank"] for h in hits] == list(range(1, 11))
@@ -176,6 +178,8 @@ def test_cli_errors_are_clean(tiny_model_dir, folder, tmp_path):
         ("search", "--model", tiny_model_dir, "--gallery", tmp_path / "not-a-gallery", "--text", "x"),
         ("search", "--model", tiny_model_dir, "--gallery", tmp_path, "--text", "x", "--image", folder / "g00.jpg"),
         ("search", "--model", tiny_model_dir, "--gallery", tmp_path, "--image", folder / "broken.jpg"),
+        ("search", "--model", tiny_model_dir, "--gallery", tmp_path, "--image", folder / "absent.jpg"),
+        ("index", "--model", tiny_model_dir, "--images", folder, "--out", folder / "g00.jpg"),
     ]
     for args in cases:
         result = invoke(*args)
@@ -187,9 +191,15 @@ def test_cli_errors_are_clean(tiny_model_dir, folder, tmp_path):
 def test_index_help_names_env_vars():
     result = invoke("index", "--help")
     text = ANSI.sub("", result.output)
-    for flag in ("--model", "--images", "--texts", "--out", "--remove", "--prune", "--rebuild", "--workers"):
-        assert flag in text
-        assert "CMHASH_" + flag[2:].upper().replace("-", "_") in text
+    # Settings read from the environment, each name meaning one thing in every command.
+    for flag, env in (("--model", "CMHASH_MODEL_DIR"), ("--decode-threads", "CMHASH_DECODE_THREADS"),
+                      ("--encode-batch", "CMHASH_ENCODE_BATCH"), ("--encoder-threads", "CMHASH_ENCODER_THREADS"),
+                      ("--device", "CMHASH_DEVICE")):
+        assert flag in text and env in text, flag
+    # What one invocation reads or writes is a flag only: a variable left set cannot leak into another run.
+    for flag in ("--images", "--texts", "--out", "--remove", "--prune", "--rebuild"):
+        assert flag in text and "CMHASH_" + flag[2:].upper() not in text, flag
+    assert "<auto|cpu|cuda>" in text  # the choices are listed
 
 
 def test_milvus_gallery_gives_the_faiss_gallery_results(tiny_model_dir, folder, tmp_path):
@@ -206,5 +216,5 @@ def test_milvus_gallery_gives_the_faiss_gallery_results(tiny_model_dir, folder, 
         a = search_gallery(tiny_model_dir, tmp_path / "faiss", text=text, k=7).hits
         b = search_gallery(tiny_model_dir, tmp_path / "milvus", text=text, k=7).hits
         assert [(h.id, h.distance, h.metadata) for h in a] == [(h.id, h.distance, h.metadata) for h in b]
-    with pytest.raises(ValueError, match="rebuild"):
+    with pytest.raises(UserError, match="rebuild"):
         build_gallery(tiny_model_dir, tmp_path / "milvus", images=folder, rebuild=True, progress=False)

@@ -289,7 +289,8 @@ def test_each_save_replaces_the_previous_snapshot(tmp_path: Path):
     store, ids, codes, _ = build(32, 30, seed=2)
     for _ in range(3):
         store.save(d)
-    assert sorted(p.name for p in d.iterdir()) == ["CURRENT", "snapshot-000003"]
+    # the snapshot a save replaces is kept as the fallback (issue 10); older ones go
+    assert sorted(p.name for p in d.iterdir()) == ["CURRENT", "snapshot-000002", "snapshot-000003"]
 
 
 def _crashing_at(step: int, monkeypatch) -> dict:
@@ -344,7 +345,7 @@ def test_crash_at_any_step_of_save_keeps_previous_version(tmp_path: Path, monkey
     latest = FaissCodeStore.load(d)
     assert len(latest) == 85 and "extra-0" in latest and ids[0] not in latest
     _same_results(store, latest, q)
-    assert len(list(d.iterdir())) == 2
+    assert len(list(d.iterdir())) == 3  # CURRENT, the new snapshot and the previous one (the fallback)
 
 
 def test_crash_inside_a_file_write_keeps_previous_version(tmp_path: Path, monkeypatch):

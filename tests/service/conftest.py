@@ -25,13 +25,36 @@ N_IMAGES = 12
 N_TEXTS = 12
 
 
+# The TestClient sends Host "testserver" from client "testclient" (schemathesis' ASGI client too):
+# the tests' apps serve that name and let that client write without a key, as a deployment would
+# configure CMHASH_ALLOWED_HOSTS / CMHASH_ANONYMOUS_WRITE_CLIENTS (the defaults admit neither).
+TEST_ACCESS = {"allowed_hosts": ["127.0.0.1", "localhost", "[::1]", "testserver"],
+               "anonymous_write_clients": ["127.0.0.0/8", "::1", "testclient"]}
+TEST_ENV = {f"CMHASH_{name.upper()}": ",".join(values) for name, values in TEST_ACCESS.items()}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def test_client_access() -> Iterator[None]:
+    """TEST_ACCESS as environment variables, for apps that tests build from `Settings(...)` directly."""
+    import os
+
+    saved = {name: os.environ.get(name) for name in TEST_ENV}
+    os.environ.update(TEST_ENV)
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 @pytest.fixture(autouse=True)
 def no_cmhash_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Settings come from the tests, never from the environment."""
+    """Settings come from the tests, never from the environment (but for TEST_ENV)."""
     import os
 
     for name in list(os.environ):
-        if name.startswith("CMHASH_"):
+        if name.startswith("CMHASH_") and name not in TEST_ENV:
             monkeypatch.delenv(name)
 
 
@@ -71,7 +94,7 @@ def make_settings(tiny_model_dir: Path, gallery_templates: Path, tmp_path_factor
         shutil.copytree(gallery_templates / "images", root / "images")
         shutil.copytree(gallery_templates / "texts", root / "texts")
         fields: dict[str, object] = {"model_dir": tiny_model_dir, "image_gallery": root / "images",
-                                     "text_gallery": root / "texts", "device": "cpu", "threads": 1}
+                                     "text_gallery": root / "texts", "device": "cpu", "encoder_threads": 1, **TEST_ACCESS}
         return Settings(**{**fields, **overrides})  # type: ignore[arg-type]
 
     return make
@@ -104,7 +127,7 @@ def module_settings(tiny_model_dir: Path, gallery_templates: Path, tmp_path_fact
     shutil.copytree(gallery_templates / "images", root / "images")
     shutil.copytree(gallery_templates / "texts", root / "texts")
     return Settings(model_dir=tiny_model_dir, image_gallery=root / "images", text_gallery=root / "texts",
-                    device="cpu", encoder_threads=1)
+                    device="cpu", encoder_threads=1, **TEST_ACCESS)
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +12,7 @@ from PIL import Image
 
 from model.runtime.errors import DataError
 from model.runtime.text import BagOfWords
+from model.training.config import shared_data_root
 from model.training.data.mirflickr import (
     MIRFLICKR_CONCEPTS,
     load_mirflickr,
@@ -20,7 +20,8 @@ from model.training.data.mirflickr import (
     load_mirflickr_mat,
 )
 
-SHARED = Path(os.environ.get("CMHASH_SHARED_DATA", Path(__file__).resolve().parents[3] / "../shared/data"))
+# The same resolution as the code ($CMHASH_DATA_ROOT, else the default beside the repo).
+SHARED = shared_data_root()
 
 
 def jpeg(path: Path) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +10,8 @@ import pytest
 from PIL import Image
 
 import model.training.data as data
+from model.runtime.errors import UserError
+from model.training.config import shared_data_root
 from model.training.data import (
     CrossModalDataset,
     DataError,
@@ -21,7 +22,8 @@ from model.training.data import (
     resolve_split,
 )
 
-SHARED = Path(os.environ.get("CMHASH_SHARED_DATA", Path(__file__).resolve().parents[3] / "../shared/data"))
+# The same resolution as the code ($CMHASH_DATA_ROOT, else the default beside the repo).
+SHARED = shared_data_root()
 
 
 def dataset(name: str, n: int, preset: Split | None = None) -> CrossModalDataset:
@@ -38,7 +40,7 @@ def dataset(name: str, n: int, preset: Split | None = None) -> CrossModalDataset
 
 def test_reexports() -> None:
     assert data.make_split is make_split and callable(data.carve_validation)
-    assert issubclass(data.DataError, ValueError)
+    assert issubclass(data.DataError, UserError)  # the CLI prints it on one line, exit 2
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -10,9 +9,11 @@ import pytest
 import scipy.io
 
 from model.runtime.errors import DataError
+from model.training.config import shared_data_root
 from model.training.data.wikipedia import WIKIPEDIA_CLASSES, load_wikipedia
 
-SHARED = Path(os.environ.get("CMHASH_SHARED_DATA", Path(__file__).resolve().parents[3] / "../shared/data"))
+# The same resolution as the code ($CMHASH_DATA_ROOT, else the default beside the repo).
+SHARED = shared_data_root()
 
 TRAIN = [("t-a", "i-a", 1), ("t-b", "i-b", 10), ("t-c", "i-c", 3), ("t-d", "i-d", 3), ("t-e", "i-e", 7)]
 TEST = [("q-a", "j-a", 2), ("q-b", "j-b", 10), ("q-c", "j-c", 1)]
