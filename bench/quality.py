@@ -6,8 +6,14 @@ docs/results.md.
     .venv/bin/python bench/quality.py --epochs 2 --seeds 0 --bits 16 \\
         --methods bi_ncmh,cca_itq --datasets wikipedia-lda   # smoke test
 
-Training settings per (dataset, method) come from bench/settings.json; every flag can also be
-set by an environment variable CMHASH_BENCH_<FLAG> (e.g. CMHASH_BENCH_SEEDS=0,1).
+Protocols (bench/tune.py PROTOCOLS): Wikipedia keeps its official split, run at each of
+--seeds (initialisation and batch order); the 730-item MIRFLICKR sample is evaluated by k-fold
+(every item a query exactly once), each fold a run, reported as the mean over folds with a 95%
+confidence interval. Training settings come from bench/settings.json, tuned by bench/tune.py
+inside each evaluation split's own training rows (nested): before training anything the
+benchmark rebuilds every settings entry's tuning rows and refuses to run if any is a query row
+of the split it would be reported on. Every flag can also be set by an environment variable
+CMHASH_BENCH_<FLAG> (e.g. CMHASH_BENCH_SEEDS=0,1).
 Output (--out): results.json (every run), quality.md (the tables, the command, the machine)
 and pr_<dataset>_<bits>bits.png (P-R curves of every method, fixed seed).
 """
@@ -25,6 +31,7 @@ from pathlib import Path
 
 import matplotlib
 from flags import boolean, command_line, env, machine_base, usable_cpus
+from tune import PROTOCOLS, tuning_rows
 
 matplotlib.use("Agg")
 
@@ -34,7 +41,8 @@ import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from model.training.config import REPO_ROOT, TrainConfig  # noqa: E402
-from model.training.evaluate import MAP_TOP_K, evaluate_codes, split_codes  # noqa: E402
+from model.training.data import load_dataset  # noqa: E402
+from model.training.evaluate import MAP_TOP_K, aggregate_folds, evaluate_codes, split_codes  # noqa: E402
 from model.training.metrics import map_variant_name  # noqa: E402
 from model.training.run import train_summary, write_run_dir  # noqa: E402
 from model.training.train import (  # noqa: E402
@@ -54,10 +62,11 @@ DATASETS: dict[str, tuple[str, dict[str, str]]] = {
 }
 METHODS = ("bi_ncmh", "dcmh", "djsrh", "cca_itq")
 # TrainConfig fields the benchmark sets itself; bench/settings.json may not set them.
-BENCH_FIELDS = frozenset({"dataset", "out", "method", "bits", "seed", "text_features", "device", "threads"})
+BENCH_FIELDS = frozenset({"dataset", "out", "method", "bits", "seed", "text_features", "device", "threads",
+                          "folds", "fold", "query_size", "train_size", "validation_fraction"})
 # TrainConfig fields `prepare_run` reads: runs that agree on them share one PreparedRun.
 PREPARE_FIELDS = ("dataset", "data", "text_features", "text_encoder", "min_word_count", "image_backbone",
-                  "cache_dir", "query_size", "train_size", "validation_fraction")
+                  "cache_dir", "query_size", "train_size", "validation_fraction", "folds", "fold")
 MAP_KEYS = ("map", f"map@{MAP_TOP_K}")
 DIRECTIONS = (("i2t", "I->T"), ("t2i", "T->I"))
 PLOT_BITS = 64  # P-R curves and the training-cost table use this code length when it ran
@@ -71,9 +80,16 @@ class Job:
 
     key: str  # benchmark dataset key (DATASETS)
     cfg: TrainConfig
+    validation: dict  # the settings entry's "_validation" record (how and where it was tuned)
+
+    @property
+    def replica(self) -> int:
+        """The fold of a k-fold run, else the seed."""
+        return self.cfg.fold if self.cfg.fold is not None else self.cfg.seed
 
     def label(self) -> str:
-        return f"{self.key} {self.cfg.method} {self.cfg.bits} bits seed {self.cfg.seed}"
+        what = f"fold {self.cfg.fold}" if self.cfg.fold is not None else f"seed {self.cfg.seed}"
+        return f"{self.key} {self.cfg.method} {self.cfg.bits} bits {what}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -119,7 +135,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="comma list of methods")
     p.add_argument("--bits", type=_ints, default=env("bits", "16,32,64,128"), help="comma list of code lengths")
     p.add_argument("--seeds", type=_ints, default=env("seeds", "0,1,2"),
-                   help="comma list of seeds; the first is the fixed seed of the tables and plots")
+                   help="comma list of seeds of the preset-split datasets (Wikipedia); the first is the fixed "
+                        "seed of the tables and plots. k-fold datasets run every fold at their protocol's seed")
     p.add_argument("--epochs", type=int, default=env("epochs", None),
                    help="override the epochs of every deep method (smoke tests only)")
     p.add_argument("--settings", type=Path, default=env("settings", str(DEFAULT_SETTINGS)),
@@ -147,47 +164,102 @@ def _public(d: dict) -> dict:
     return {k: v for k, v in d.items() if not k.startswith("_")}
 
 
-def load_settings(path: Path) -> dict[str, dict[str, dict]]:
-    """Read settings.json and check its dataset keys, method keys and field names."""
+def _split_entries(key: str, entries: dict) -> dict[str, dict]:
+    """{"" or "fold-i": {method: entry}} of one dataset's settings."""
+    if PROTOCOLS[key]["kind"] == "folds":
+        return {k: v for k, v in entries.items() if k.startswith("fold-")}
+    return {"": {k: v for k, v in entries.items() if not k.startswith("_")}}
+
+
+def load_settings(path: Path) -> dict[str, dict[str, dict[str, dict]]]:
+    """Read settings.json: {dataset key: {method: entry}} for a preset-split dataset,
+    {dataset key: {"fold-i": {method: entry}}} for a k-fold one; an entry is TrainConfig fields
+    plus its "_validation" record. Returns {key: {"" or "fold-i": {method: entry}}} with the
+    entries checked (keys, field names, the tuning split matching the dataset's protocol)."""
     try:
         raw = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise SystemExit(f"error: cannot read settings {path}: {exc}") from None
-    settings: dict[str, dict[str, dict]] = {}
-    for key, methods in _public(raw).items():
+    settings: dict[str, dict[str, dict[str, dict]]] = {}
+    for key, entries in _public(raw).items():
         if key not in DATASETS:
             raise SystemExit(f"error: {path}: unknown dataset key {key!r}; expected one of {list(DATASETS)}")
+        if entries.get("_protocol", PROTOCOLS[key]) != PROTOCOLS[key]:
+            raise SystemExit(f"error: {path}: {key} was tuned for protocol {entries['_protocol']}, the benchmark "
+                             f"runs {PROTOCOLS[key]}: re-run bench/tune.py --datasets {key}")
         settings[key] = {}
-        for method, fields in _public(methods).items():
-            if method not in METHODS:
-                raise SystemExit(f"error: {path}: {key}: unknown method {method!r}; expected one of {list(METHODS)}")
-            fields = _public(fields)
-            fixed = sorted(BENCH_FIELDS & fields.keys())
-            if fixed:
-                raise SystemExit(f"error: {path}: {key}.{method} sets {fixed}, which the benchmark sets itself")
-            settings[key][method] = fields
+        for part, methods in _split_entries(key, entries).items():
+            settings[key][part] = {}
+            for method, entry in _public(methods).items():
+                if method not in METHODS:
+                    raise SystemExit(f"error: {path}: {key}: unknown method {method!r}; expected one of {list(METHODS)}")
+                fixed = sorted(BENCH_FIELDS & _public(entry).keys())
+                if fixed:
+                    raise SystemExit(f"error: {path}: {key}.{method} sets {fixed}, which the benchmark sets itself")
+                settings[key][part][method] = entry
     return settings
 
 
-def make_jobs(args: argparse.Namespace, settings: dict[str, dict[str, dict]], threads: int) -> list[Job]:
-    """Every (dataset, method, bits, seed) run, in that order, with validated configs."""
+def check_no_tuning_leak(jobs: list[Job]) -> list[str]:
+    """For every job: the rows its settings were tuned on (rebuilt from the entry's "_validation"
+    record) must contain no query row of the split the job is evaluated and reported on.
+    Returns the problems (empty when the protocol is nested)."""
+    problems: list[str] = []
+    datasets: dict[tuple, object] = {}
+    from model.training.train import evaluation_split
+
+    for job in jobs:
+        cfg = job.cfg
+        if not job.validation.get("split"):
+            problems.append(f"{job.label()}: its settings do not record the split they were tuned on "
+                            f"(re-run bench/tune.py --datasets {job.key})")
+            continue
+        data_key = (cfg.dataset, str(cfg.data_path()), cfg.text_features)
+        if data_key not in datasets:
+            datasets[data_key] = load_dataset(cfg.dataset, cfg.data_path(), text_features=cfg.text_features)
+        ds = datasets[data_key]
+        tuned = tuning_rows(ds, job.key, job.validation)  # type: ignore[arg-type]
+        query = evaluation_split(ds, cfg).query  # type: ignore[arg-type]
+        leaked = np.intersect1d(tuned, query)
+        if len(leaked):
+            problems.append(f"{job.label()}: {len(leaked)} of its {len(query)} query rows were tuning rows")
+    return problems
+
+
+def replicas(key: str, args: argparse.Namespace) -> list[tuple[str, dict]]:
+    """The runs of one dataset as (settings part, TrainConfig fields): each seed of --seeds on a
+    preset split, each fold (at the protocol's seed) on a k-fold dataset."""
+    protocol = PROTOCOLS[key]
+    if protocol["kind"] == "folds":
+        return [(f"fold-{i}", {"folds": protocol["folds"], "fold": i, "seed": protocol["seed"]})
+                for i in range(protocol["folds"])]
+    return [("", {"seed": seed}) for seed in args.seeds]
+
+
+def make_jobs(args: argparse.Namespace, settings: dict[str, dict[str, dict[str, dict]]], threads: int) -> list[Job]:
+    """Every (dataset, method, bits, seed or fold) run, in that order, with validated configs."""
     jobs = []
     for key in args.datasets:
         dataset, variant = DATASETS[key]
         for method in args.methods:
-            fields = dict(settings.get(key, {}).get(method, {}))
-            if args.epochs is not None:
-                fields["epochs"] = args.epochs
             for bits in args.bits:
-                for seed in args.seeds:
-                    out = args.out / "runs" / key / f"{method}-{bits}-s{seed}"
+                for part, split_fields in replicas(key, args):
+                    entry = settings.get(key, {}).get(part, {}).get(method)
+                    if entry is None:
+                        raise SystemExit(f"error: {args.settings}: no tuned settings for {key} {part or ''} {method}: "
+                                         f"run bench/tune.py --datasets {key} --methods {method}")
+                    fields = _public(entry)
+                    if args.epochs is not None and method != "cca_itq":
+                        fields["epochs"] = args.epochs
+                    name = f"{method}-{bits}-" + (part if part else f"s{split_fields['seed']}")
                     try:
-                        cfg = TrainConfig(dataset=dataset, out=out, method=method, bits=bits, seed=seed,
-                                          device=args.device, threads=threads, **variant, **fields)
+                        cfg = TrainConfig(dataset=dataset, out=args.out / "runs" / key / name, method=method,
+                                          bits=bits, device=args.device, threads=threads, **split_fields,
+                                          **variant, **fields)
                         check_hyper_parameters(cfg)
                     except ValueError as exc:  # pydantic's ValidationError is a ValueError
                         raise SystemExit(f"error: {key} {method} {bits} bits: {exc}") from None
-                    jobs.append(Job(key, cfg))
+                    jobs.append(Job(key, cfg, entry.get("_validation", {})))
     return jobs
 
 
@@ -211,8 +283,10 @@ class PreparedRuns:
         run = prepare_run(cfg, progress=False)
         seeded = run.split.seed is not None or cfg.validation_fraction > 0
         self._runs[(base, cfg.seed if seeded else None)] = run
+        what = (f"fold {cfg.fold} of {cfg.folds}" if cfg.fold is not None
+                else f"seed {cfg.seed}" if seeded else "preset split")
         tqdm.write(f"prepared {cfg.dataset} ({cfg.text_features if cfg.dataset == 'wikipedia' else 'tags'}, "
-                   f"{f'seed {cfg.seed}' if seeded else 'preset split'}) in {time.perf_counter() - start:.1f} s")
+                   f"{what}) in {time.perf_counter() - start:.1f} s")
         return run
 
 
@@ -257,6 +331,9 @@ def run_job(job: Job, run: PreparedRun, keep: bool) -> dict:
         "method": cfg.method,
         "bits": cfg.bits,
         "seed": cfg.seed,
+        "fold": cfg.fold,
+        "folds": cfg.folds,
+        "replica": job.replica,
         "metrics": metrics,
         "wall_seconds": time.perf_counter() - start,
         "run_dir": str(cfg.out) if keep else None,
@@ -269,7 +346,10 @@ def progress_line(record: dict) -> str:
     m, t = record["metrics"], record["metrics"]["train"]
     scores = "  ".join(f"{name} {label} {m[d][k]:.4f}" for k, label in zip(MAP_KEYS, ("MAP", f"MAP@{MAP_TOP_K}"))
                        for d, name in DIRECTIONS)
-    return (f"{record['dataset']} {record['method']} {record['bits']} bits seed {record['seed']}: {scores}  | "
+    what = f"fold {record['fold']}" if record.get("fold") is not None else f"seed {record['seed']}"
+    warn = "  COLLAPSED" if m.get("collapse", {}).get("collapsed") else ""
+    return (f"{record['dataset']} {record['method']} {record['bits']} bits {what}: {scores}  "
+            f"chance {m['chance_map']:.4f}{warn}  | "
             f"{t['seconds_per_epoch_mean']:.2f} s/epoch x {t['epochs']}, peak {t['peak_rss_mib']:.0f} MiB, "
             f"{record['wall_seconds']:.1f} s")
 
@@ -309,11 +389,41 @@ def write_results(path: Path, meta: dict, records: list[dict], complete: bool) -
 
 
 def by_run(records: list[dict]) -> dict[tuple[str, str, int], dict[int, dict]]:
-    """Records keyed by (dataset, method, bits), then by seed."""
+    """Records keyed by (dataset, method, bits), then by replica (the fold, else the seed)."""
     out: dict[tuple[str, str, int], dict[int, dict]] = {}
     for r in records:
-        out.setdefault((r["dataset"], r["method"], r["bits"]), {})[r["seed"]] = r
+        out.setdefault((r["dataset"], r["method"], r["bits"]), {})[r.get("replica", r["seed"])] = r
     return out
+
+
+def replica_ids(key: str, args: argparse.Namespace) -> list[int]:
+    """The folds of a k-fold dataset, else the seeds; the first is the fixed one of plots and cost."""
+    protocol = PROTOCOLS[key]
+    return list(range(protocol["folds"])) if protocol["kind"] == "folds" else list(args.seeds)
+
+
+def fold_aggregates(records: list[dict]) -> list[dict]:
+    """Per (dataset, method, bits) of a k-fold dataset: `aggregate_folds` of its fold runs
+    (per-fold MAPs, mean and 95% confidence interval)."""
+    out = []
+    for (key, method, bits), per in by_run(records).items():
+        if PROTOCOLS[key]["kind"] != "folds" or len(per) < 2:
+            continue
+        metrics = aggregate_folds([per[i]["metrics"] for i in sorted(per)])
+        out.append({"dataset": key, "method": method, "bits": bits, "metrics": metrics})
+    return out
+
+
+def fold_cell(values: list[float]) -> str:
+    """Mean over folds [95% confidence interval]."""
+    from scipy import stats
+
+    k = len(values)
+    mean = float(np.mean(values))
+    if k < 2:
+        return f"{mean:.4f}"
+    half = float(stats.t.ppf(0.975, k - 1) * np.std(values, ddof=1) / np.sqrt(k))
+    return f"{mean:.4f} [{mean - half:.4f}, {mean + half:.4f}]"
 
 
 def score_cell(values: list[float]) -> str:
@@ -328,15 +438,21 @@ def cost_bits(bits: list[int]) -> int:
     return PLOT_BITS if PLOT_BITS in bits else max(bits)
 
 
-def quality_table(runs: dict, key: str, methods: list[str], bits: list[int], seeds: list[int]) -> list[str]:
-    """Markdown rows: method x bits, I->T / T->I MAP and MAP@50."""
-    head = [f"{name} {label}" for label in ("MAP", f"MAP@{MAP_TOP_K}") for _, name in DIRECTIONS]
+def quality_table(runs: dict, key: str, methods: list[str], bits: list[int], seeds: list[int],
+                  folds: bool = False) -> list[str]:
+    """Markdown rows: method x bits, I->T / T->I MAP and MAP@50, and the chance MAP (a random
+    ranking's); `folds`: cells are the mean over the folds `seeds` with a 95% CI."""
+    head = [f"{name} {label}" for label in ("MAP", f"MAP@{MAP_TOP_K}") for _, name in DIRECTIONS] + ["chance MAP"]
     lines = ["| Method | Bits | " + " | ".join(head) + " |", "|---|---:|" + "---:|" * len(head)]
+    cell = fold_cell if folds else score_cell
     for method in methods:
         for b in bits:
             per_seed = runs[(key, method, b)]
-            cells = [score_cell([per_seed[s]["metrics"][d][k] for s in seeds]) for k in MAP_KEYS for d, _ in DIRECTIONS]
-            lines.append(f"| {method} | {b} | " + " | ".join(cells) + " |")
+            cells = [cell([per_seed[s]["metrics"][d][k] for s in seeds]) for k in MAP_KEYS for d, _ in DIRECTIONS]
+            cells.append(f"{np.mean([per_seed[s]['metrics']['chance_map'] for s in seeds]):.4f}")
+            collapsed = [s for s in seeds if per_seed[s]["metrics"].get("collapse", {}).get("collapsed")]
+            flag = f" (collapsed: {'folds' if folds else 'seeds'} {', '.join(map(str, collapsed))})" if collapsed else ""
+            lines.append(f"| {method}{flag} | {b} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -395,9 +511,12 @@ def plot_dataset_pr(runs: dict, key: str, methods: list[str], bits: int, seed: i
 def report(records: list[dict], args: argparse.Namespace, meta: dict) -> str:
     """quality.md: provenance, then per dataset the quality, cost and settings tables."""
     runs = by_run(records)
-    seeds, fixed, cbits = args.seeds, args.seeds[0], cost_bits(args.bits)
+    cbits = cost_bits(args.bits)
     m = meta["machine"]
-    cell = f"seed {fixed}" + (f" (mean ± sample std over seeds {', '.join(map(str, seeds))})" if len(seeds) > 1 else "")
+    fixed = args.seeds[0]
+    cell = (f"preset splits: seed {fixed}" + (f" (mean ± sample std over seeds {', '.join(map(str, args.seeds))})"
+            if len(args.seeds) > 1 else "") + "; k-fold datasets: mean over the folds [95% confidence interval, "
+            "Student t]")
     lines = [
         "# Retrieval quality",
         "",
@@ -411,21 +530,30 @@ def report(records: list[dict], args: argparse.Namespace, meta: dict) -> str:
         "",
         f"Metrics: **MAP** = {map_variant_name(None)}; **MAP@{MAP_TOP_K}** = {map_variant_name(MAP_TOP_K)}. "
         f"Relevant: {records[0]['metrics']['relevance']}. I->T: image queries rank retrieval texts; T->I: text queries "
-        f"rank retrieval images. Each cell: {cell}.",
+        f"rank retrieval images. Each cell: {cell}. Chance MAP: the expected MAP of a random ranking (mean "
+        f"fraction of relevant retrieval items per query). Settings: tuned by bench/tune.py inside each "
+        f"evaluation split's own training rows (nested; checked before the runs).",
     ]
     for key in args.datasets:
+        seeds = replica_ids(key, args)
+        fixed = seeds[0]
+        folds = PROTOCOLS[key]["kind"] == "folds"
         fm = runs[(key, args.methods[0], args.bits[0])][fixed]["metrics"]
-        lines += ["", f"## {key}", "",
-                  f"{fm['n_query']} queries, {fm['n_retrieval']} retrieval items, {fm['train']['n_train']} training "
-                  f"items (evaluated on {fm['train']['evaluated_on']}).", ""]
-        lines += quality_table(runs, key, args.methods, args.bits, seeds)
+        what = (f"{len(seeds)}-fold evaluation (split seed {PROTOCOLS[key]['seed']}): each fold "
+                f"{fm['n_query']} queries against {fm['n_retrieval']} retrieval items, which are also the "
+                f"{fm['train']['n_train']} training items; every item is a query exactly once"
+                if folds else
+                f"{fm['n_query']} queries, {fm['n_retrieval']} retrieval items, {fm['train']['n_train']} training "
+                f"items (evaluated on {fm['train']['evaluated_on']})")
+        lines += ["", f"## {key}", "", what + ".", ""]
+        lines += quality_table(runs, key, args.methods, args.bits, seeds, folds)
         lines += ["", f"Training cost at {cbits} bits (s / epoch: mean over seeds; peak resident memory of the "
                   "benchmark process during training, loaded data included: max over seeds).", ""]
         lines += cost_table(runs, key, args.methods, cbits, seeds)
         lines += ["", f"Settings ({args.settings.name}" + (f", epochs overridden to {args.epochs}" if args.epochs else "")
                   + ").", ""]
         lines += settings_table(runs, key, args.methods, cbits, fixed)
-        lines += ["", f"P-R curves: `pr_{key}_{cbits}bits.png` ({cbits} bits, seed {fixed})."]
+        lines += ["", f"P-R curves: `pr_{key}_{cbits}bits.png` ({cbits} bits, {'fold' if folds else 'seed'} {fixed})."]
     return "\n".join(lines) + "\n"
 
 
@@ -438,6 +566,9 @@ def main() -> None:
     threads = args.threads or usable_cpus()
     torch.set_num_threads(threads)
     jobs = make_jobs(args, settings, threads)
+    leaks = check_no_tuning_leak(jobs)
+    if leaks:
+        raise SystemExit("error: settings tuned on rows the benchmark reports as queries:\n  " + "\n  ".join(leaks))
     args.out.mkdir(parents=True, exist_ok=True)
     meta = {
         "command": command_line(),
@@ -457,10 +588,12 @@ def main() -> None:
         tqdm.write(progress_line(records[-1]))
         write_results(args.out / "results.json", meta, records, complete=False)
     bar.close()
-    write_results(args.out / "results.json", meta, records, complete=True)
+    write_results(args.out / "results.json", {**meta, "fold_aggregates": fold_aggregates(records)}, records,
+                  complete=True)
     runs, cbits = by_run(records), cost_bits(args.bits)
     for key in args.datasets:
-        plot_dataset_pr(runs, key, args.methods, cbits, args.seeds[0], args.out / f"pr_{key}_{cbits}bits.png")
+        first = replica_ids(key, args)[0]
+        plot_dataset_pr(runs, key, args.methods, cbits, first, args.out / f"pr_{key}_{cbits}bits.png")
     text = report(records, args, meta)
     (args.out / "quality.md").write_text(text)
     print("\n" + text)

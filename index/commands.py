@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from index.gallery import GALLERY_FILE, Gallery, open_or_create, read_info
+from index.mih import IndexType
 from index.pipeline import IndexReport, index_items
 from index.snapshots import CURRENT, write_atomic
 from index.search import Page, search_pages
@@ -40,7 +41,8 @@ class MilvusTarget:
     token: str | None = None  # server credentials, never written to disk
 
 
-def _open_or_create(out: Path, kind: Modality, encoder: Any, milvus: MilvusTarget | None) -> Gallery:
+def _open_or_create(out: Path, kind: Modality, encoder: Any, milvus: MilvusTarget | None,
+                    index: IndexType | None = None) -> Gallery:
     """The gallery at `out` (checked against the encoder's model and the kind), or a new one
     (FAISS, or Milvus when `milvus` is given) in an empty or new folder. A FAISS store runs on
     the CPU here: indexing only adds, and one-off searches need no GPU mirror."""
@@ -56,7 +58,7 @@ def _open_or_create(out: Path, kind: Modality, encoder: Any, milvus: MilvusTarge
         return MilvusCodeStore(encoder.bits, milvus.uri, milvus.collection, token=milvus.token)
 
     return open_or_create(out, kind, encoder, token=milvus.token if milvus else None,
-                          new_store=milvus_store if milvus else None)
+                          new_store=milvus_store if milvus else None, index=index)
 
 
 def build_gallery(
@@ -74,6 +76,7 @@ def build_gallery(
     threads: int | None = None,
     save_every_s: float = 60.0,
     milvus: MilvusTarget | None = None,
+    index: IndexType | None = None,
     progress: bool = True,
 ) -> IndexReport:
     """Create or update the gallery `out` from an image folder / manifest or a text file,
@@ -84,11 +87,17 @@ def build_gallery(
     listed); `prune` deletes items whose source is no longer listed; `rebuild` builds a fresh gallery beside the old
     one and swaps it in only when complete, so an interrupted rebuild loses nothing (FAISS
     only: a Milvus gallery is rebuilt by dropping its collection). A new gallery keeps its
-    codes in Milvus when `milvus` is given. Writes the report to ``out/last_index_report.json``."""
+    codes in Milvus when `milvus` is given. `index` is a new FAISS gallery's search index ("flat",
+    the default, or "mih": multi-index hashing, sub-linear on large galleries); an existing
+    gallery keeps the one it was created with (asking for another is refused: rebuild).
+    Writes the report to ``out/last_index_report.json``."""
     if (images is None) == (texts is None):
         raise UserError("give exactly one of --images (folder or manifest) or --texts (file)")
     kind: Modality = "image" if images is not None else "text"
     listing: Listing = image_listing(images) if images is not None else text_listing(texts)  # type: ignore[arg-type]
+    if index == "mih" and (milvus is not None or (Path(out) / GALLERY_FILE).is_file()
+                           and read_info(Path(out)).backend == "milvus"):
+        raise UserError("--index mih is a FAISS gallery index; Milvus galleries search on the server")
     encoder = _load_encoder(model_dir, device, threads)
     out = Path(out)
     target = out
@@ -99,7 +108,7 @@ def build_gallery(
             raise UserError(f"{out} exists and is not a gallery: refusing to replace it")
         target = out.with_name(out.name + ".rebuild")
         shutil.rmtree(target, ignore_errors=True)
-    gallery = _open_or_create(target, kind, encoder, milvus)
+    gallery = _open_or_create(target, kind, encoder, milvus, index)
     removed = gallery.store.remove(remove or [])
     if prune:
         listed = {item.id for item in listing.items}
@@ -142,6 +151,9 @@ def search_gallery(
     if image is not None and not Path(image).is_file():
         raise UserError(f"{image}: no such image file")
     encoder = _load_encoder(model_dir, device, threads)
+    if text is not None and not encoder.reads_words(text):
+        raise UserError(f"no word of {text!r} is known to the model (its vocabulary is the words of its training texts)")
     gallery = Gallery.open(gallery_dir, model_checksum=encoder.checksum, bits=encoder.bits, token=milvus_token)
     code = encoder.encode_texts([text]) if text is not None else encoder.encode_images([Path(image)])  # type: ignore[arg-type]
-    return search_pages(gallery.store, code, [(0, k)], radius, explain_empty=True)[0]
+    page = search_pages(gallery.store, code, [(0, k)], radius, explain_empty=True)[0]
+    return replace(page, unknown_words=encoder.unknown_words(text)) if text is not None else page

@@ -16,6 +16,11 @@ on the next search) and no range search (the CPU index answers those and larger 
 
 Result ordering is deterministic: by (Hamming distance, insertion order), whatever order
 FAISS returns ties in.
+
+With ``index="mih"`` a :class:`index.mih.MultiIndexHash` beside the FAISS index answers the
+CPU queries it can answer for less than a flat scan (exactly the same results); the others,
+and k-NN on the GPU mirror, take the flat scan. It is fed by add/remove, rebuilt from the
+stored codes on load, and never persisted.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import faiss
 import numpy as np
 
 from index.errors import DuplicateIdError
+from index.mih import IndexType, MultiIndexHash
 from index.snapshots import Fallback, open_snapshot, read_current, write_snapshot
 from index.store import RangeResult, SearchResult
 from model.runtime.choices import Device
@@ -105,9 +111,11 @@ class FaissCodeStore:
 
     backend = "faiss"
 
-    def __init__(self, bits: int, device: Device = "cpu", *, _gpu_factory: Callable[[int], Any] | None = None) -> None:
+    def __init__(self, bits: int, device: Device = "cpu", *, index: IndexType = "flat",
+                 _gpu_factory: Callable[[int], Any] | None = None) -> None:
         """An empty store of `bits`-bit codes; `device` "cuda" (or "auto" with a GPU) adds the
-        GPU k-NN mirror. `_gpu_factory` replaces GpuIndexBinaryFlat (tests emulate it on CPU)."""
+        GPU k-NN mirror; `index` "mih" adds multi-index hashing (index/mih.py). `_gpu_factory`
+        replaces GpuIndexBinaryFlat (tests emulate it on CPU)."""
         if not isinstance(bits, (int, np.integer)) or isinstance(bits, bool):
             raise ValueError(f"bits must be an int, got {bits!r}")
         bits = int(bits)
@@ -115,6 +123,8 @@ class FaissCodeStore:
             raise ValueError(f"bits must be a positive multiple of 8, got {bits}")
         if device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
+        if index not in ("flat", "mih"):
+            raise ValueError(f"index must be flat or mih, got {index!r}")
         self.bits = bits
         self.code_bytes = bits // 8
         self.padded_bits = padded_bits_for(bits)
@@ -125,6 +135,8 @@ class FaissCodeStore:
         self._next_id = 0
         self._lock = threading.RLock()
         self._gpu: _GpuMirror | None = None
+        self.index_type: IndexType = index
+        self.mih: MultiIndexHash | None = MultiIndexHash(bits) if index == "mih" else None  # --- mih
         self.snapshot: str | None = None  # the snapshot `load` read (set by load)
         self.fallback: Fallback | None = None  # set by load(fallback=True) when it skipped CURRENT's snapshot
         if _gpu_factory is None and (device == "cuda" or (device == "auto" and gpu_available())):
@@ -214,6 +226,8 @@ class FaissCodeStore:
             self._next_id += len(ids)
             if self._gpu is not None:
                 self._gpu.add(padded, internal)
+            if self.mih is not None:  # --- mih
+                self.mih.add(arr, internal)
 
     def remove(self, ids: Iterable[str]) -> int:
         """Remove items by id; unknown ids are ignored. Returns the number removed."""
@@ -229,6 +243,8 @@ class FaissCodeStore:
             self._db.execute("DELETE FROM items WHERE iid IN (SELECT value FROM json_each(?))", (json.dumps(internal),))
             if self._gpu is not None:
                 self._gpu.stale = True
+            if self.mih is not None:  # --- mih
+                self.mih.remove(np.asarray(internal, dtype=np.int64))
             return removed
 
     # ----------------------------------------------------------------- queries
@@ -288,40 +304,58 @@ class FaissCodeStore:
             kk = min(k, n)
             if nq == 0 or kk == 0:
                 return [[] for _ in range(nq)], np.zeros((nq, kk), dtype=np.int64)
-            # Over-fetch so the group of items tied at the k-th distance is almost always
-            # complete in what FAISS returns (its tie order is unspecified).
-            fetch = min(n, kk + max(kk, _TIE_MARGIN))
-            if self._gpu is not None and kk < GPU_MAX_K:
-                fetch = min(fetch, GPU_MAX_K)
-            D, I = self._knn_raw(q, fetch)
-            D = np.asarray(D, dtype=np.int64)
-            I = np.asarray(I, dtype=np.int64)
             res_d = np.empty((nq, kk), dtype=np.int64)
             res_i = np.empty((nq, kk), dtype=np.int64)
-            straddle: list[int] = []
-            for j in range(nq):
-                if fetch < n and D[j, kk - 1] == D[j, fetch - 1]:
-                    # The tie group may extend past what was fetched: FAISS may have dropped
-                    # equal-distance items with smaller internal ids. Resolved by range search.
-                    straddle.append(j)
-                    continue
-                # Every item at distance <= D[kk-1] was fetched; order by (distance, iid).
-                order = np.lexsort((I[j], D[j]))[:kk]
-                res_d[j] = D[j][order]
-                res_i[j] = I[j][order]
-            # Group straddling queries by radius so each group is one range_search call.
-            by_radius: dict[int, list[int]] = {}
-            for j in straddle:
-                by_radius.setdefault(int(D[j, kk - 1]), []).append(j)
-            for radius, rows in by_radius.items():
-                for j, (d, i) in zip(rows, self._range_raw(q[rows], radius + 1)):
-                    if len(d) < kk:  # pragma: no cover - invariant violation
-                        raise RuntimeError("range search returned fewer items than k-NN")
-                    res_d[j] = d[:kk]
-                    res_i[j] = i[:kk]
+            flat = list(range(nq))
+            if self.mih is not None and self._gpu is None:  # --- mih: what it answers skips the scan
+                flat = []
+                for j in range(nq):
+                    got = self.mih.knn(q[j], kk)
+                    if got is None:
+                        flat.append(j)
+                    else:
+                        res_d[j], res_i[j] = got
+            if flat:
+                res_d[flat], res_i[flat] = self._flat_knn(q[flat], kk)
             names = self._names(res_i)
             out_ids = [[names[int(x)] for x in row] for row in res_i]
         return out_ids, res_d
+
+    def _flat_knn(self, q: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
+        """(distances, internal ids), nq x kk, by (distance, internal id): the flat scan."""
+        nq, n = q.shape[0], self._index.ntotal
+        # Over-fetch so the group of items tied at the k-th distance is almost always
+        # complete in what FAISS returns (its tie order is unspecified).
+        fetch = min(n, kk + max(kk, _TIE_MARGIN))
+        if self._gpu is not None and kk < GPU_MAX_K:
+            fetch = min(fetch, GPU_MAX_K)
+        D, I = self._knn_raw(q, fetch)
+        D = np.asarray(D, dtype=np.int64)
+        I = np.asarray(I, dtype=np.int64)
+        res_d = np.empty((nq, kk), dtype=np.int64)
+        res_i = np.empty((nq, kk), dtype=np.int64)
+        straddle: list[int] = []
+        for j in range(nq):
+            if fetch < n and D[j, kk - 1] == D[j, fetch - 1]:
+                # The tie group may extend past what was fetched: FAISS may have dropped
+                # equal-distance items with smaller internal ids. Resolved by range search.
+                straddle.append(j)
+                continue
+            # Every item at distance <= D[kk-1] was fetched; order by (distance, iid).
+            order = np.lexsort((I[j], D[j]))[:kk]
+            res_d[j] = D[j][order]
+            res_i[j] = I[j][order]
+        # Group straddling queries by radius so each group is one range_search call.
+        by_radius: dict[int, list[int]] = {}
+        for j in straddle:
+            by_radius.setdefault(int(D[j, kk - 1]), []).append(j)
+        for radius, rows in by_radius.items():
+            for j, (d, i) in zip(rows, self._range_raw(q[rows], radius + 1)):
+                if len(d) < kk:  # pragma: no cover - invariant violation
+                    raise RuntimeError("range search returned fewer items than k-NN")
+                res_d[j] = d[:kk]
+                res_i[j] = i[:kk]
+        return res_d, res_i
 
     def range_search(self, codes: np.ndarray, radius: int) -> RangeResult:
         """All items with Hamming distance <= ``radius`` (inclusive) per query, ordered
@@ -334,8 +368,14 @@ class FaissCodeStore:
                 return []
             if self._index.ntotal == 0:
                 return [([], np.zeros(0, dtype=np.int64)) for _ in range(q.shape[0])]
-            # FAISS returns distances strictly below the threshold.
-            raw = self._range_raw(q, int(radius) + 1)
+            if self.mih is None:
+                # FAISS returns distances strictly below the threshold.
+                raw = self._range_raw(q, int(radius) + 1)
+            else:  # --- mih: what it answers skips the scan
+                got = [self.mih.range(row, int(radius)) for row in q]
+                flat = [j for j, g in enumerate(got) if g is None]
+                scanned = iter(self._range_raw(q[flat], int(radius) + 1) if flat else [])
+                raw = [next(scanned) if g is None else g for g in got]
             names = self._names(np.concatenate([i for _, i in raw]))
             return [([names[int(x)] for x in i], d) for d, i in raw]
 
@@ -369,29 +409,32 @@ class FaissCodeStore:
             self.snapshot = write_snapshot(Path(path), write).name
 
     @classmethod
-    def load(cls, path: Path | str, device: Device = "cpu", *, fallback: bool = False) -> FaissCodeStore:
+    def load(cls, path: Path | str, device: Device = "cpu", *, fallback: bool = False,
+             index: IndexType = "flat") -> FaissCodeStore:
         """Open the current snapshot of directory ``path`` (checksums verified). With
         `fallback`, a damaged current snapshot (or a bad CURRENT) makes it load the newest
         valid snapshot before it instead, and ``store.fallback`` says what was skipped (the
-        caller decides whether that loses data); without, damage raises ValueError."""
+        caller decides whether that loses data); without, damage raises ValueError. `index`:
+        the search index, as in the constructor (a gallery records it in gallery.json)."""
         if not fallback:
             snap, state = read_current(Path(path))
-            store = cls._load_snapshot(snap, state, device)
+            store = cls._load_snapshot(snap, state, device, index)
             store.snapshot = snap.name
             return store
-        store, snap, used = open_snapshot(Path(path), lambda s, st: cls._load_snapshot(s, st, device))
+        store, snap, used = open_snapshot(Path(path), lambda s, st: cls._load_snapshot(s, st, device, index))
         store.snapshot = snap.name
         store.fallback = used
         return store
 
     @classmethod
-    def _load_snapshot(cls, snap: Path, state: dict[str, Any], device: Device) -> FaissCodeStore:
+    def _load_snapshot(cls, snap: Path, state: dict[str, Any], device: Device,
+                       index_type: IndexType = "flat") -> FaissCodeStore:
         """The store in verified snapshot directory `snap` with store.json `state`."""
         path = snap.name
         if state.get("backend") != cls.backend or state.get("format_version") != _FORMAT_VERSION:
             raise ValueError(f"{path}: not a FAISS code store of format {_FORMAT_VERSION} "
                              f"(backend {state.get('backend')!r}, format {state.get('format_version')!r})")
-        store = cls(int(state["bits"]), device)
+        store = cls(int(state["bits"]), device, index=index_type)
         index = faiss.read_index_binary(str(snap / INDEX_FILE))
         if not isinstance(index, faiss.IndexBinaryIDMap2):
             raise ValueError(f"{path}: unexpected index type {type(index).__name__}")
@@ -411,4 +454,8 @@ class FaissCodeStore:
         store._next_id = int(state["next_id"])
         if store._gpu is not None:
             store._gpu.rebuild(index)
+        if store.mih is not None and index.ntotal:  # --- mih: rows are in internal id order
+            inner = faiss.downcast_IndexBinary(index.index)
+            codes = faiss.vector_to_array(inner.xb).reshape(-1, store.padded_bytes)
+            store.mih.add(codes[:, : store.code_bytes], faiss.vector_to_array(index.id_map).astype(np.int64))
         return store

@@ -33,6 +33,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from index.faiss_store import FaissCodeStore
+from index.mih import IndexType
 from index.snapshots import STATE_FILE, CorruptSnapshotError, Fallback, current_name, sha256_file, write_atomic
 from index.store import CodeStore
 from model.runtime.choices import Device, Modality
@@ -70,6 +71,7 @@ class GalleryInfo(BaseModel):
     kind: Modality  # modality of the items: image or text
     bits: int = Field(ge=8)  # code length L
     backend: Backend = "faiss"  # where the codes live
+    index: IndexType = "flat"  # FAISS search index: flat scan, or multi-index hashing (index/mih.py)
     model_checksum: str  # checksum of the exported model whose encoder made the codes
     model_method: str | None = None  # hashing method of that model, for messages
     created: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))  # UTC
@@ -93,7 +95,9 @@ class Gallery:
         if store is None:
             if info.backend != "faiss":
                 raise ValueError(f"a {info.backend} gallery needs its store passed in")
-            store = FaissCodeStore(info.bits, device)
+            store = FaissCodeStore(info.bits, device, index=info.index)
+        elif info.index != "flat" and getattr(store, "index_type", "flat") != info.index:
+            raise ValueError(f"gallery info says index {info.index} but the store given has none")
         if store.bits != info.bits:
             raise ValueError(f"store has {store.bits} bits, gallery info says {info.bits}")
         path.mkdir(parents=True, exist_ok=True)
@@ -114,7 +118,7 @@ class Gallery:
         fallback: Fallback | None = None
         if info.backend == "faiss":
             try:
-                faiss_store = FaissCodeStore.load(path, device, fallback=True)
+                faiss_store = FaissCodeStore.load(path, device, fallback=True, index=info.index)
             except CorruptSnapshotError as exc:
                 raise CorruptGalleryError(f"{info.kind} gallery: {exc}") from None
             fallback = faiss_store.fallback
@@ -212,15 +216,23 @@ class ModelIdentity(Protocol):
 
 
 def open_or_create(path: Path, kind: Modality, model: ModelIdentity, *, device: Device = "cpu",
-                   token: str | None = None, new_store: Callable[[], CodeStore] | None = None) -> Gallery:
-    """The gallery at `path`, refused unless it holds `kind` codes of `model`; or, when there is
-    none yet, a new empty one bound to `model` (FAISS on `device`, or the store `new_store` makes)."""
+                   token: str | None = None, new_store: Callable[[], CodeStore] | None = None,
+                   index: IndexType | None = None) -> Gallery:
+    """The gallery at `path`, refused unless it holds `kind` codes of `model` (and, when `index`
+    is given, uses that search index); or, when there is none yet, a new empty one bound to
+    `model` (FAISS on `device` with search index `index`, flat by default, or the store
+    `new_store` makes)."""
     path = Path(path)
     if (path / GALLERY_FILE).is_file():
-        return Gallery.open(path, model_checksum=model.checksum, bits=model.bits, kind=kind, device=device, token=token)
+        gallery = Gallery.open(path, model_checksum=model.checksum, bits=model.bits, kind=kind, device=device,
+                               token=token)
+        if index is not None and gallery.info.index != index:
+            raise GalleryMismatchError(f"{path} uses the {gallery.info.index} index, chosen when it was created; "
+                                       f"to switch to {index}, rebuild it with `cmhash index --rebuild --index {index}`")
+        return gallery
     store = new_store() if new_store is not None else None
     info = GalleryInfo(kind=kind, bits=model.bits, backend=store.backend if store is not None else "faiss",  # type: ignore[arg-type]
-                       model_checksum=model.checksum, model_method=model.info.method)
+                       model_checksum=model.checksum, model_method=model.info.method, index=index or "flat")
     return Gallery.create(path, info, store, device=device)
 
 

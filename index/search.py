@@ -4,7 +4,7 @@ service alike, so both rank, page and read metadata the same way."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -42,6 +42,7 @@ class Page:
     hits: list[Hit]  # the page
     found: int  # results before paging: at most offset + k for k-NN, every item within the radius
     nearest: int | None = None  # distance of the nearest item when a radius search found none (None: unknown)
+    unknown_words: list[str] = field(default_factory=list)  # text query words the encoder could not use
 
 
 def search_pages(

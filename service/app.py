@@ -7,12 +7,15 @@ On shutdown queued searches finish and each gallery's journal is folded into a s
 from __future__ import annotations
 
 import asyncio
+import importlib.resources
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
-from fastapi import FastAPI
-from fastapi.responses import FileResponse
+from fastapi import FastAPI, Request
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
+from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 from service.errors import install_handlers
@@ -28,6 +31,7 @@ from service.middleware import (
 )
 from service.queries import hide_paths
 from service.routers import encode, gallery, health, search
+from service.schemas import ErrorResponse
 from service.settings import Settings
 from service.state import ServiceState
 
@@ -40,6 +44,45 @@ PAGE_HEADERS = [
                                  b"form-action 'self'; frame-ancestors 'none'"),
     (b"referrer-policy", b"same-origin"),
 ]
+
+# /docs and /redoc load Swagger UI and ReDoc from the fastapi-offline package's copies (served at
+# DOCS_ASSETS), never from a CDN: the docs work offline and send nothing to a third party.
+DOCS_ASSETS = "/static-docs"
+# Every route's error answers, in the OpenAPI document (replaces FastAPI's HTTPValidationError 422).
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    "4XX": {"model": ErrorResponse, "description": "the request was refused (the body names the reason)"},
+    "5XX": {"model": ErrorResponse, "description": "the server could not answer: 503 while the model loads or "
+                                                  "storage fails (a refused write stored nothing), 507 disk full"},
+}
+
+
+def install_docs(app: FastAPI) -> None:
+    """/docs (Swagger UI) and /redoc over the app's OpenAPI document, with local assets only."""
+    files = importlib.resources.files("fastapi_offline") / "static"  # swagger-ui-bundle.js, swagger-ui.css, redoc
+    app.mount(DOCS_ASSETS, StaticFiles(directory=str(files)), name="static-docs")
+    openapi_url = app.openapi_url or "/openapi.json"
+    oauth2_redirect = "/docs/oauth2-redirect"
+
+    @app.get("/docs", include_in_schema=False)
+    def swagger_ui(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")  # behind a proxy that strips a path prefix
+        assets = root + DOCS_ASSETS
+        return get_swagger_ui_html(
+            openapi_url=root + openapi_url, title=f"{app.title} - Swagger UI", oauth2_redirect_url=oauth2_redirect,
+            swagger_js_url=f"{assets}/swagger-ui-bundle.js", swagger_css_url=f"{assets}/swagger-ui.css",
+            swagger_favicon_url=f"{assets}/favicon.png",
+            swagger_ui_parameters={"validatorUrl": None})  # no badge fetched from validator.swagger.io
+
+    @app.get(oauth2_redirect, include_in_schema=False)
+    def swagger_ui_redirect() -> HTMLResponse:
+        return get_swagger_ui_oauth2_redirect_html()
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_redoc_html(openapi_url=root + openapi_url, title=f"{app.title} - ReDoc",
+                              redoc_js_url=f"{root}{DOCS_ASSETS}/redoc.standalone.js",
+                              redoc_favicon_url=f"{root}{DOCS_ASSETS}/favicon.png", with_google_fonts=False)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -67,11 +110,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await batcher.drain()
             await asyncio.to_thread(state.close)
 
-    app = FastAPI(title="cmhash", version="0.1.0", lifespan=lifespan,
+    app = FastAPI(title="cmhash", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  responses=ERROR_RESPONSES,
                   description="Cross-modal hashing retrieval: text finds images and images find text "
                               "through binary codes and exact Hamming search.")
     app.state.cmhash = state
     install_handlers(app)
+    install_docs(app)
     for router in (search.router, encode.router, gallery.router, health.router):
         app.include_router(router)
     app.add_middleware(StrictFormText)  # inside the body limit, which bounds what it reads

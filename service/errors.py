@@ -81,7 +81,8 @@ def storage_error(exc: OSError, what: str = "the write", outcome: str = "nothing
     """507 (disk full or quota exhausted) or 503 (any other I/O error) for an OSError, logged with
     its details; the message names neither the file nor the directory."""
     log.error("%s failed: %s", what, exc, exc_info=exc)
-    reason = os.strerror(exc.errno) if isinstance(exc.errno, int) else type(exc).__name__
+    # strerror never holds the file name (that is exc.filename): safe to show
+    reason = exc.strerror or (os.strerror(exc.errno) if isinstance(exc.errno, int) else type(exc).__name__)
     if exc.errno in DISK_FULL:
         return ApiError(507, f"{what} failed: the server's storage is full ({reason}); {outcome}")
     return ApiError(503, f"{what} failed: the server's storage is unavailable ({reason}); {outcome}",

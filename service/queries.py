@@ -23,11 +23,18 @@ from service.uploads import check_image, read_upload
 
 
 def text_query(state: ServiceState, text: str) -> str:
-    """A checked query text (400 when the model cannot read raw text)."""
+    """A checked query text (400 when the model cannot read raw text, or when it knows none of
+    the text's words: a bag-of-words code of nothing would rank the gallery arbitrarily)."""
     encoder = state.require_encoder()
     if encoder.info.text.kind == "features":
         raise bad_request("this model reads text feature vectors, not raw text")
-    return check_text(text, state.settings.max_text_chars)
+    text = check_text(text, state.settings.max_text_chars)
+    if not encoder.reads_words(text):
+        unknown = encoder.unknown_words(text)
+        shown = ", ".join(unknown[:10]) + (" ..." if len(unknown) > 10 else "")
+        raise bad_request(f"no word of the query is known to the model ({shown or 'no words'}); its vocabulary "
+                          "is the words of its training texts")
+    return text
 
 
 async def image_bytes(state: ServiceState, file: UploadFile) -> tuple[bytes, str]:
@@ -59,8 +66,14 @@ async def image_array(state: ServiceState, data: bytes, name: str = "upload") ->
     except BaseException:
         slots.release()
         raise
-    # The slot is freed when the decoding thread ends, even if this request is cancelled first.
-    decode.add_done_callback(lambda done: (slots.release(), done.cancelled() or done.exception()))
+    def finished(done: asyncio.Future[np.ndarray]) -> None:
+        """Free the slot when the decoding thread ends, even if this request was cancelled first
+        (and retrieve its error, which then nobody awaits)."""
+        slots.release()
+        if not done.cancelled():
+            done.exception()
+
+    decode.add_done_callback(finished)
     try:
         return await asyncio.shield(decode)
     except ImageTooLargeError as exc:
@@ -77,7 +90,8 @@ async def run_search(state: ServiceState, modality: Modality, query: np.ndarray 
     outcome = await state.batchers[modality].submit(SearchJob(query, target, offset, k, radius))
     return SearchResponse(results=[public_hit(hit) for hit in outcome.hits], bits=journaled.bits,
                           took_ms=(time.perf_counter() - started) * 1000.0,
-                          total=outcome.found if radius is not None else None)
+                          total=outcome.found if radius is not None else None,
+                          unknown_words=state.require_encoder().unknown_words(query) if isinstance(query, str) else [])
 
 
 # An absolute POSIX path in a message: "/" not preceded by a word character, ":", "/" or "." (so

@@ -1,5 +1,6 @@
 """Request and response bodies (pydantic v2); they make the OpenAPI schema at /docs.
 
+Every field carries a description (tests/service/test_openapi.py checks the response side).
 Ranges (k, offset, radius, text length) are checked by the routes, not here, so that an out
 of range value is a 400 naming the limit rather than a generic 422."""
 
@@ -9,27 +10,33 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-
 from index.search import Hit
+
 
 class TextQuery(BaseModel):
     """A text search."""
 
     model_config = ConfigDict(extra="forbid")
 
-    text: str  # the query text (non-empty, at most max_text_chars)
-    k: int = 10  # page size: results returned (1..max_k)
-    radius: int | None = None  # hash lookup: every item within this Hamming distance (0..bits), paginated
-    offset: int = 0  # results skipped before the page (0..max_offset)
+    text: str = Field(description="the query text (non-empty, at most max_text_chars characters)")
+    k: int = Field(10, description="page size: how many results to return (1..max_k)")
+    radius: int | None = Field(None, description="hash lookup: every item within this Hamming distance (0..bits), "
+                                                 "paginated by offset / k; null: the k nearest (k-NN)")
+    offset: int = Field(0, description="results skipped before the page (0..max_offset)")
 
 
 class SearchResponse(BaseModel):
     """One page of results, ordered by (distance, insertion order)."""
 
-    results: list[Hit]  # the page
-    bits: int  # code length
-    took_ms: float  # server time for this request, encoding and search included
-    total: int | None = None  # with radius: how many items lie within it (all pages); else None
+    results: list[Hit] = Field(description="the page: at most k hits, ranked offset + 1, offset + 2, ...")
+    bits: int = Field(description="code length in bits")
+    took_ms: float = Field(description="server time for this request in milliseconds, encoding and search included")
+    total: int | None = Field(None, description="radius search: how many items lie within the radius, over all "
+                                                "pages (page through them with offset); null for a k-NN search")
+    unknown_words: list[str] = Field(default_factory=list,
+                                     description="words of a text query outside the model's vocabulary, which the "
+                                                 "search could not use; empty for image queries and subword text "
+                                                 "encoders (MiniLM)")
 
 
 class TextBody(BaseModel):
@@ -37,14 +44,15 @@ class TextBody(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    text: str  # non-empty, at most max_text_chars
+    text: str = Field(description="the text (non-empty, at most max_text_chars characters)")
 
 
 class CodeResponse(BaseModel):
     """A binary code."""
 
-    code: str  # the packed code as hex (bits / 4 digits, first bit in the high bit of the first byte)
-    bits: int  # code length
+    code: str = Field(description="the packed code as hex (bits / 4 digits, first bit in the high bit of the "
+                                  "first byte)")
+    bits: int = Field(description="code length in bits")
 
 
 class TextItem(BaseModel):
@@ -52,9 +60,10 @@ class TextItem(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    id: str | None = None  # item id (default: derived from the text, as `cmhash index` does)
-    text: str  # the text (non-empty, at most max_text_chars)
-    metadata: dict[str, Any] | None = None  # stored beside the code (the text is added as "text")
+    id: str | None = Field(None, description="item id (default: derived from the text, as `cmhash index` does)")
+    text: str = Field(description="the text (non-empty, at most max_text_chars characters)")
+    metadata: dict[str, Any] | None = Field(None, description="a JSON object stored beside the code (the text is "
+                                                              "added to it as \"text\")")
 
 
 class TextItems(BaseModel):
@@ -62,45 +71,66 @@ class TextItems(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    items: list[TextItem] = Field(min_length=1)  # 1..max_items texts
+    items: list[TextItem] = Field(min_length=1, description="1..max_items texts")
 
 
 class Added(BaseModel):
     """Items added to a gallery."""
 
-    ids: list[str]  # the new items' ids, in request order
-    count: int  # gallery size afterwards
+    ids: list[str] = Field(description="the new items' ids, in request order")
+    count: int = Field(description="gallery size afterwards")
 
 
 class Deleted(BaseModel):
     """An item removed from a gallery."""
 
-    id: str  # the removed id
-    count: int  # gallery size afterwards
+    id: str = Field(description="the removed item's id")
+    count: int = Field(description="gallery size afterwards")
 
 
 class Item(BaseModel):
     """One stored gallery item."""
 
-    id: str  # item id
-    code: str  # its packed code as hex
-    metadata: dict[str, Any]  # what was stored with it
+    id: str = Field(description="item id")
+    code: str = Field(description="its packed code as hex")
+    metadata: dict[str, Any] = Field(description="what was stored with it (for an uploaded image: its stored "
+                                                 "\"path\" and original \"filename\"; for a text: \"text\")")
 
 
 class GalleryStatus(BaseModel):
     """A gallery's summary."""
 
-    kind: Literal["image", "text"]  # modality of the items
-    count: int  # number of items
-    bits: int  # code length
-    model_checksum: str  # checksum of the model whose codes it holds
-    backend: str  # code store backend (faiss, milvus)
-    device: str  # where k-NN searches run (cpu, cuda)
-    pending: int  # journaled changes not yet folded into a snapshot
+    kind: Literal["image", "text"] = Field(description="modality of the items")
+    count: int = Field(description="number of items")
+    bits: int = Field(description="code length in bits")
+    model_checksum: str = Field(description="checksum of the model whose codes the gallery holds")
+    backend: str = Field(description="code store backend (faiss, milvus)")
+    device: str = Field(description="where k-NN searches run (cpu, cuda)")
+    pending: int = Field(description="journaled changes not yet folded into a snapshot")
 
 
 class Health(BaseModel):
     """Liveness or readiness."""
 
-    status: Literal["ok", "loading", "failed"]  # ok, still loading, or loading failed
-    detail: str | None = None  # what failed, or what is loaded
+    status: Literal["ok", "loading", "failed"] = Field(
+        description="ok; loading (the model or galleries are still loading: 503); failed (loading failed: 503). "
+                    "/readyz also answers \"degraded\" (200) with a \"degraded\" object (gallery kind -> reason) "
+                    "when a configured gallery could not be opened but another one serves")
+    detail: str | None = Field(None, description="what is loaded, or what failed")
+
+
+class ErrorDetail(BaseModel):
+    """What went wrong."""
+
+    code: str = Field(description="stable machine-readable code (bad_request, unauthorized, forbidden, not_found, "
+                                  "conflict, payload_too_large, unsupported_media_type, validation_error, "
+                                  "not_ready, storage_unavailable, insufficient_storage, internal_error, ...)")
+    message: str = Field(description="a message fit to show to the caller (never a server path)")
+    details: list[dict[str, Any]] | None = Field(None, description="validation_error only: each invalid field's "
+                                                                   "loc (where), msg and type")
+
+
+class ErrorResponse(BaseModel):
+    """The body of every error response (4xx and 5xx)."""
+
+    error: ErrorDetail = Field(description="the error's code and message")

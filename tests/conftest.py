@@ -11,6 +11,22 @@ from tests.tiny_data import write_manifest
 
 TINY_BITS = 16
 
+# `make test-fast` runs `-m "not slow"`: no training, no subprocess servers, no browser, no Milvus.
+# A test is slow when it needs a trained model (any of these fixtures, directly or through
+# another fixture), drives a browser, or sits in a module that starts servers or Milvus.
+TRAINING_FIXTURES = {"tiny_run", "tiny_model_dir", "tiny_features_run", "tiny_features_model_dir", "minilm_run",
+                     "trained"}
+SLOW_MODULES = {"test_uvicorn.py", "test_faults.py", "test_timeouts.py", "test_milvus_store.py", "test_train.py",
+                "test_backbones.py", "test_features.py", "test_disk_full.py", "test_cli.py"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the slow tests (see TRAINING_FIXTURES and SLOW_MODULES)."""
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if fixtures & TRAINING_FIXTURES or item.path.name in SLOW_MODULES or item.get_closest_marker("browser"):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def tiny_manifest(tmp_path_factory) -> Path:

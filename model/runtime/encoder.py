@@ -27,7 +27,7 @@ from model.runtime.model_dir import (
     read_model_info,
     read_verified,
 )
-from model.runtime.text import BagOfWords
+from model.runtime.text import BagOfWords, tokenize
 
 ImageSource = Image.Image | bytes | Path
 CUDA_PROVIDER = "CUDAExecutionProvider"
@@ -203,6 +203,18 @@ class Encoder:
             "this model reads text feature vectors (it was trained without a vocabulary or tokenizer, "
             "e.g. on Wikipedia LDA topics): raw texts cannot be encoded; use encode_text_features"
         )
+
+    def unknown_words(self, text: str) -> list[str]:
+        """Words of `text` a bag-of-words model cannot see (outside its vocabulary); [] for
+        subword (MiniLM) models, which read every word."""
+        return self._bag_of_words.unknown_words(text) if self._bag_of_words is not None else []
+
+    def reads_words(self, text: str) -> bool:
+        """Whether the encoder sees anything of `text`: False for a bag-of-words model when no
+        word of it is in the vocabulary (its code would say nothing about the text)."""
+        if self._bag_of_words is None:
+            return True
+        return bool(tokenize(text)) and len(self.unknown_words(text)) < len(set(tokenize(text)))
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         """B x bits/8 packed uint8 codes of raw texts."""

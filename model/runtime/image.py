@@ -146,7 +146,7 @@ def reduced_scale(width: int, height: int, pre: ImagePreprocess) -> int:
     """The largest of 8, 4, 2 (else 1) that leaves the shorter side at least `pre.resize` after
     dividing both sides by it: the scale JPEG draft mode decodes at, and the `Image.reduce`
     factor applied to other formats, so every format takes the same path."""
-    room = min(width, height) // pre.resize  # the rule of PIL's JpegImageFile.draft
+    room = min(width, height) // _resize(pre)  # the rule of PIL's JpegImageFile.draft
     return next((s for s in _SCALES if room >= s), 1)
 
 
@@ -186,7 +186,7 @@ def load_for_model(
     scale = reduced_scale(*img.size, pre)
     try:
         # JPEG only (None for other formats): decode at 1/scale from the DCT coefficients
-        drafted = scale > 1 and img.draft("RGB", (pre.resize, pre.resize)) is not None
+        drafted = scale > 1 and img.draft("RGB", (_resize(pre), _resize(pre))) is not None
         width, height = img.size
         if max_decoded_pixels is not None and width * height > max_decoded_pixels:
             raise ImageTooLargeError(f"{name} decodes to {width}x{height} pixels, more than the "
@@ -207,6 +207,11 @@ def load_for_model(
     except Exception as e:
         raise ImageDecodeError(f"cannot decode image {name}: {e}") from e
     return to_array(img, pre)
+
+
+def _resize(pre: ImagePreprocess) -> int:
+    assert pre.resize is not None  # resolved in ImagePreprocess.__post_init__
+    return pre.resize
 
 
 def _strict_load(img: Image.Image) -> None:

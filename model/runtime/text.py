@@ -131,6 +131,17 @@ class BagOfWords:
                 np.add.at(out[row], columns, 1.0)
         return out
 
+    def unknown_words(self, text: str) -> list[str]:
+        """The words of `text` (as `tokenize` splits it) that no vocabulary entry covers, in order
+        and without repeats: the part of a query the encoder cannot see."""
+        tokens = tokenize(text)
+        covered = [tok in self._words for tok in tokens]
+        for n in {len(p) for p in self._phrases}:
+            for start in range(len(tokens) - n + 1):
+                if tuple(tokens[start : start + n]) in self._phrases:
+                    covered[start : start + n] = [True] * n
+        return list(dict.fromkeys(tok for tok, known in zip(tokens, covered, strict=True) if not known))
+
     def to_json(self) -> dict:
         """JSON-serialisable form, saved with a model so serving rebuilds the same vectors."""
         return {"tokenizer": TOKENIZER_VERSION, "binary": self.binary, "vocabulary": list(self.vocabulary)}

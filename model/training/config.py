@@ -62,6 +62,8 @@ class TrainConfig(BaseModel):
     query_size: int | None = None  # queries drawn by the seeded split; None: dataset default
     train_size: int | None = None  # training items drawn from retrieval; None: dataset default
     validation_fraction: float = Field(0.0, ge=0, lt=1)  # >0: evaluate on a validation part of train
+    folds: int | None = Field(None, ge=2)  # k-fold evaluation: every item a query exactly once; None: one split
+    fold: int | None = Field(None, ge=0)  # which fold this run is (set per fold by run.train_run); None: all / no folds
     cache_dir: Path = Field(default_factory=default_cache_dir)  # frozen-feature cache
     device: Device = "auto"  # torch device
     torch_threads: int | None = Field(None, ge=1, validation_alias=AliasChoices("torch_threads", "threads"))  # torch intra-op threads; None: torch's default (runs saved before 0.2 call it threads)
@@ -71,6 +73,14 @@ class TrainConfig(BaseModel):
     def _bits_multiple_of_8(cls, v: int) -> int:
         if v % 8:
             raise ValueError("bits must be a multiple of 8 (codes are stored as packed bytes)")
+        return v
+
+    @field_validator("fold")
+    @classmethod
+    def _fold_within_folds(cls, v: int | None, info) -> int | None:
+        folds = info.data.get("folds")
+        if v is not None and (folds is None or v >= folds):
+            raise ValueError(f"fold {v} needs folds > {v} (got folds={folds})")
         return v
 
     def data_path(self) -> Path:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from model.runtime.image import ImagePreprocess, load_image, to_array
+from model.runtime.image import ImagePreprocess, load_for_model
 from model.training.backbones import (
     EfficientNetLiteBackbone,
     MiniLMTextEmbedder,
@@ -92,7 +92,7 @@ def _image_key(path: Path, namespace: dict[str, Any]) -> str:
 
 
 def _prepare(path: Path, pre: ImagePreprocess) -> np.ndarray:
-    return to_array(load_image(path), pre)
+    return load_for_model(path, pre)
 
 
 def _decoded_batches(
@@ -140,6 +140,7 @@ def image_features(
         "backbone": backbone_name,
         "weights": weights_file(backbone_name).name,
         "preprocess": pre.to_json(),
+        "decode": "load_for_model",  # reduced-scale decoding of large images, as indexing and serving do
         "version": CACHE_VERSION,
     }
     keys = [_image_key(p, namespace) for p in paths]

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from model.runtime.image import ImagePreprocess, load_image, to_array
+from model.runtime.image import ImagePreprocess, load_for_model, to_array
 from model.runtime.text import BagOfWords
 from model.training.backbones import preprocess_for
 from model.training.config import TrainConfig
@@ -41,7 +41,9 @@ class PixelImages:
         return PixelImages([self.paths[int(i)] for i in rows], self.preprocess)
 
     def __getitem__(self, rows: torch.Tensor) -> torch.Tensor:
-        return batch_tensor([load_image(self.paths[int(i)]) for i in rows], self.preprocess)
+        if not len(rows):
+            return torch.empty(0, 3, self.preprocess.size, self.preprocess.size)
+        return torch.from_numpy(np.stack([load_for_model(self.paths[int(i)], self.preprocess) for i in rows]))
 
 
 @dataclass

@@ -22,6 +22,7 @@ from model.training.data import (
     load_dataset,
     resolve_split,
 )
+from model.training.data.base import make_folds
 from model.training.encoders import CrossModalHasher, build_hasher
 from model.training.inputs import PixelImages, PreparedInputs, prepare_inputs
 from model.training.methods import build_method
@@ -177,11 +178,26 @@ def check_hyper_parameters(cfg: TrainConfig) -> None:
         build_method(cfg.method, cfg.hp)
 
 
+def evaluation_split(ds: CrossModalDataset, cfg: TrainConfig) -> Split:
+    """The run's query/retrieval/train split: fold `cfg.fold` of `make_folds` when k-fold
+    evaluation is asked for, else the dataset's preset split or a seeded random split."""
+    if cfg.folds is None:
+        return resolve_split(ds, cfg.query_size, cfg.train_size, cfg.seed)
+    if ds.preset_split is not None:
+        raise UserError(f"{ds.name} has its own query/retrieval split (the published protocol); "
+                        "--folds is for datasets without one (the MIRFLICKR sample, manifests without a split)")
+    if cfg.query_size is not None or cfg.train_size is not None:
+        raise UserError("--folds sets the query and training sets itself: drop --query-size / --train-size")
+    if cfg.fold is None:
+        raise UserError("a k-fold config needs a fold index to prepare one run (run.train_run runs every fold)")
+    return make_folds(len(ds), cfg.folds, cfg.seed)[cfg.fold]
+
+
 def prepare_run(cfg: TrainConfig, progress: bool = True) -> PreparedRun:
     """Load the dataset, draw (or take) the split and compute the inputs."""
     check_hyper_parameters(cfg)
     ds = load_dataset(cfg.dataset, cfg.data_path(), text_features=cfg.text_features)
-    split = resolve_split(ds, cfg.query_size, cfg.train_size, cfg.seed)
+    split = evaluation_split(ds, cfg)
     eval_split = split
     if cfg.validation_fraction > 0:
         fit_rows, val_rows = carve_validation(split.train, cfg.validation_fraction, cfg.seed)

@@ -7,11 +7,13 @@ from typing import Annotated
 
 import typer
 
+from index.mih import INDEX_TYPES
 from model.runtime.choices import DEVICES
 from service.cli.common import choices, env_option, flag_option, user_errors
 
 NAME = "index"
 DeviceChoice = choices("Device", DEVICES)
+IndexChoice = choices("IndexType", INDEX_TYPES)
 
 
 def run(
@@ -31,6 +33,10 @@ def run(
     milvus_collection: Annotated[str, flag_option("Milvus collection of a new gallery.")] = "cmhash_gallery",
     milvus_token: Annotated[str | None, env_option("Milvus server credentials (user:password or API key).", "MILVUS_TOKEN")] = None,
     progress: Annotated[bool, env_option("Show progress bars.", "PROGRESS")] = True,
+    index: Annotated[IndexChoice | None, env_option(  # type: ignore[valid-type]
+        "Search index of a new gallery, kept in its gallery.json: flat (scan every code) or mih (multi-index "
+        "hashing: same results, much faster on large galleries of trained codes). Default: the gallery's own, "
+        "flat for a new one.", "INDEX_TYPE", "--index")] = None,
 ) -> None:
     """Encode an image folder / manifest or a text file into a gallery; re-runs add only new items."""
     from index.commands import MilvusTarget, build_gallery
@@ -40,6 +46,6 @@ def run(
         report = build_gallery(model, out, images=images, texts=texts, remove=remove or [], prune=prune,
                                rebuild=rebuild, batch_size=encode_batch, workers=decode_threads,
                                device=device.value, threads=encoder_threads, save_every_s=save_every,
-                               milvus=milvus, progress=progress)
+                               milvus=milvus, index=None if index is None else index.value, progress=progress)
     typer.echo(report.summary())
     typer.echo(f"gallery written to {out}")

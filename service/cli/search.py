@@ -33,6 +33,9 @@ def run(
     with user_errors():
         page = search_gallery(model, gallery, text=text, image=image, k=k, radius=radius,
                               device=device.value, threads=encoder_threads, milvus_token=milvus_token)
+    if page.unknown_words:
+        typer.secho(f"warning: words the model does not know (not used): {', '.join(page.unknown_words)}",
+                    fg=typer.colors.YELLOW, err=True)
     if as_json:
         typer.echo(json.dumps([h.model_dump() for h in page.hits], ensure_ascii=False, indent=1))
         return

@@ -75,6 +75,8 @@ def run(
     query_size: Annotated[int | None, env_option("Number of queries (default: dataset protocol).", "QUERY_SIZE")] = None,
     train_size: Annotated[int | None, env_option("Training items drawn from retrieval (default: protocol).", "TRAIN_SIZE")] = None,
     validation_fraction: Annotated[float, env_option("Evaluate on this fraction of the training set instead (tuning).", "VALIDATION_FRACTION")] = 0.0,
+    folds: Annotated[int | None, env_option("K-fold evaluation: K runs into OUT/fold-i, every item a query once; metrics.json: "
+                                                   "per-fold MAPs, mean, 95% CI (not for preset splits).", "FOLDS", min=2)] = None,
     cache_dir: Annotated[Path | None, env_option("Feature cache directory (default ~/.cache/cmhash).", "CACHE_DIR")] = None,
     device: Annotated[DeviceChoice, env_option("Where torch trains.", "DEVICE")] = "auto",  # type: ignore[valid-type,assignment]
     torch_threads: Annotated[int | None, env_option("Torch CPU threads (default: torch's).", "TORCH_THREADS", min=1)] = None,
@@ -88,7 +90,7 @@ def run(
         text_features=text_features.value, text_encoder=text_encoder.value, min_word_count=min_word_count,
         image_backbone=image_backbone.value, finetune_backbone=finetune_backbone, backbone_lr=backbone_lr,
         query_size=query_size, train_size=train_size,
-        validation_fraction=validation_fraction, device=device.value, torch_threads=torch_threads,
+        validation_fraction=validation_fraction, folds=folds, device=device.value, torch_threads=torch_threads,
     )
     if cache_dir is not None:
         fields["cache_dir"] = cache_dir

@@ -218,3 +218,12 @@ def test_milvus_gallery_gives_the_faiss_gallery_results(tiny_model_dir, folder, 
         assert [(h.id, h.distance, h.metadata) for h in a] == [(h.id, h.distance, h.metadata) for h in b]
     with pytest.raises(UserError, match="rebuild"):
         build_gallery(tiny_model_dir, tmp_path / "milvus", images=folder, rebuild=True, progress=False)
+
+
+def test_cli_search_warns_of_unknown_words_and_refuses_none_known(tiny_model_dir, folder, tmp_path):
+    invoke("index", "--model", tiny_model_dir, "--images", folder, "--out", tmp_path / "g", "--no-progress")
+    result = invoke("search", "--model", tiny_model_dir, "--gallery", tmp_path / "g", "--text", "a red xyzzy square")
+    assert result.exit_code == 0, result.output
+    assert "warning: words the model does not know (not used): xyzzy" in ANSI.sub("", result.output)
+    result = invoke("search", "--model", tiny_model_dir, "--gallery", tmp_path / "g", "--text", "xyzzy plugh")
+    assert result.exit_code == 2 and "no word of 'xyzzy plugh' is known to the model" in ANSI.sub("", result.output)

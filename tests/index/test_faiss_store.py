@@ -165,6 +165,29 @@ def test_range_search_inclusive_matches_oracle(bits):
     assert all(len(i) == len(ids) for i, _ in store.range_search(queries, bits))
 
 
+@pytest.mark.parametrize("bits", [8, 16, 24, 64, 128, 384])
+def test_range_search_radius_equal_to_bits_is_accepted_and_returns_every_item(bits):
+    """radius == bits (the code length) is a valid radius: every item, the query's complement (at
+    distance exactly bits, the one item a "< bits" or exclusive bound would drop) included, in
+    (distance, insertion) order; bits - 1 leaves out exactly the complement. Widths below and
+    between FAISS' fast widths (8, 24 are padded) and above them (384)."""
+    rng = np.random.default_rng(bits)
+    query = rng.integers(0, 256, (1, bits // 8), dtype=np.uint8)
+    codes = np.concatenate([~query, rng.integers(0, 256, (20, bits // 8), dtype=np.uint8), query, ~query])
+    ids = [f"x{p}" for p in range(len(codes))]
+    store = FaissCodeStore(bits)
+    store.add(ids, codes)
+    dist = hamming_distance_matrix(query, codes)[0]
+    assert dist[0] == bits and dist[-1] == bits and dist[-2] == 0
+    order = sorted(range(len(ids)), key=lambda p: (dist[p], p))
+    [(got_ids, got_d)] = store.range_search(query, bits)
+    assert got_ids == [ids[p] for p in order]
+    np.testing.assert_array_equal(got_d, dist[order])
+    assert got_ids[-2:] == ["x0", ids[-1]]  # both complements, last, in insertion order
+    [(below, _)] = store.range_search(query, bits - 1)
+    assert below == [ids[p] for p in order if dist[p] < bits]
+
+
 @pytest.mark.parametrize("bits", [16, 64])
 def test_remove_then_search(bits):
     store, ids, codes, rng = build(bits, 200, seed=5)

@@ -5,8 +5,8 @@ a real uvicorn server on 127.0.0.1, and Playwright (sync API) drives Debian's Ch
 (/usr/bin/chromium; no browser download). Screenshots land in each test's tmp dir and in
 bench/out/page-*.png (gitignored) for reviewers.
 
-Skipped, with the reason, when Chromium or the playwright package is missing or when
-service.app cannot be imported."""
+Skipped, with the reason, only when Chromium or the playwright package is missing: the service,
+httpx and uvicorn are plain imports, so a broken service fails these tests instead of skipping them."""
 
 from __future__ import annotations
 
@@ -39,11 +39,12 @@ pytestmark = pytest.mark.browser
 if not CHROMIUM.is_file():
     pytest.skip(f"{CHROMIUM} not found (apt-get install chromium)", allow_module_level=True)
 sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
-service_app = pytest.importorskip("service.app", reason="service.app is not importable (the service is not built yet)")
-service_settings = pytest.importorskip("service.settings", reason="service.settings is not importable")
-httpx = pytest.importorskip("httpx")
-uvicorn = pytest.importorskip("uvicorn")
 
+import httpx  # noqa: E402 - after the genuine skips above
+import uvicorn  # noqa: E402
+
+import service.app as service_app  # noqa: E402
+import service.settings as service_settings  # noqa: E402
 
 # ---- fixtures ---------------------------------------------------------------------------------
 

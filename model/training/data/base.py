@@ -117,9 +117,26 @@ def make_split(n: int, query_size: int, train_size: int | None, seed: int) -> Sp
                  train=train.astype(np.int64), seed=seed)
 
 
+def make_folds(n: int, k: int, seed: int) -> list[Split]:
+    """K-fold evaluation splits of n items: a seeded permutation cut into k near-equal folds;
+    fold i queries its own rows against (and trains on) all the other rows, so every item is
+    a query exactly once across the folds and never a training or retrieval row of its fold."""
+    if k < 2 or k > n:
+        raise DataError(f"--folds {k} must be in [2, {n}] for {n} items")
+    perm = np.random.default_rng(seed).permutation(n)
+    parts = np.array_split(perm, k)
+    splits = []
+    for i in range(k):
+        query = np.sort(parts[i]).astype(np.int64)
+        rest = np.sort(np.concatenate([parts[j] for j in range(k) if j != i])).astype(np.int64)
+        splits.append(Split(query=query, retrieval=rest, train=rest.copy(), seed=seed))
+    return splits
+
+
 def carve_validation(train: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Split training rows into (fit, validation) for hyper-parameter selection, so that
-    tuning never looks at the query set."""
+    tuning never looks at the query set: both parts are subsets of `train` (nested tuning
+    inside one evaluation split's training rows)."""
     rng = np.random.default_rng(seed + 7919)
     perm = rng.permutation(train)
     n_val = max(1, int(round(len(train) * fraction)))

@@ -5,6 +5,21 @@ Representations: L2-normalised hash representations h = g / ||g|| (eq. 2).
 Loss: alpha Psi_1 + beta Psi_2 + gamma Psi_3 (eq. 11) with the inter-modal (eq. 6),
 intra-modal (eq. 7) and relaxation (eq. 8-10) terms. Each batch is paired with the latest
 representations of every training item, so the sums over i, j run over the whole training set.
+Sums over pairs are taken as means (the paper's Psi divided by N^2, see `model.training.losses`).
+
+Gradient of the intra-modal term: in Psi_2 (eq. 7) an item's representation h_k appears on
+both sides of the pairs (k, j) and (i, k), so d Psi_2 / d h_k = 2 sum_j dl(S_kj, h_k^T h_j) /
+d h_k. A batch paired with the stored (detached) bank puts gradient on one side only, which
+would weigh the intra-modal term by beta / 2 in the paper's terms (the inter-modal term has
+h_v on one side and h_t on the other, so it needs no correction). The loss below doubles the
+gradient of the one-sided intra term while keeping its value (2 x - x.detach()), so the
+gradient (and the value) of one full-batch step equals that of eq. 11 with the paper's alpha,
+beta, gamma (tests/model/training/methods/test_bi_ncmh_gradient.py checks it against autograd of
+eq. 11 written out independently). Settings tuned before this correction used beta / 2.
+
+Defaults: the paper gives no values (it grid-searches alpha, beta, gamma); the defaults below
+are the best of bench/tune.py's grid on a validation split carved from training rows only,
+at the `cmhash train` defaults (Adam, lr 1e-3, hidden 2048, 60 epochs).
 """
 
 from __future__ import annotations
@@ -40,8 +55,13 @@ class BiNcmh(HashMethod):
         h_v, h_t = F.normalize(image_repr, dim=1), F.normalize(text_repr, dim=1)
         bank_v, bank_t = F.normalize(state.image_bank, dim=1), F.normalize(state.text_bank, dim=1)
         s = bi_direction_similarity(batch.labels, state.labels)
-        inter = similarity_regression(s, h_v, bank_t) + similarity_regression(s, h_t, bank_v)
-        intra = similarity_regression(s, h_v, bank_v) + similarity_regression(s, h_t, bank_t)
+        # Psi_1 once per network (image rows vs stored texts, text rows vs stored images): each
+        # network gets eq. 6's gradient; the value is their mean, i.e. eq. 6 itself.
+        inter_sides = similarity_regression(s, h_v, bank_t) + similarity_regression(s, h_t, bank_v)
+        inter = inter_sides - 0.5 * inter_sides.detach()
+        # Psi_2 one-sided per modality: doubled gradient (both pair sides), value of eq. 7.
+        intra_one_side = similarity_regression(s, h_v, bank_v) + similarity_regression(s, h_t, bank_t)
+        intra = 2.0 * intra_one_side - intra_one_side.detach()
         relax = relaxation_loss(h_v) + relaxation_loss(h_t)
         total = p.alpha * inter + p.beta * intra + p.gamma * relax
         return {"loss": total, "inter": inter.detach(), "intra": intra.detach(), "relax": relax.detach()}

@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from model.runtime.encoder import Encoder
+from model.runtime.errors import UserError
 from model.runtime.model_dir import ModelDirError, ModelInfo
 from model.runtime.image import ImageDecodeError, load_image, to_array
 from model.runtime.text import BagOfWords
@@ -118,7 +119,7 @@ def test_missing_or_invalid_model_json(tiny_model_dir: Path, tmp_path: Path) -> 
 
 @pytest.mark.skipif("CUDAExecutionProvider" in ort.get_available_providers(), reason="this onnxruntime has CUDA")
 def test_cuda_is_refused_clearly_without_the_cuda_provider(tiny_model_dir: Path) -> None:
-    with pytest.raises(RuntimeError, match=r"device='cuda'.*CUDAExecutionProvider.*onnxruntime-gpu"):
+    with pytest.raises(UserError, match=r"device='cuda'.*CUDAExecutionProvider.*onnxruntime-gpu"):
         Encoder.load(tiny_model_dir, device="cuda")
     assert Encoder.load(tiny_model_dir, device="auto").providers == ["CPUExecutionProvider"]
 
@@ -210,11 +211,11 @@ def test_empty_inputs(encoder: Encoder, tiny_features_model_dir: Path) -> None:
 def test_features_model_refuses_pixels_and_raw_texts(tiny_features_model_dir: Path, paths: list[Path]) -> None:
     features = Encoder.load(tiny_features_model_dir, device="cpu")
     assert (features.info.image.kind, features.info.text.kind) == ("features", "features")
-    with pytest.raises(ValueError, match="image feature vectors.*encode_image_features"):
+    with pytest.raises(UserError, match="image feature vectors.*encode_image_features"):
         features.encode_images(paths[:2])
-    with pytest.raises(ValueError, match="image feature vectors"):
+    with pytest.raises(UserError, match="image feature vectors"):
         features.preprocess_image(paths[0])
-    with pytest.raises(ValueError, match="text feature vectors.*encode_text_features"):
+    with pytest.raises(UserError, match="text feature vectors.*encode_text_features"):
         features.encode_texts(["a text"])
     with pytest.raises(ValueError, match=r"\(B, 128\)"):
         features.encode_image_features(np.zeros((2, 64), dtype=np.float32))
@@ -223,7 +224,7 @@ def test_features_model_refuses_pixels_and_raw_texts(tiny_features_model_dir: Pa
 
 
 def test_pixels_model_refuses_image_features(encoder: Encoder) -> None:
-    with pytest.raises(ValueError, match="reads image pixels.*encode_images"):
+    with pytest.raises(UserError, match="reads image pixels.*encode_images"):
         encoder.encode_image_features(np.zeros((1, 1280), dtype=np.float32))
 
 

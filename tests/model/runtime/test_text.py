@@ -62,3 +62,14 @@ def test_json_round_trip_and_version_check() -> None:
     np.testing.assert_array_equal(restored.transform(["z y y"]), bow.transform(["z y y"]))
     with pytest.raises(ValueError, match="tokenizer"):
         BagOfWords.from_json({**bow.to_json(), "tokenizer": TOKENIZER_VERSION + 1})
+
+
+def test_unknown_words_are_the_tokens_no_entry_covers() -> None:
+    bow = BagOfWords(vocabulary=["sky", "sea", "東京", "new york"], binary=True)
+    assert bow.unknown_words("Sky over the SEA, the sea!") == ["over", "the"]
+    assert bow.unknown_words("東京 at night") == ["at", "night"]  # a CJK entry is two tokens, covered together
+    assert bow.unknown_words("new york new") == ["new"]  # "new" alone is no entry; in the phrase it is covered
+    assert bow.unknown_words("") == [] and bow.unknown_words("sky") == []
+    # the oracle: a text's vector is all zero exactly when every word is unknown
+    for text in ("sky over", "over the", "york", "new york", "東 京"):
+        assert (bow.transform([text]).sum() == 0) == (len(bow.unknown_words(text)) == len(set(tokenize(text)))), text

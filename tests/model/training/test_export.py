@@ -49,6 +49,20 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+# The tests' own parity bounds, written here and never imported from model.training.export (a
+# test that reads the exporter's PARITY_TOLERANCE passes however far it is loosened). ONNX
+# Runtime and PyTorch run the same float32 graph, so they differ by float32 rounding (measured on
+# the tiny model: 4e-6 of max |h| for images, 0 for texts). 1e-4 leaves a 25x margin for other
+# CPUs and kernels and is still 200x below a 2 % error. A code bit can only flip where |h| is within that rounding of zero:
+# among the few hundred bits of a test at most one (none was seen), never one beyond the margin.
+MAX_RELATIVE_ERROR = 1e-4
+MAX_FLIPPED_BITS = 1
+
+
+def test_exporter_parity_check_is_not_looser_than_the_tests() -> None:
+    assert 0 < PARITY_TOLERANCE <= MAX_RELATIVE_ERROR
+
+
 def relative_diff(actual: np.ndarray, expected: np.ndarray) -> float:
     return float(np.abs(actual - expected).max() / max(1.0, float(np.abs(expected).max())))
 
@@ -144,9 +158,9 @@ def test_image_parity_with_pytorch(tiny_model_dir: Path, tiny_run: Path, tiny_ma
     arrays = np.stack([encoder.preprocess_image(p) for p in paths])
     h = encoder.image_representations(arrays)
     assert h.shape == (N_ITEMS, BITS) and h.dtype == np.float32
-    assert relative_diff(h, expected) < PARITY_TOLERANCE
+    assert relative_diff(h, expected) < MAX_RELATIVE_ERROR
     flipped, outside = flips_outside_margin(code_bits(encoder.encode_images(paths)), expected)
-    assert outside == 0, (flipped, outside)
+    assert outside == 0 and flipped <= MAX_FLIPPED_BITS, (flipped, outside)
 
 
 def test_text_parity_with_pytorch(tiny_model_dir: Path, tiny_run: Path) -> None:
@@ -154,9 +168,9 @@ def test_text_parity_with_pytorch(tiny_model_dir: Path, tiny_run: Path) -> None:
     expected = torch_text_h(tiny_run, texts)
     encoder = Encoder.load(tiny_model_dir, device="cpu")
     h = encoder.text_representations(texts)
-    assert relative_diff(h, expected) < PARITY_TOLERANCE
+    assert relative_diff(h, expected) < MAX_RELATIVE_ERROR
     flipped, outside = flips_outside_margin(code_bits(encoder.encode_texts(texts)), expected)
-    assert outside == 0, (flipped, outside)
+    assert outside == 0 and flipped <= MAX_FLIPPED_BITS, (flipped, outside)
 
 
 def test_codes_match_the_training_run(tiny_model_dir: Path, tiny_run: Path, tiny_manifest: Path) -> None:
@@ -185,8 +199,8 @@ def test_features_model_parity_with_pytorch(tiny_features_model_dir: Path, tiny_
     with torch.no_grad():
         expected_image = model.image_head(torch.from_numpy(ds.image_features)).numpy()
         expected_text = model.text_head(torch.from_numpy(ds.text_features)).numpy()
-    assert relative_diff(encoder.image_representations(ds.image_features), expected_image) < PARITY_TOLERANCE
-    assert relative_diff(encoder.text_feature_representations(ds.text_features), expected_text) < PARITY_TOLERANCE
+    assert relative_diff(encoder.image_representations(ds.image_features), expected_image) < MAX_RELATIVE_ERROR
+    assert relative_diff(encoder.text_feature_representations(ds.text_features), expected_text) < MAX_RELATIVE_ERROR
     for packed, expected in ((encoder.encode_image_features(ds.image_features), expected_image),
                              (encoder.encode_text_features(ds.text_features), expected_text)):
         assert flips_outside_margin(code_bits(packed), expected)[1] == 0
@@ -225,9 +239,9 @@ def test_minilm_export_matches_sentence_embeddings(minilm_run: Path, tmp_path: P
         expected = model.text_head(torch.from_numpy(MiniLMTextEmbedder().embed(texts))).numpy()
     encoder = Encoder.load(model_dir, device="cpu", batch_size=4)  # several length-sorted chunks
     h = encoder.text_representations(texts)
-    assert relative_diff(h, expected) < PARITY_TOLERANCE
+    assert relative_diff(h, expected) < MAX_RELATIVE_ERROR
     flipped, outside = flips_outside_margin(code_bits(encoder.encode_texts(texts)), expected)
-    assert outside == 0, (flipped, outside)
+    assert outside == 0 and flipped <= MAX_FLIPPED_BITS, (flipped, outside)
     assert relative_diff(Encoder.load(model_dir, device="cpu", batch_size=64).text_representations(texts), h) < 1e-5
 
 
@@ -372,7 +386,7 @@ def test_parity_on_real_mirflickr_images(tmp_path: Path) -> None:
     paths, texts = list(ds.image_paths[:32]), list(ds.texts[:32])
     expected_image, expected_text = torch_image_h(run, paths), torch_text_h(run, texts)
     assert relative_diff(encoder.image_representations(np.stack([encoder.preprocess_image(p) for p in paths])),
-                         expected_image) < PARITY_TOLERANCE
-    assert relative_diff(encoder.text_representations(texts), expected_text) < PARITY_TOLERANCE
+                         expected_image) < MAX_RELATIVE_ERROR
+    assert relative_diff(encoder.text_representations(texts), expected_text) < MAX_RELATIVE_ERROR
     assert flips_outside_margin(code_bits(encoder.encode_images(paths)), expected_image)[1] == 0
     assert flips_outside_margin(code_bits(encoder.encode_texts(texts)), expected_text)[1] == 0

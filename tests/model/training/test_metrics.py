@@ -207,3 +207,84 @@ def test_precision_undefined_when_nothing_retrieved() -> None:
 def test_variant_names() -> None:
     assert map_variant_name(None) == "MAP (whole ranking, ties by retrieval order)"
     assert map_variant_name(50).startswith("MAP@50 (normalised by relevant in top 50")
+
+
+# --- long codes against a brute-force oracle -------------------------------------------------
+# Every other test uses codes of at most 13 bits, where any integer key type holds the distances;
+# these use 64, 128 and 384 bits with distances spread over the whole range 0..L (items made by
+# flipping a chosen number of a query's bits), so a sort key too narrow for L (wrapping past 127
+# or 255) reorders the ranking and changes the numbers.
+
+
+def spread_case(seed: int, bits: int, nq: int = 4, nr: int = 48, n_labels: int = 5):
+    """Queries, and retrieval items each at a distance drawn uniformly from 0..bits of query 0
+    (other queries are query 0 with a few bits flipped); labels tied to that distance, so
+    relevance and rank are correlated and a wrong ranking is visible in AP."""
+    rng = np.random.default_rng(seed)
+    base = np.where(rng.random(bits) < 0.5, -1, 1)
+    q = np.tile(base, (nq, 1))
+    for i in range(1, nq):
+        q[i, rng.choice(bits, size=int(rng.integers(1, bits // 4)), replace=False)] *= -1
+    r = np.tile(base, (nr, 1))
+    flips = rng.integers(0, bits + 1, size=nr)
+    flips[:3] = [0, bits, bits // 2]  # the extremes, always present
+    for j, d in enumerate(flips):
+        r[j, rng.choice(bits, size=int(d), replace=False)] *= -1
+    ql = (rng.random((nq, n_labels)) < 0.4).astype(np.uint8)
+    ql[:, 0] = 1  # label 0 marks (mostly) the near half of the items: relevance follows distance
+    rl = (rng.random((nr, n_labels)) < 0.15).astype(np.uint8)
+    rl[:, 0] = (flips < bits // 2) ^ (rng.random(nr) < 0.25)  # mostly the near half, with exceptions
+    return q, r, ql, rl
+
+
+def brute_map(q, r, ql, rl, top_k=None) -> float:
+    """MAP by brute force: each query's ranking built with Python ints and a (distance, index) sort."""
+    aps = [loop_ap(q[i].tolist(), r.tolist(), ql[i].tolist(), rl.tolist(), top_k) for i in range(len(q))]
+    return sum(aps) / len(aps)
+
+
+@pytest.mark.parametrize("bits", [64, 128, 384])
+def test_long_codes_distances_span_the_range(bits: int) -> None:
+    q, r, _, _ = spread_case(1, bits)
+    expected = [[loop_hamming(a.tolist(), b.tolist()) for b in r] for a in q]
+    assert min(expected[0]) == 0 and max(expected[0]) == bits  # the case reaches both ends
+    np.testing.assert_array_equal(hamming_distances(q, r), expected)
+
+
+@pytest.mark.parametrize("bits", [64, 128, 384])
+@pytest.mark.parametrize("top_k", [None, 10])
+def test_long_codes_map_matches_brute_force(bits: int, top_k: int | None) -> None:
+    for seed in (2, 3):
+        q, r, ql, rl = spread_case(seed, bits)
+        expected = brute_map(q, r, ql, rl, top_k)
+        assert 0.0 < expected < 1.0  # neither degenerate value, so a wrong ranking shows
+        assert mean_average_precision(q, r, ql, rl, top_k) == pytest.approx(expected, abs=1e-12)
+        per_query = [loop_ap(q[i].tolist(), r.tolist(), ql[i].tolist(), rl.tolist(), top_k) for i in range(len(q))]
+        np.testing.assert_allclose(average_precisions(q, r, ql, rl, top_k=top_k), per_query, atol=1e-12)
+
+
+def test_long_random_codes_map_matches_brute_force() -> None:
+    """Plain random 384-bit codes (distances near L/2, above 127) against the same oracle."""
+    q, r, ql, rl = random_case(7, nq=6, nr=50, bits=384, n_labels=3)
+    expected = brute_map(q, r, ql, rl)
+    assert mean_average_precision(q, r, ql, rl) == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize("bits", [128, 384])
+def test_long_codes_precision_at_k_and_radius_match_brute_force(bits: int) -> None:
+    q, r, ql, rl = spread_case(4, bits)
+    dist = [[loop_hamming(a.tolist(), b.tolist()) for b in r] for a in q]
+    rel = [[loop_relevant(ql[i].tolist(), rl[j].tolist()) for j in range(len(r))] for i in range(len(q))]
+    ks = [1, 5, 24, len(r)]
+    expected_pk = {}
+    for k in ks:
+        tops = [sorted(range(len(r)), key=lambda j, i=i: (dist[i][j], j))[:k] for i in range(len(q))]
+        expected_pk[k] = sum(sum(rel[i][j] for j in top) / k for i, top in enumerate(tops)) / len(q)
+    assert precision_at_k(q, r, ql, rl, ks=ks) == pytest.approx(expected_pk, abs=1e-12)
+    pr = precision_recall_by_radius(q, r, ql, rl)
+    assert len(pr["radius"]) == bits + 1
+    for radius in (0, 1, bits // 4, bits // 2, bits - 1, bits):
+        near = [(i, j) for i in range(len(q)) for j in range(len(r)) if dist[i][j] <= radius]
+        relret = sum(rel[i][j] for i, j in near)
+        assert pr["retrieved_per_query"][radius] == pytest.approx(len(near) / len(q))
+        assert pr["recall"][radius] == pytest.approx(relret / sum(map(sum, rel)))

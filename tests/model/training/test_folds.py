@@ -1,0 +1,122 @@
+"""K-fold evaluation: `make_folds` (every item a query exactly once, never a training or
+retrieval row of its own fold), the fold fields of TrainConfig, and a k-fold `train_run`
+writing RUN/fold-i plus an aggregate metrics.json (per-fold MAPs, mean, 95% CI)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import model.training.train as train_module
+from model.runtime.errors import DataError, UserError
+from model.training.config import TrainConfig
+from model.training.data import CrossModalDataset, Split
+from model.training.data.base import make_folds
+from model.training.evaluate import aggregate_folds, summary_line
+
+
+@pytest.mark.parametrize(("n", "k"), [(730, 5), (10, 3), (7, 7), (101, 10)])
+def test_every_item_is_a_query_exactly_once(n: int, k: int) -> None:
+    folds = make_folds(n, k, seed=4)
+    assert len(folds) == k
+    queries = np.concatenate([f.query for f in folds])
+    assert np.array_equal(np.sort(queries), np.arange(n))  # a partition: once each
+    sizes = [len(f.query) for f in folds]
+    assert max(sizes) - min(sizes) <= 1
+    for f in folds:
+        assert len(np.intersect1d(f.query, f.train)) == 0
+        assert len(np.intersect1d(f.query, f.retrieval)) == 0
+        assert np.array_equal(np.union1d(f.query, f.retrieval), np.arange(n))
+        assert np.array_equal(f.train, f.retrieval)
+
+
+def test_folds_are_seeded() -> None:
+    a, b, c = make_folds(50, 5, seed=1), make_folds(50, 5, seed=1), make_folds(50, 5, seed=2)
+    assert all(np.array_equal(x.query, y.query) for x, y in zip(a, b))
+    assert not all(np.array_equal(x.query, y.query) for x, y in zip(a, c))
+
+
+@pytest.mark.parametrize(("n", "k"), [(10, 1), (10, 11), (3, 0)])
+def test_bad_fold_counts_are_refused(n: int, k: int) -> None:
+    with pytest.raises(DataError):
+        make_folds(n, k, seed=0)
+
+
+def test_config_fold_must_be_within_folds(tmp_path) -> None:
+    TrainConfig(dataset="mirflickr", out=tmp_path, folds=5, fold=4)
+    with pytest.raises(ValueError):
+        TrainConfig(dataset="mirflickr", out=tmp_path, folds=5, fold=5)
+    with pytest.raises(ValueError):
+        TrainConfig(dataset="mirflickr", out=tmp_path, fold=0)
+    with pytest.raises(ValueError):
+        TrainConfig(dataset="mirflickr", out=tmp_path, folds=1)
+
+
+def synthetic(n: int = 36, preset: Split | None = None) -> CrossModalDataset:
+    """Two separable classes with noisy feature vectors in both modalities."""
+    rng = np.random.default_rng(0)
+    cls = np.arange(n) % 2
+    labels = np.eye(2, dtype=np.uint8)[cls]
+    centers = np.array([[2.0, 0, 0, 0], [0, 2.0, 0, 0]])
+    return CrossModalDataset(
+        name="manifest", ids=[str(i) for i in range(n)], labels=labels, label_names=["a", "b"],
+        image_features=(centers[cls] + rng.normal(0, 0.3, (n, 4))).astype(np.float32),
+        text_features=(centers[cls][:, ::-1] + rng.normal(0, 0.3, (n, 4))).astype(np.float32),
+        preset_split=preset,
+    )
+
+
+@pytest.mark.slow
+def test_kfold_train_run_writes_folds_and_aggregate(tmp_path, monkeypatch) -> None:
+    from model.training.run import evaluate_run, train_run
+
+    ds = synthetic()
+    monkeypatch.setattr(train_module, "load_dataset", lambda *a, **k: ds)
+    cfg = TrainConfig(dataset="manifest", data=tmp_path / "m.jsonl", out=tmp_path / "run", method="bi_ncmh",
+                      bits=8, epochs=3, hidden=[16], batch_size=8, folds=3, device="cpu", cache_dir=tmp_path / "c")
+    metrics = train_run(cfg, progress=False)
+    queries = []
+    for i in range(3):
+        fold = tmp_path / "run" / f"fold-{i}"
+        assert (fold / "checkpoint.pt").exists() and (fold / "metrics.json").exists()
+        queries += Split.load(fold / "split.json").query.tolist()
+        assert TrainConfig.model_validate_json((fold / "config.json").read_text()).fold == i
+    assert sorted(queries) == list(range(len(ds)))
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert saved["folds"] == 3 and saved["n_query"] == len(ds) and len(saved["per_fold"]) == 3
+    for d in ("i2t", "t2i"):
+        per = saved[d]["map_per_fold"]
+        assert saved[d]["map"] == pytest.approx(np.mean(per))
+        lo, hi = saved[d]["map_ci95"]
+        assert lo <= saved[d]["map"] <= hi
+        assert "map@50_ci95" in saved[d]
+    assert saved["variants"]["map"].startswith("MAP (whole ranking")
+    assert "collapse" in saved and "chance_map" in saved
+    assert "95% CI" in summary_line(metrics)
+    again = evaluate_run(tmp_path / "run", progress=False)  # re-evaluates every fold, same numbers
+    assert again["i2t"]["map_per_fold"] == pytest.approx(saved["i2t"]["map_per_fold"])
+
+
+def test_folds_refused_on_a_preset_split(tmp_path, monkeypatch) -> None:
+    preset = Split(query=np.arange(6), retrieval=np.arange(6, 36), train=np.arange(6, 36))
+    monkeypatch.setattr(train_module, "load_dataset", lambda *a, **k: synthetic(preset=preset))
+    cfg = TrainConfig(dataset="wikipedia", out=tmp_path / "run", folds=3, fold=0, device="cpu")
+    with pytest.raises(UserError, match="own query/retrieval split"):
+        train_module.prepare_run(cfg, progress=False)
+
+
+def test_confidence_interval_is_student_t() -> None:
+    from scipy import stats
+
+    def fold(m: float) -> dict:
+        d = {"map": m, "map@50": m}
+        return {"variants": {"map": "x", "map@50": "y"}, "relevance": "r", "n_query": 10, "n_retrieval": 40,
+                "chance_map": 0.5, "i2t": d, "t2i": d, "collapse": {"collapsed": False, "reasons": [], "rule": "r"}}
+
+    values = [0.6, 0.7, 0.65, 0.8]
+    agg = aggregate_folds([fold(v) for v in values])
+    half = stats.t.ppf(0.975, 3) * np.std(values, ddof=1) / 2
+    assert agg["i2t"]["map_ci95"] == pytest.approx([np.mean(values) - half, np.mean(values) + half])
+    assert agg["n_query"] == 40 and not agg["collapse"]["collapsed"]
