@@ -64,8 +64,8 @@ REPLAN_FACTOR = 4  # rebuild with a new substring length when the gallery change
 # (bench/mih_scale.py): FAISS IndexBinaryFlat scans ~2.3-3.3 ns per code per query.
 FLAT_NS_PER_CODE = 2.5
 FLAT_FIXED_NS = 60_000.0  # per query: the store's over-fetch, sort and id lookup
-BUCKET_NS = 6.0  # per probed bucket: key XOR, two offset reads
-CANDIDATE_NS = 9.0  # per candidate: row and code reads, popcounts
+BUCKET_NS = 800.0  # per probed bucket: offset, row and code reads, each a cache miss in a large gallery
+CANDIDATE_NS = 20.0  # per candidate: row and code reads, popcounts, its share of the results
 STEP_NS = 25_000.0  # per probing step: the numpy calls' fixed cost
 BUDGET = 0.15  # give a query up once its probe would cost more than this fraction of a flat scan
 SKIP_AFTER = 4

@@ -35,6 +35,8 @@ class Metrics:
         self.batch = Histogram("cmhash_batch_queries", "Queries per micro-batch, by modality", ["modality"],
                                buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r)
         self.gallery_items = Gauge("cmhash_gallery_items", "Items per gallery", ["gallery"], registry=r)
+        self.encoder_device = Gauge("cmhash_encoder_device", "1 for the device the encoder's sessions run on "
+                                    "(cuda only when the CUDA provider really loaded)", ["device"], registry=r)
         # issue 10 (corruption): degraded galleries, snapshot fallbacks, startup sweep
         self.gallery_degraded = Gauge("cmhash_gallery_degraded", "1 when a configured gallery could not be opened "
                                       "(requests to it answer 503), by gallery", ["gallery"], registry=r)

@@ -119,6 +119,23 @@ class Health(BaseModel):
     detail: str | None = Field(None, description="what is loaded, or what failed")
 
 
+class Readiness(BaseModel):
+    """What /readyz reports: whether the service can answer, and what it runs on."""
+
+    status: Literal["ok", "degraded", "loading", "failed"] = Field(
+        description="ok; degraded (200: a configured gallery could not be opened, another one serves); "
+                    "loading (503: the model or galleries are still loading); failed (503: loading failed, or "
+                    "every configured gallery is degraded)")
+    detail: str | None = Field(None, description="what is loaded, or what failed (no server paths)")
+    encoder_device: Literal["cpu", "cuda"] | None = Field(
+        None, description="where the encoder runs (cuda only when its sessions really run on the CUDA provider); "
+                          "null until the model is loaded")
+    galleries: dict[str, int] = Field(default_factory=dict, description="items in each gallery that serves, by kind")
+    degraded: dict[str, str] = Field(default_factory=dict,
+                                     description="configured galleries that could not be opened: kind -> reason")
+    error: ErrorDetail | None = Field(None, description="with a 503: the error body's code and message")
+
+
 class ErrorDetail(BaseModel):
     """What went wrong."""
 
@@ -134,3 +151,6 @@ class ErrorResponse(BaseModel):
     """The body of every error response (4xx and 5xx)."""
 
     error: ErrorDetail = Field(description="the error's code and message")
+
+
+Readiness.model_rebuild()  # it names ErrorDetail, defined after it

@@ -4,6 +4,7 @@ sgn(0) = +1 convention of training)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from model.runtime.choices import Device
 from model.runtime.codes import pack_codes
 from model.runtime.errors import UserError
 from model.runtime.image import MAX_ASPECT, ImagePreprocess, load_for_model
+from model.runtime.installs import check_exclusive_installs
 from model.runtime.model_dir import (
     IMAGE_FILE,
     INFO_FILE,
@@ -32,11 +34,17 @@ from model.runtime.text import BagOfWords, tokenize
 ImageSource = Image.Image | bytes | Path
 CUDA_PROVIDER = "CUDAExecutionProvider"
 CPU_PROVIDER = "CPUExecutionProvider"
+# CUDA provider options: pick convolution algorithms by heuristic instead of benchmarking every
+# algorithm on each new batch shape (EXHAUSTIVE re-runs that search per shape), and grow the
+# memory arena by what is asked for, not by powers of two.
+CUDA_OPTIONS = {"cudnn_conv_algo_search": "HEURISTIC", "arena_extend_strategy": "kSameAsRequested"}
+log = logging.getLogger("cmhash.runtime")
 
 
 def resolve_providers(device: Device) -> list[str]:
     """ONNX Runtime providers for `device`: CUDA (CPU as fallback for unsupported nodes) when
     asked for or, with "auto", when this onnxruntime build has it; else the CPU."""
+    check_exclusive_installs("onnxruntime")
     available = ort.get_available_providers()
     if device not in ("auto", "cpu", "cuda"):
         raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
@@ -48,6 +56,18 @@ def resolve_providers(device: Device) -> list[str]:
     if device == "cuda" or (device == "auto" and CUDA_PROVIDER in available):
         return [CUDA_PROVIDER, CPU_PROVIDER]
     return [CPU_PROVIDER]
+
+
+def check_providers(device: Device, requested: list[str], actual: list[list[str]]) -> None:
+    """ONNX Runtime falls back to the CPU with only a log line when the CUDA provider cannot load
+    (missing CUDA or cuDNN libraries): refuse that for device "cuda", say it loudly for "auto"."""
+    if CUDA_PROVIDER not in requested or all(CUDA_PROVIDER in session for session in actual):
+        return
+    message = (f"the CUDA provider of onnxruntime could not be loaded (sessions run on {actual[0]}); "
+               "CUDA and cuDNN libraries matching onnxruntime-gpu are missing (see onnxruntime's CUDA requirements)")
+    if device == "cuda":
+        raise UserError(message + "; use device='cpu' to run on the CPU")
+    log.warning("%s: running on the CPU", message)
 
 
 class Encoder:
@@ -105,12 +125,18 @@ class Encoder:
         if threads is not None:
             options.intra_op_num_threads = threads
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+        if CUDA_PROVIDER in providers and hasattr(ort, "preload_dlls"):
+            # onnxruntime-gpu ships no CUDA libraries: load them from the nvidia-* wheels or the
+            # system before the session looks for them (without torch having loaded them first).
+            ort.preload_dlls()
+        requested: list[Any] = [(p, CUDA_OPTIONS) if p == CUDA_PROVIDER else p for p in providers]
         sessions = []
         for name, data in ((IMAGE_FILE, image_bytes), (TEXT_FILE, text_bytes)):
             try:
-                sessions.append(ort.InferenceSession(data, sess_options=options, providers=providers))
+                sessions.append(ort.InferenceSession(data, sess_options=options, providers=requested))
             except Exception as exc:  # onnxruntime raises its own exception types
                 raise ModelDirError(f"onnxruntime cannot load {model_dir / name}: {exc}") from exc
+        check_providers(device, providers, [s.get_providers() for s in sessions])
         return cls(info, sessions[0], sessions[1], tokenizer, batch_size)
 
     @property
@@ -127,6 +153,11 @@ class Encoder:
     def checksum(self) -> str:
         """sha256 identifying the model: codes are comparable only between equal checksums."""
         return self._info.checksum
+
+    @property
+    def device(self) -> str:
+        """Where the encoder runs: "cuda" when its sessions run on the CUDA provider, else "cpu"."""
+        return "cuda" if CUDA_PROVIDER in self.providers else "cpu"
 
     @property
     def providers(self) -> list[str]:

@@ -18,6 +18,8 @@ def test_health_ready_and_metrics(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok", "detail": None}
     ready = client.get("/readyz")
     assert ready.status_code == 200 and ready.json()["status"] == "ok"
+    assert ready.json()["encoder_device"] == "cpu" and ready.json()["galleries"] == {"image": 12, "text": 12}
+    assert ready.json()["degraded"] == {} and ready.json()["error"] is None
     client.post("/search/text-to-image", json={"text": "a red square", "k": 3})
     client.post("/search/text-to-image", json={"text": "", "k": 3})
     text = client.get("/metrics").text
@@ -28,6 +30,7 @@ def test_health_ready_and_metrics(client: TestClient) -> None:
     assert 'cmhash_search_seconds_count{gallery="image"}' in text
     assert 'cmhash_gallery_items{gallery="image"} 12.0' in text
     assert 'cmhash_gallery_items{gallery="text"} 12.0' in text
+    assert 'cmhash_encoder_device{device="cpu"} 1.0' in text
 
 
 def test_not_ready_while_loading_then_ready(make_settings, monkeypatch) -> None:
