@@ -105,8 +105,11 @@ def wait_ready(proc: subprocess.Popen[bytes], base: str, log: Path, timeout_s: f
         if time.monotonic() > deadline:
             raise RuntimeError(f"server not ready after {timeout_s:.0f} s:\n{log.read_text()[-3000:]}")
         try:
-            if httpx.get(f"{base}/readyz", timeout=5).status_code == 200:
+            ready = httpx.get(f"{base}/readyz", timeout=5)
+            if ready.status_code == 200:
                 return
-        except httpx.TransportError:
+            if ready.json().get("status") == "failed":  # the model or every gallery failed to load: no use waiting
+                raise RuntimeError(f"server failed to load: {ready.json().get('detail')}\n{log.read_text()[-3000:]}")
+        except (httpx.TransportError, ValueError):
             pass
         time.sleep(0.1)

@@ -139,7 +139,7 @@ def run_gallery(args: argparse.Namespace, n: int, bits: int, kind: str) -> tuple
                    "flat_ms_median": float(np.median(flat_ms)), "mih_ms_median": float(np.median(mih_ms)),
                    "flat_ms_mean": float(np.mean(flat_ms)), "mih_ms_mean": float(np.mean(mih_ms)),
                    "mih_answered": answered / len(queries),
-                   "found_mean": float(np.mean([len(r[0][0]) if op == "knn" else len(r[0][0]) for r in mih_res])),
+                   "found_mean": float(np.mean([len(r[0][0]) for r in mih_res])),
                    "flat_ms": flat_ms, "mih_ms": mih_ms}
             row["speedup"] = row["flat_ms_median"] / row["mih_ms_median"]
             rows.append(row)

@@ -97,7 +97,7 @@ MUTANTS: list[Mutant] = [
     # ---- index/search.py
     Mutant("search: rank ignores offset", "index/search.py",
            "hits.append(Hit(rank=offset + position + 1,", "hits.append(Hit(rank=position + 1,",
-           (SEARCH,), "ranks restart at 1 on every page"),
+           (SEARCH, RADIUS), "ranks restart at 1 on every page"),
     Mutant("search: k-NN window ignores offset", "index/search.py",
            "found = [(ids[row][: offset + k], dists[row][: offset + k])",
            "found = [(ids[row][:k], dists[row][:k])",

@@ -86,7 +86,8 @@ def candidates(method: str, dataset: str, defaults_only: bool = False) -> list[d
         return [{"hp": hp} for hp in CCA_GRID]
     out = []
     for lr, hp in itertools.product(LR_GRID[:1] if defaults_only else LR_GRID, METHOD_GRID[method]):
-        extra = DJSRH_DATASET.get(dataset, {}) if method == "djsrh" else {}
+        # the method defaults are one set for every dataset: no per-dataset paper values there
+        extra = DJSRH_DATASET.get(dataset, {}) if method == "djsrh" and not defaults_only else {}
         out.append({**COMMON, "lr": lr, "hp": {**extra, **hp}})
     return out
 
@@ -178,8 +179,7 @@ def choose_defaults(keys: list[str], methods: list[str], bits: int, threads: int
             dataset = DATASETS[key]["dataset"]
             for cand in candidates(method, dataset, defaults_only=True):
                 value, _, _ = _trial(key, method, cand, base, run)
-                hp = {k: v for k, v in cand["hp"].items() if k not in DJSRH_DATASET.get(dataset, {}) or method != "djsrh"}
-                scores.setdefault(method, {}).setdefault(json.dumps(hp, sort_keys=True), []).append(value)
+                scores.setdefault(method, {}).setdefault(json.dumps(cand["hp"], sort_keys=True), []).append(value)
     best = {}
     for method, by_hp in scores.items():
         hp, values = max(by_hp.items(), key=lambda kv: np.mean(kv[1]))

@@ -1,6 +1,2 @@
-"""Binary code storage and retrieval (FAISS-backed)."""
-
-from index.faiss_store import FaissCodeStore
-from model.runtime.codes import hamming_distance_matrix, pack_codes, unpack_codes
-
-__all__ = ["FaissCodeStore", "hamming_distance_matrix", "pack_codes", "unpack_codes"]
+"""Galleries of binary codes: code stores (FAISS, Milvus) behind one interface, the journal,
+the one gallery search and the indexing pipeline. Importing the package loads no backend."""

@@ -39,6 +39,9 @@ class MilvusTarget:
     uri: str  # server URI (http://host:19530) or a Milvus Lite file path
     collection: str  # collection name (created when missing)
     token: str | None = None  # server credentials, never written to disk
+    index_type: str = "BIN_FLAT"  # BIN_FLAT (exact) or BIN_IVF_FLAT (approximate; a server, not Lite)
+    nlist: int = 1024  # BIN_IVF_FLAT: clusters, fixed when the collection is created
+    nprobe: int = 16  # BIN_IVF_FLAT: clusters probed per search, kept in the gallery's store.json
 
 
 def _open_or_create(out: Path, kind: Modality, encoder: Any, milvus: MilvusTarget | None,
@@ -55,7 +58,8 @@ def _open_or_create(out: Path, kind: Modality, encoder: Any, milvus: MilvusTarge
         from index.milvus_store import MilvusCodeStore
 
         assert milvus is not None
-        return MilvusCodeStore(encoder.bits, milvus.uri, milvus.collection, token=milvus.token)
+        return MilvusCodeStore(encoder.bits, milvus.uri, milvus.collection, token=milvus.token,
+                               index_type=milvus.index_type, nlist=milvus.nlist, nprobe=milvus.nprobe)
 
     return open_or_create(out, kind, encoder, token=milvus.token if milvus else None,
                           new_store=milvus_store if milvus else None, index=index)
@@ -95,8 +99,8 @@ def build_gallery(
         raise UserError("give exactly one of --images (folder or manifest) or --texts (file)")
     kind: Modality = "image" if images is not None else "text"
     listing: Listing = image_listing(images) if images is not None else text_listing(texts)  # type: ignore[arg-type]
-    if index == "mih" and (milvus is not None or (Path(out) / GALLERY_FILE).is_file()
-                           and read_info(Path(out)).backend == "milvus"):
+    if index == "mih" and (milvus is not None or ((Path(out) / GALLERY_FILE).is_file()
+                                                  and read_info(Path(out)).backend == "milvus")):
         raise UserError("--index mih is a FAISS gallery index; Milvus galleries search on the server")
     encoder = _load_encoder(model_dir, device, threads)
     out = Path(out)

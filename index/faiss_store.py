@@ -25,7 +25,9 @@ stored codes on load, and never persisted.
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -41,10 +43,12 @@ from index.snapshots import Fallback, open_snapshot, read_current, write_snapsho
 from index.store import RangeResult, SearchResult
 from model.runtime.choices import Device
 from model.runtime.codes import check_packed
+from model.runtime.installs import check_exclusive_installs
 
 __all__ = ["FaissCodeStore", "padded_bits_for", "gpu_available", "GPU_MAX_K"]
 
 _FAST_WIDTHS = (32, 64, 128, 256, 512)
+log = logging.getLogger("cmhash.index")
 GPU_MAX_K = 2048  # GpuIndexBinaryFlat's largest k
 _TIE_MARGIN = 32  # extra neighbours fetched beyond k (at least k more) to see the whole tie group
 INDEX_FILE = "index.faissbin"
@@ -68,27 +72,65 @@ def gpu_available() -> bool:
 
 
 def _new_gpu_index(padded_bits: int) -> Any:
-    """An empty ``GpuIndexBinaryFlat`` on GPU 0."""
-    return faiss.GpuIndexBinaryFlat(faiss.StandardGpuResources(), padded_bits)
+    """An empty ``GpuIndexBinaryFlat`` on GPU 0, sharing one set of GPU resources (streams,
+    scratch memory) per process instead of allocating new ones for every rebuild."""
+    return faiss.GpuIndexBinaryFlat(_gpu_resources(), padded_bits)
+
+
+@functools.cache
+def _gpu_resources() -> Any:
+    return faiss.StandardGpuResources()
 
 
 class _GpuMirror:
     """The CPU index's rows on a GPU index without ids: ``row_iids[row]`` is the internal id.
 
-    Rows are appended in insertion order; a removal marks the mirror stale and the next
-    search rebuilds it from the CPU index (whose rows keep their relative order)."""
+    Rows are appended in insertion order. A removal leaves the row on the GPU as a tombstone
+    (``row_iids[row] = -1``) that searches over-fetch past and drop, so removes cost nothing
+    on the GPU; the mirror is rebuilt (once, at the next search) only when tombstones reach a
+    quarter of its rows or k plus the tombstones would pass GPU_MAX_K. A GPU add that fails
+    marks the mirror stale, so it is rebuilt from the CPU index before it is searched again."""
 
     def __init__(self, padded_bits: int, factory: Callable[[int], Any]) -> None:
         self.padded_bits = padded_bits
         self.factory = factory
         self.index = factory(padded_bits)
-        self.row_iids = np.zeros(0, dtype=np.int64)
+        self._iids = np.zeros(0, dtype=np.int64)  # capacity grows by doubling: no copy per add
+        self.rows = 0
+        self.dead = 0
         self.stale = False
 
+    @property
+    def row_iids(self) -> np.ndarray:
+        """Internal id of each GPU row (-1 for removed rows)."""
+        return self._iids[: self.rows]
+
     def add(self, codes: np.ndarray, iids: np.ndarray) -> None:
-        if not self.stale:
+        if self.stale:
+            return
+        try:
             self.index.add(codes)
-            self.row_iids = np.concatenate([self.row_iids, iids])
+        except Exception:
+            log.exception("GPU mirror add failed: the mirror is rebuilt from the CPU index before its next search")
+            self.stale = True
+            return
+        if self.rows + len(iids) > len(self._iids):
+            grown = np.empty(max(2 * len(self._iids), self.rows + len(iids), 1024), dtype=np.int64)
+            grown[: self.rows] = self._iids[: self.rows]
+            self._iids = grown
+        self._iids[self.rows : self.rows + len(iids)] = iids
+        self.rows += len(iids)
+
+    def remove(self, iids: np.ndarray) -> None:
+        """Tombstone the rows of `iids` (rows stay on the GPU until the next rebuild)."""
+        if self.stale:
+            return
+        dead = np.isin(self.row_iids, iids)
+        self._iids[: self.rows][dead] = -1
+        self.dead += int(dead.sum())
+
+    def needs_rebuild(self, k: int) -> bool:
+        return self.stale or self.dead * 4 > max(self.rows, 1) or k + self.dead > GPU_MAX_K
 
     def rebuild(self, cpu: faiss.IndexBinaryIDMap2) -> None:
         inner = faiss.downcast_IndexBinary(cpu.index)
@@ -96,14 +138,25 @@ class _GpuMirror:
         self.index = self.factory(self.padded_bits)
         if len(codes):
             self.index.add(codes)
-        self.row_iids = faiss.vector_to_array(cpu.id_map).astype(np.int64)
-        self.stale = False
+        self._iids = faiss.vector_to_array(cpu.id_map).astype(np.int64)
+        self.rows, self.dead, self.stale = len(self._iids), 0, False
 
     def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(distances, internal ids) of the k nearest rows; -1 rows map to -1."""
-        D, rows = self.index.search(q, k)
+        """(distances, internal ids) of the k nearest live rows; missing results are -1.
+        The caller rebuilds first when `needs_rebuild(k)`."""
+        fetch = min(k + self.dead, self.rows)
+        D, rows = self.index.search(q, fetch)
         rows = np.asarray(rows, dtype=np.int64)
-        return np.asarray(D), np.where(rows >= 0, self.row_iids[np.clip(rows, 0, None)], -1)
+        iids = np.where(rows >= 0, self.row_iids[np.clip(rows, 0, None)], -1)
+        if not self.dead:
+            return np.asarray(D)[:, :k], iids[:, :k]
+        out_d = np.full((len(q), k), -1, dtype=np.int64)
+        out_i = np.full((len(q), k), -1, dtype=np.int64)
+        for j in range(len(q)):
+            live = iids[j] >= 0
+            d, i = np.asarray(D[j])[live][:k], iids[j][live][:k]
+            out_d[j, : len(d)], out_i[j, : len(i)] = d, i
+        return out_d, out_i
 
 
 class FaissCodeStore:
@@ -123,6 +176,7 @@ class FaissCodeStore:
             raise ValueError(f"bits must be a positive multiple of 8, got {bits}")
         if device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
+        check_exclusive_installs("faiss")
         if index not in ("flat", "mih"):
             raise ValueError(f"index must be flat or mih, got {index!r}")
         self.bits = bits
@@ -242,7 +296,7 @@ class FaissCodeStore:
                 raise RuntimeError(f"FAISS removed {removed} of {len(internal)} ids")
             self._db.execute("DELETE FROM items WHERE iid IN (SELECT value FROM json_each(?))", (json.dumps(internal),))
             if self._gpu is not None:
-                self._gpu.stale = True
+                self._gpu.remove(np.asarray(internal, dtype=np.int64))
             if self.mih is not None:  # --- mih
                 self.mih.remove(np.asarray(internal, dtype=np.int64))
             return removed
@@ -284,7 +338,7 @@ class FaissCodeStore:
     def _knn_raw(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """FAISS k-NN (distances, internal ids), tie order unspecified: GPU when it can."""
         if self._gpu is not None and k <= GPU_MAX_K:
-            if self._gpu.stale:
+            if self._gpu.needs_rebuild(k):
                 self._gpu.rebuild(self._index)
             return self._gpu.search(q, k)
         return self._index.search(q, k)
@@ -345,6 +399,18 @@ class FaissCodeStore:
             order = np.lexsort((I[j], D[j]))[:kk]
             res_d[j] = D[j][order]
             res_i[j] = I[j][order]
+        # On the GPU, fetch deeper (up to its k limit) before handing a tie group to the CPU.
+        while straddle and self._gpu is not None and fetch < min(n, GPU_MAX_K):
+            fetch = min(n, GPU_MAX_K, fetch * 4)
+            D2, I2 = (np.asarray(x, dtype=np.int64) for x in self._knn_raw(q[straddle], fetch))
+            still = []
+            for row, j in enumerate(straddle):
+                if fetch < n and D2[row, kk - 1] == D2[row, fetch - 1]:
+                    still.append(j)
+                    continue
+                order = np.lexsort((I2[row], D2[row]))[:kk]
+                res_d[j], res_i[j] = D2[row][order], I2[row][order]
+            straddle = still
         # Group straddling queries by radius so each group is one range_search call.
         by_radius: dict[int, list[int]] = {}
         for j in straddle:

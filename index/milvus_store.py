@@ -29,8 +29,10 @@ and writes a small JSON sidecar (uri, collection, bits, insertion counter; never
 store's own connection.
 
 Every read and write uses consistency level Strong, so a write is visible to the next
-search. One writer per collection: the insertion counter lives in this object (recovered
-from the collection when it is opened), so two concurrent writers would reuse pks.
+search, from this client or any other (on a real server too, without a flush). One writer at a
+time per collection: the insertion counter lives in this object (recovered from the collection
+when it is opened, and caught up before each add and pk-window read when another handle wrote
+past it), so two concurrent writers could still reuse pks.
 """
 
 from __future__ import annotations
@@ -275,6 +277,13 @@ class MilvusCodeStore:
                 hi = mid
         return lo
 
+    def _pk_end(self) -> int:
+        """One past the largest pk: this handle's counter, caught up first when another handle
+        on the collection has written past it (one query when it has not)."""
+        if self._has_pk_at_least(self._next_id):
+            self._next_id = self._max_pk() + 1
+        return self._next_id
+
     # ------------------------------------------------------------- validation
     def _check_codes(self, codes: np.ndarray, what: str = "codes") -> np.ndarray:
         return check_packed(codes, self.bits, what)
@@ -325,6 +334,7 @@ class MilvusCodeStore:
             present = self._lookup(keys)
             if present:
                 raise DuplicateIdError(f"ids already present: {[i for i, k in zip(ids, keys) if k in present][:10]}")
+            self._pk_end()
             batch: list[dict[str, Any]] = []
             size = 0
             for j, (sid, key, m, mj) in enumerate(zip(ids, keys, metas, meta_json)):
@@ -373,7 +383,7 @@ class MilvusCodeStore:
         """All ids in insertion order (read window by window over the pk space)."""
         with self._lock:
             rows: list[dict[str, Any]] = []
-            for lo in range(0, self._next_id, MAX_TOPK):
+            for lo in range(0, self._pk_end(), MAX_TOPK):
                 rows += self._client.query(
                     self.collection,
                     filter=f"{_PK} >= {lo} and {_PK} < {lo + MAX_TOPK}",
@@ -433,7 +443,7 @@ class MilvusCodeStore:
         A window of MAX_TOPK consecutive pks holds at most MAX_TOPK items, so a search
         limited to MAX_TOPK inside it returns every match: nothing is lost to the cap."""
         acc = [_empty_hits() for _ in q]
-        for lo in range(0, self._next_id, MAX_TOPK):
+        for lo in range(0, self._pk_end(), MAX_TOPK):
             part = self._raw_search(q, MAX_TOPK, extra, f"{_PK} >= {lo} and {_PK} < {lo + MAX_TOPK}")
             acc = [_merge(a, b, keep) for a, b in zip(acc, part)]
         return acc

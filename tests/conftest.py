@@ -34,29 +34,37 @@ def tiny_manifest(tmp_path_factory) -> Path:
     return write_manifest(tmp_path_factory.mktemp("tiny_dataset"))
 
 
-@pytest.fixture(scope="session")
-def tiny_run(tiny_manifest, tmp_path_factory) -> Path:
-    """A trained run directory: Bi_NCMH, 16 bits, hidden 64, 15 epochs on the tiny manifest."""
+def train_tiny(tmp_path_factory: pytest.TempPathFactory, name: str, **fields: object) -> Path:
+    """A Bi_NCMH run of TINY_BITS bits on the CPU, trained once into a session folder."""
     from model.training.config import TrainConfig
     from model.training.run import train_run
 
-    out = tmp_path_factory.mktemp("tiny_runs") / "bi_ncmh16"
-    cfg = TrainConfig(
-        dataset="manifest", data=tiny_manifest, out=out, method="bi_ncmh", bits=TINY_BITS,
-        epochs=15, hidden=[64], cache_dir=tmp_path_factory.mktemp("tiny_cache"), device="cpu",
-    )
+    out = tmp_path_factory.mktemp("tiny_runs") / name
+    cfg = TrainConfig(out=out, method="bi_ncmh", bits=TINY_BITS, device="cpu",  # type: ignore[arg-type]
+                      cache_dir=tmp_path_factory.mktemp(f"{name}_cache"), **fields)
     train_run(cfg, progress=False)
     return out
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir(tiny_run, tmp_path_factory) -> Path:
-    """tiny_run exported once with model.training.export (image.onnx, text.onnx, model.json)."""
+def export_tiny(tmp_path_factory: pytest.TempPathFactory, run: Path) -> Path:
+    """`run` exported once with model.training.export (image.onnx, text.onnx, model.json)."""
     from model.training.export import export_run
 
-    out = tmp_path_factory.mktemp("tiny_models") / "bi_ncmh16"
-    export_run(tiny_run, out)
+    out = tmp_path_factory.mktemp("tiny_models") / run.name
+    export_run(run, out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_manifest, tmp_path_factory) -> Path:
+    """A trained run directory: Bi_NCMH, 16 bits, hidden 64, 15 epochs on the tiny manifest."""
+    return train_tiny(tmp_path_factory, "bi_ncmh16", dataset="manifest", data=tiny_manifest, epochs=15, hidden=[64])
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tiny_run, tmp_path_factory) -> Path:
+    """tiny_run exported (pixels through EfficientNet-Lite0, a bag of words)."""
+    return export_tiny(tmp_path_factory, tiny_run)
 
 
 def write_wikipedia_miniature(root: Path, n_train: int = 40, n_test: int = 8, seed: int = 0) -> Path:
@@ -87,24 +95,11 @@ def write_wikipedia_miniature(root: Path, n_train: int = 40, n_test: int = 8, se
 def tiny_features_run(tmp_path_factory) -> Path:
     """A trained run on feature vectors only (a Wikipedia miniature with LDA text): Bi_NCMH,
     16 bits, hidden 32, 10 epochs."""
-    from model.training.config import TrainConfig
-    from model.training.run import train_run
-
     data = write_wikipedia_miniature(tmp_path_factory.mktemp("tiny_wikipedia"))
-    out = tmp_path_factory.mktemp("tiny_runs") / "features16"
-    cfg = TrainConfig(
-        dataset="wikipedia", data=data, out=out, method="bi_ncmh", bits=TINY_BITS, epochs=10,
-        hidden=[32], cache_dir=tmp_path_factory.mktemp("tiny_features_cache"), device="cpu",
-    )
-    train_run(cfg, progress=False)
-    return out
+    return train_tiny(tmp_path_factory, "features16", dataset="wikipedia", data=data, epochs=10, hidden=[32])
 
 
 @pytest.fixture(scope="session")
 def tiny_features_model_dir(tiny_features_run, tmp_path_factory) -> Path:
-    """tiny_features_run exported once: "features" inputs on both sides."""
-    from model.training.export import export_run
-
-    out = tmp_path_factory.mktemp("tiny_models") / "features16"
-    export_run(tiny_features_run, out)
-    return out
+    """tiny_features_run exported: "features" inputs on both sides."""
+    return export_tiny(tmp_path_factory, tiny_features_run)

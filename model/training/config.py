@@ -11,7 +11,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 from model.runtime.choices import Device
 from model.runtime.errors import DataError
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DATASET_DIRS = {"wikipedia": "wikipedia", "mirflickr": "mirflickr25k"}
 
 # The enumerated training choices, named once: the CLI lists them, the registries check them.

@@ -13,6 +13,7 @@ from service.cli.common import choices, env_option, flag_option, user_errors
 
 NAME = "index"
 DeviceChoice = choices("Device", DEVICES)
+MilvusIndexChoice = choices("MilvusIndexType", ("BIN_FLAT", "BIN_IVF_FLAT"))
 IndexChoice = choices("IndexType", INDEX_TYPES)
 
 
@@ -32,6 +33,11 @@ def run(
     milvus_uri: Annotated[str | None, env_option("Keep a new gallery's codes in Milvus: server URI or Milvus Lite file.", "MILVUS_URI")] = None,
     milvus_collection: Annotated[str, flag_option("Milvus collection of a new gallery.")] = "cmhash_gallery",
     milvus_token: Annotated[str | None, env_option("Milvus server credentials (user:password or API key).", "MILVUS_TOKEN")] = None,
+    milvus_index: Annotated[MilvusIndexChoice, flag_option(  # type: ignore[valid-type]
+        "Milvus index of a new gallery: BIN_FLAT (exact) or BIN_IVF_FLAT (approximate, faster on large "
+        "collections; a Milvus server only, see bench/milvus_recall.py).")] = "BIN_FLAT",  # type: ignore[assignment]
+    milvus_nlist: Annotated[int, flag_option("BIN_IVF_FLAT clusters of a new gallery.", min=1)] = 1024,
+    milvus_nprobe: Annotated[int, flag_option("BIN_IVF_FLAT clusters probed per search.", min=1)] = 16,
     progress: Annotated[bool, env_option("Show progress bars.", "PROGRESS")] = True,
     index: Annotated[IndexChoice | None, env_option(  # type: ignore[valid-type]
         "Search index of a new gallery, kept in its gallery.json: flat (scan every code) or mih (multi-index "
@@ -41,7 +47,8 @@ def run(
     """Encode an image folder / manifest or a text file into a gallery; re-runs add only new items."""
     from index.commands import MilvusTarget, build_gallery
 
-    milvus = None if milvus_uri is None else MilvusTarget(milvus_uri, milvus_collection, milvus_token)
+    milvus = None if milvus_uri is None else MilvusTarget(milvus_uri, milvus_collection, milvus_token,
+                                                          milvus_index.value, milvus_nlist, milvus_nprobe)
     with user_errors():
         report = build_gallery(model, out, images=images, texts=texts, remove=remove or [], prune=prune,
                                rebuild=rebuild, batch_size=encode_batch, workers=decode_threads,

@@ -1,6 +1,7 @@
-// cmhash search page: plain JS, no build step, no external resources.
-// Talks to the service's JSON API (POST /search/text-to-image, POST /search/image-to-text,
-// GET /gallery/images, GET /gallery/texts, GET /gallery/images/{id}/file).
+// cmhash search page: plain JS, no build step, no external resources (the page's
+// Content-Security-Policy allows only this server: no inline script or style).
+// Talks to the service's JSON API: POST /search/{text,image}-to-{image,text},
+// GET /gallery/images, GET /gallery/texts, GET /gallery/images/{id}/file.
 "use strict";
 
 (function () {
@@ -15,49 +16,76 @@
     textForm: $("text-form"),
     query: $("query"),
     textSubmit: $("text-submit"),
-    imageResults: $("image-results"),
+    unknownWords: $("unknown-words"),
     dropzone: $("dropzone"),
     file: $("image-file"),
     preview: $("preview"),
     previewImg: $("preview-img"),
     previewName: $("preview-name"),
-    textResults: $("text-results"),
   };
 
-  // One request in flight per direction: a new search cancels the previous one.
-  const inflight = { image: null, text: null };
+  const NOUN = { image: "images", text: "texts" };
+  const ARROW_NAME = { image: "Image", text: "Text" };
+
+  // The two query panels: one searches with a text, one with an image; each finds images or
+  // texts (its "Find" switch). One request in flight per panel: a new search cancels the last;
+  // `searched`: the last search succeeded (changing k or the target re-runs it).
+  const panels = {
+    text: { source: "text", results: $("text-query-results"), radios: "text-target", inflight: null, searched: false },
+    image: { source: "image", results: $("image-query-results"), radios: "image-target", inflight: null, searched: false },
+  };
   let previewUrl = null;
-  let lastFile = null; // the last uploaded or dropped image, re-searched when k changes
+  let lastFile = null; // the image last searched with, re-searched when k or the target changes
+  let lastCaption = null;
+
+  function targetOf(panel) {
+    const checked = document.querySelector(`input[name="${panel.radios}"]:checked`);
+    return checked ? checked.value : (panel.source === "text" ? "image" : "text");
+  }
+
+  function setTarget(panel, target) {
+    const radio = document.querySelector(`input[name="${panel.radios}"][value="${target}"]`);
+    if (radio) radio.checked = true;
+  }
 
   /** An Error whose message is fit to show (from the API's error body, or a plain one). */
   class ApiError extends Error {}
 
-  /** Fetch `url` and return its JSON body; throw ApiError with a readable message otherwise. */
-  async function requestJson(url, options) {
-    let response;
-    try {
-      response = await fetch(url, Object.assign({ headers: { Accept: "application/json" } }, options));
-    } catch (err) {
-      if (err && err.name === "AbortError") throw err;
-      throw new ApiError("Could not reach the service. Is it running?");
-    }
+  async function errorFrom(response) {
     let body = null;
     try {
       body = await response.json();
     } catch (_) {
       body = null;
     }
-    if (!response.ok) {
-      const message = body && body.error && typeof body.error.message === "string" && body.error.message
-        ? body.error.message
-        : `Request failed (HTTP ${response.status}).`;
-      const error = new ApiError(message);
-      error.status = response.status;
-      error.code = body && body.error ? body.error.code : undefined;
-      throw error;
+    const message = body && body.error && typeof body.error.message === "string" && body.error.message
+      ? body.error.message
+      : `Request failed (HTTP ${response.status}).`;
+    const error = new ApiError(message);
+    error.status = response.status;
+    error.code = body && body.error ? body.error.code : undefined;
+    return error;
+  }
+
+  async function send(url, options) {
+    try {
+      return await fetch(url, Object.assign({ headers: { Accept: "application/json" } }, options));
+    } catch (err) {
+      if (err && err.name === "AbortError") throw err;
+      throw new ApiError("Could not reach the service. Is it running?");
     }
-    if (body === null) throw new ApiError("The service sent a response that is not JSON.");
-    return body;
+  }
+
+  /** Fetch `url` and return its JSON body; throw ApiError with a readable message otherwise. */
+  async function requestJson(url, options) {
+    const response = await send(url, options);
+    if (!response.ok) throw await errorFrom(response);
+    try {
+      return await response.json();
+    } catch (err) {
+      if (err && err.name === "AbortError") throw err;
+      throw new ApiError("The service sent a response that is not JSON.");
+    }
   }
 
   function el(tag, attrs, children) {
@@ -73,6 +101,10 @@
     return node;
   }
 
+  function imageUrl(id) {
+    return `/gallery/images/${encodeURIComponent(id)}/file`;
+  }
+
   function labelsOf(metadata) {
     const labels = metadata && metadata.labels;
     if (!Array.isArray(labels)) return [];
@@ -85,11 +117,30 @@
       labels.map((label) => el("li", { class: "label", text: label })));
   }
 
+  /** Similarity in whole percent: 1 - distance / bits, rounded down (100 % only for distance 0). */
+  function similarity(distance, bits) {
+    if (!bits || typeof distance !== "number") return null;
+    return Math.max(0, Math.floor(((bits - distance) * 100) / bits));
+  }
+
   function distanceBadge(distance, bits) {
     const title = bits ? `Hamming distance ${distance} of ${bits} bits` : `Hamming distance ${distance}`;
     return el("span", { class: "distance", title, "data-distance": String(distance) }, [
       el("span", { class: "visually-hidden", text: "Distance " }),
       document.createTextNode(`d ${distance}`),
+    ]);
+  }
+
+  function similarityBadge(distance, bits) {
+    const percent = similarity(distance, bits);
+    if (percent === null) return null;
+    return el("span", {
+      class: "similarity",
+      title: `Similarity 1 − ${distance} / ${bits} bits`,
+      "data-similarity": String(percent),
+    }, [
+      el("span", { class: "visually-hidden", text: "Similarity " }),
+      document.createTextNode(`${percent}%`),
     ]);
   }
 
@@ -105,6 +156,17 @@
     els.error.textContent = "";
   }
 
+  function showUnknownWords(words) {
+    if (Array.isArray(words) && words.length) {
+      els.unknownWords.textContent = `Not in the model's vocabulary: ${words.join(", ")}. ` +
+        "The search used the other words.";
+      els.unknownWords.hidden = false;
+    } else {
+      els.unknownWords.hidden = true;
+      els.unknownWords.textContent = "";
+    }
+  }
+
   /** Replace a panel's (now stale) results after a failed search. */
   function showFailed(container) {
     container.replaceChildren(el("p", { class: "placeholder", text: "No results: the search failed (see the message above)." }));
@@ -117,17 +179,13 @@
   function setLoading(container, loading, message) {
     container.setAttribute("aria-busy", loading ? "true" : "false");
     container.classList.toggle("loading", loading);
+    const old = container.querySelector(".loading-note");
+    if (old) old.remove();
     if (loading) {
-      const spinner = el("p", { class: "loading-note" }, [
+      container.prepend(el("p", { class: "loading-note" }, [
         el("span", { class: "spinner", "aria-hidden": "true" }),
         document.createTextNode(message),
-      ]);
-      const old = container.querySelector(".loading-note");
-      if (old) old.remove();
-      container.prepend(spinner);
-    } else {
-      const old = container.querySelector(".loading-note");
-      if (old) old.remove();
+      ]));
     }
   }
 
@@ -156,114 +214,164 @@
     }
   }
 
-  // ---- text -> images -------------------------------------------------------------------
+  // ---- results --------------------------------------------------------------------------
 
-  function renderImageHits(data) {
-    els.imageResults.replaceChildren();
-    if (!data.results.length) {
-      els.imageResults.append(el("p", { class: "placeholder", text: "No images found." }));
-      return;
-    }
-    const grid = el("ol", { class: "image-grid", id: "image-grid", "aria-label": "Matching images" });
-    data.results.forEach((hit, i) => {
-      const meta = hit.metadata || {};
-      const caption = typeof meta.text === "string" && meta.text ? meta.text : null;
-      const img = el("img", {
-        src: `/gallery/images/${encodeURIComponent(hit.id)}/file`,
-        alt: caption ? `Image ${hit.id}: ${caption}` : `Image ${hit.id}`,
-        decoding: "async",
-        width: 160,
-        height: 160,
-      });
-      img.addEventListener("error", () => {
-        img.classList.add("broken");
-        img.alt = `Image ${hit.id} could not be loaded`;
-      });
-      const card = el("li", { class: "hit image-hit", "data-id": hit.id, "data-distance": String(hit.distance) }, [
-        el("div", { class: "thumb" }, [img, el("span", { class: "rank", text: `#${i + 1}` })]),
-        el("div", { class: "hit-body" }, [
-          el("div", { class: "hit-head" }, [
-            distanceBadge(hit.distance, data.bits),
-            el("code", { class: "hit-id", text: hit.id, title: hit.id }),
-          ]),
-          caption ? el("p", { class: "hit-text", text: caption, title: caption }) : null,
-          labelList(labelsOf(meta)),
-        ]),
-      ]);
-      grid.append(card);
-    });
-    els.imageResults.append(grid);
+  function scores(hit, bits) {
+    return [distanceBadge(hit.distance, bits), similarityBadge(hit.distance, bits)];
   }
 
-  async function searchText(event) {
+  function imageHit(hit, rank, bits) {
+    const meta = hit.metadata || {};
+    const caption = typeof meta.text === "string" && meta.text ? meta.text : null;
+    const img = el("img", {
+      src: imageUrl(hit.id),
+      alt: "",
+      decoding: "async",
+      width: 160,
+      height: 160,
+    });
+    const name = caption ? `Image ${hit.id}: ${caption}` : `Image ${hit.id}`;
+    img.addEventListener("error", () => img.classList.add("broken"));
+    const open = el("button", {
+      type: "button",
+      class: "hit-open",
+      title: "Find similar images",
+      "aria-label": `${name}. Find similar images`,
+    }, [el("span", { class: "thumb" }, [img, el("span", { class: "rank", "aria-hidden": "true", text: `#${rank}` })])]);
+    open.addEventListener("click", () => browseImage(hit.id));
+    return el("li", {
+      class: "hit image-hit",
+      "data-id": hit.id,
+      "data-distance": String(hit.distance),
+    }, [
+      open,
+      el("div", { class: "hit-body" }, [
+        el("div", { class: "hit-head" }, [
+          ...scores(hit, bits),
+          el("code", { class: "hit-id", text: hit.id, title: hit.id }),
+        ]),
+        caption ? el("p", { class: "hit-text", text: caption, title: caption }) : null,
+        labelList(labelsOf(meta)),
+      ]),
+    ]);
+  }
+
+  function textHit(hit, bits) {
+    const meta = hit.metadata || {};
+    const hasText = typeof meta.text === "string" && meta.text;
+    const shown = el("span", { class: "hit-text", text: hasText ? meta.text : hit.id });
+    let main = shown;
+    if (hasText) {
+      main = el("button", { type: "button", class: "hit-open", title: "Find similar texts" }, [
+        shown,
+        el("span", { class: "visually-hidden", text: ". Find similar texts" }),
+      ]);
+      main.addEventListener("click", () => browseText(meta.text));
+    }
+    return el("li", { class: "hit text-hit", "data-id": hit.id, "data-distance": String(hit.distance) }, [
+      el("div", { class: "scores" }, scores(hit, bits)),
+      el("div", { class: "hit-body" }, [
+        main,
+        el("div", { class: "hit-meta" }, [
+          el("code", { class: "hit-id", text: hit.id, title: hit.id }),
+          labelList(labelsOf(meta)),
+        ]),
+      ]),
+    ]);
+  }
+
+  function renderHits(panel, target, data) {
+    const container = panel.results;
+    container.replaceChildren();
+    if (!data.results.length) {
+      container.append(el("p", { class: "placeholder", text: `No ${NOUN[target]} found.` }));
+      return;
+    }
+    const label = `Matching ${NOUN[target]}`;
+    const list = target === "image"
+      ? el("ol", { class: "image-grid", "aria-label": label })
+      : el("ol", { class: "text-list", "aria-label": label });
+    data.results.forEach((hit, i) => {
+      list.append(target === "image" ? imageHit(hit, i + 1, data.bits) : textHit(hit, data.bits));
+    });
+    container.append(list);
+  }
+
+  /** Run one search of `panel` (request built by `makeRequest`); cancels the panel's last one. */
+  async function runSearch(panel, makeRequest, hooks) {
+    const target = targetOf(panel);
+    if (panel.inflight) panel.inflight.abort();
+    const controller = new AbortController();
+    panel.inflight = controller;
+    const what = `${ARROW_NAME[panel.source]} → ${NOUN[target]}`;
+    clearError();
+    if (hooks.start) hooks.start();
+    setLoading(panel.results, true, `Searching ${NOUN[target]}…`);
+    setStatus(`Searching ${NOUN[target]}…`);
+    try {
+      const request = await makeRequest(controller.signal);
+      const data = await requestJson(`/search/${panel.source}-to-${target}`,
+        Object.assign({ method: "POST", signal: controller.signal }, request));
+      if (panel.inflight !== controller) return;
+      renderHits(panel, target, data);
+      panel.searched = true;
+      if (hooks.done) hooks.done(data);
+      setStatus(`${what}: ${summary(data, "result")}`);
+    } catch (err) {
+      if (err && err.name === "AbortError") return;
+      if (panel.inflight !== controller) return;
+      setLoading(panel.results, false);
+      showFailed(panel.results);
+      panel.searched = false;
+      if (hooks.failed) hooks.failed(err);
+      showError(err instanceof ApiError ? err.message : "Something went wrong while searching.");
+      setStatus("Search failed.");
+    } finally {
+      if (panel.inflight === controller) {
+        panel.inflight = null;
+        setLoading(panel.results, false);
+        if (hooks.end) hooks.end();
+      }
+    }
+  }
+
+  // ---- search with text -----------------------------------------------------------------
+
+  function searchText(event) {
     if (event) event.preventDefault();
     const text = els.query.value.trim();
     if (!text) {
       els.query.focus();
       showError("Type some text to search for.");
-      return;
+      return Promise.resolve();
     }
-    clearError();
-    if (inflight.image) inflight.image.abort();
-    const controller = new AbortController();
-    inflight.image = controller;
-    els.textSubmit.disabled = true;
-    setLoading(els.imageResults, true, "Searching images…");
-    setStatus("Searching images…");
-    try {
-      const data = await requestJson("/search/text-to-image", {
-        method: "POST",
-        headers: { "Content-Type": "application/json", Accept: "application/json" },
-        body: JSON.stringify({ text, k: Number(els.k.value) }),
-        signal: controller.signal,
-      });
-      renderImageHits(data);
-      setStatus(`Text → images: ${summary(data, "result")}`);
-    } catch (err) {
-      if (err.name === "AbortError") return;
-      setLoading(els.imageResults, false);
-      showFailed(els.imageResults);
-      showError(err instanceof ApiError ? err.message : "Something went wrong while searching.");
-      setStatus("Search failed.");
-    } finally {
-      if (inflight.image === controller) {
-        inflight.image = null;
-        els.textSubmit.disabled = false;
-        setLoading(els.imageResults, false);
-      }
-    }
-  }
-
-  // ---- image -> texts -------------------------------------------------------------------
-
-  function renderTextHits(data) {
-    els.textResults.replaceChildren();
-    if (!data.results.length) {
-      els.textResults.append(el("p", { class: "placeholder", text: "No texts found." }));
-      return;
-    }
-    const list = el("ol", { class: "text-list", id: "text-list", "aria-label": "Matching texts" });
-    data.results.forEach((hit) => {
-      const meta = hit.metadata || {};
-      const text = typeof meta.text === "string" && meta.text ? meta.text : hit.id;
-      list.append(el("li", { class: "hit text-hit", "data-id": hit.id, "data-distance": String(hit.distance) }, [
-        distanceBadge(hit.distance, data.bits),
-        el("div", { class: "hit-body" }, [
-          el("p", { class: "hit-text", text }),
-          el("div", { class: "hit-meta" }, [
-            el("code", { class: "hit-id", text: hit.id, title: hit.id }),
-            labelList(labelsOf(meta)),
-          ]),
-        ]),
-      ]));
+    return runSearch(panels.text, async () => ({
+      headers: { "Content-Type": "application/json", Accept: "application/json" },
+      body: JSON.stringify({ text, k: Number(els.k.value) }),
+    }), {
+      start: () => {
+        els.textSubmit.disabled = true;
+        showUnknownWords([]);
+      },
+      done: (data) => showUnknownWords(data.unknown_words),
+      end: () => { els.textSubmit.disabled = false; },
     });
-    els.textResults.append(list);
   }
 
-  function showPreview(file) {
+  /** A text result was activated: search texts with its text. */
+  function browseText(text) {
+    els.query.value = text;
+    setTarget(panels.text, "text");
+    els.query.focus();
+    searchText();
+  }
+
+  // ---- search with an image -------------------------------------------------------------
+
+  function showPreview(file, caption) {
     if (previewUrl) URL.revokeObjectURL(previewUrl);
     previewUrl = null;
-    els.previewName.textContent = file.name || "uploaded image";
+    els.previewName.textContent = caption || file.name || "uploaded image";
     if (file.type && file.type.startsWith("image/")) {
       previewUrl = URL.createObjectURL(file);
       els.previewImg.src = previewUrl;
@@ -276,41 +384,43 @@
     els.preview.hidden = false;
   }
 
-  async function searchImage(file) {
-    if (!file) return;
-    lastFile = file;
-    clearError();
-    showPreview(file);
-    if (inflight.text) inflight.text.abort();
-    const controller = new AbortController();
-    inflight.text = controller;
-    els.dropzone.classList.add("busy");
-    setLoading(els.textResults, true, "Searching texts…");
-    setStatus("Searching texts…");
-    const form = new FormData();
-    form.append("file", file, file.name || "image");
-    form.append("k", els.k.value);
-    try {
-      const data = await requestJson("/search/image-to-text", {
-        method: "POST",
-        body: form,
-        signal: controller.signal,
-      });
-      renderTextHits(data);
-      setStatus(`Image → texts: ${summary(data, "result")}`);
-    } catch (err) {
-      if (err.name === "AbortError") return;
-      setLoading(els.textResults, false);
-      showFailed(els.textResults);
-      showError(err instanceof ApiError ? err.message : "Something went wrong while searching.");
-      setStatus("Search failed.");
-    } finally {
-      if (inflight.text === controller) {
-        inflight.text = null;
-        els.dropzone.classList.remove("busy");
-        setLoading(els.textResults, false);
-      }
-    }
+  /** Search with an image: a File, or a promise of one (a gallery image being fetched). */
+  function searchImage(file, caption) {
+    if (!file) return Promise.resolve();
+    return runSearch(panels.image, async (signal) => {
+      const query = await file;
+      if (signal.aborted) throw new DOMException("superseded", "AbortError");
+      lastFile = query;
+      lastCaption = caption || null;
+      showPreview(query, caption);
+      const form = new FormData();
+      form.append("file", query, query.name || "image");
+      form.append("k", els.k.value);
+      return { body: form };
+    }, {
+      start: () => els.dropzone.classList.add("busy"),
+      end: () => els.dropzone.classList.remove("busy"),
+    });
+  }
+
+  const EXTENSIONS = { "image/png": "png", "image/jpeg": "jpg", "image/gif": "gif", "image/webp": "webp", "image/bmp": "bmp" };
+
+  /** The stored file of gallery image `id`, as a File to upload. */
+  async function galleryImage(id) {
+    const response = await send(imageUrl(id), { headers: { Accept: "image/*" } });
+    if (!response.ok) throw await errorFrom(response);
+    const blob = await response.blob();
+    const ext = EXTENSIONS[blob.type] || "img";
+    const base = id.replace(/[^A-Za-z0-9._-]+/g, "_").slice(-80) || "image";
+    return new File([blob], `${base}.${ext}`, { type: blob.type || "application/octet-stream" });
+  }
+
+  /** An image result was activated: search images with its file. */
+  function browseImage(id) {
+    setTarget(panels.image, "image");
+    els.file.value = "";
+    els.file.focus();
+    return searchImage(galleryImage(id), `Image ${id}`);
   }
 
   // ---- wiring ---------------------------------------------------------------------------
@@ -343,11 +453,25 @@
   window.addEventListener("dragover", (event) => event.preventDefault());
   window.addEventListener("drop", (event) => event.preventDefault());
 
+  function rerunText() {
+    if (els.query.value.trim() && panels.text.searched) searchText();
+  }
+
+  function rerunImage() {
+    if (lastFile && panels.image.searched) searchImage(lastFile, lastCaption);
+  }
+
   // Changing k re-runs the last searches so the lists match the selector.
   els.k.addEventListener("change", () => {
-    if (els.query.value.trim() && els.imageResults.querySelector(".hit")) searchText();
-    if (lastFile && els.textResults.querySelector(".hit")) searchImage(lastFile);
+    rerunText();
+    rerunImage();
   });
+
+  // Switching what a panel finds re-runs its last search.
+  document.querySelectorAll('input[name="text-target"]').forEach((radio) =>
+    radio.addEventListener("change", rerunText));
+  document.querySelectorAll('input[name="image-target"]').forEach((radio) =>
+    radio.addEventListener("change", rerunImage));
 
   loadGallery("images", els.galleryImages);
   loadGallery("texts", els.galleryTexts);

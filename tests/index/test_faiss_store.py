@@ -554,8 +554,8 @@ def test_gpu_mirror_matches_oracle_through_adds_and_removes(bits):
     before = len(made)
     for k in (1, 9, 60):
         assert_knn_matches(store, [ids[p] for p in keep], codes[keep], queries, k)
-    assert len(made) == before + 1  # rebuilt once after the removal, then reused
-    assert made[-1].ntotal == len(keep)
+    assert len(made) == before  # 60 of 400 rows removed: tombstones, no rebuild
+    assert made[-1].ntotal == 400
 
 
 def test_gpu_mirror_hands_large_k_and_range_to_the_cpu_index():
@@ -577,3 +577,65 @@ def test_cuda_without_gpu_is_a_clear_error():
     with pytest.raises(RuntimeError, match="faiss-gpu"):
         FaissCodeStore(64, device="cuda")
     assert FaissCodeStore(64, device="auto").device == "cpu"
+
+
+def test_gpu_mirror_removes_are_tombstones_until_a_quarter_is_dead():
+    made: list[_EmulatedGpuIndex] = []
+
+    def factory(b):
+        made.append(_EmulatedGpuIndex(b))
+        return made[-1]
+
+    rng = np.random.default_rng(5)
+    codes = tie_heavy_codes(rng, 400, 32)
+    ids = [f"t{i}" for i in range(400)]
+    store = FaissCodeStore(32, device="cuda", _gpu_factory=factory)
+    store.add(ids, codes)
+    live = list(range(400))
+    for step in range(1, 6):  # 5 x 10 removes = 12.5% dead: no rebuild
+        gone = live[:10]
+        store.remove([ids[p] for p in gone])
+        live = live[10:]
+        assert_knn_matches(store, [ids[p] for p in live], codes[live], codes[:8], 9)
+    assert len(made) == 1 and made[0].ntotal == 400  # the removed rows stay on the "GPU"
+    store.remove([ids[p] for p in live[:60]])  # now past a quarter: rebuilt once at the next search
+    live = live[60:]
+    assert_knn_matches(store, [ids[p] for p in live], codes[live], codes[:8], 9)
+    assert len(made) == 2 and made[-1].ntotal == len(live)
+
+
+def test_a_failed_gpu_add_is_never_searched_stale():
+    class FailingOnce(_EmulatedGpuIndex):
+        fail = True
+
+        def add(self, codes) -> None:
+            if FailingOnce.fail:
+                FailingOnce.fail = False
+                raise RuntimeError("cudaMalloc failed")
+            super().add(codes)
+
+    rng = np.random.default_rng(9)
+    codes = rng.integers(0, 256, (200, 8), dtype=np.uint8)
+    ids = [str(i) for i in range(200)]
+    store = FaissCodeStore(64, device="cuda", _gpu_factory=FailingOnce)
+    store.add(ids[:100], codes[:100])  # the GPU add fails after the commit: the mirror goes stale
+    store.add(ids[100:], codes[100:])
+    assert_knn_matches(store, ids, codes, codes[:5], 7)  # rebuilt from the CPU index, nothing missing
+
+
+def test_gpu_mirror_resolves_deep_ties_on_the_gpu():
+    made: list[_EmulatedGpuIndex] = []
+
+    def factory(b):
+        made.append(_EmulatedGpuIndex(b))
+        return made[-1]
+
+    codes = np.zeros((600, 4), dtype=np.uint8)  # 600 identical codes: one tie group of 600
+    codes[300:] = 255
+    ids = [f"d{i}" for i in range(600)]
+    store = FaissCodeStore(32, device="cuda", _gpu_factory=factory)
+    store.add(ids, codes)
+    before = made[0].searches
+    got, dist = store.search(codes[:1], 5)
+    assert got[0] == ids[:5] and dist[0].tolist() == [0] * 5  # insertion order among the ties
+    assert made[0].searches > before + 1  # fetched deeper on the GPU (no CPU range search needed)

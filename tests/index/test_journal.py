@@ -116,3 +116,59 @@ def test_crash_during_compaction_neither_loses_nor_repeats(tmp_path: Path, saved
     reopened.add(["after"], codes(1, 7))  # numbered past the marker, so replayed next time
     expected["after"] = (bytes(codes(1, 7)[0]), {})
     assert contents(JournaledGallery(Gallery.open(path)).gallery) == as_list(expected)
+
+
+class _FailingOs:
+    """`os` as index.journal sees it, with the calls in `fail` raising OSError(ENOSPC)."""
+
+    def __init__(self, *fail: str) -> None:
+        self.fail = set(fail)
+
+    def __getattr__(self, name: str):
+        import os
+
+        if name in self.fail:
+            def failing(*args, **kwargs):
+                raise OSError(28, "No space left on device")
+            return failing
+        return getattr(os, name)
+
+
+def test_failed_append_is_cut_back_and_never_replayed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import index.journal as journal_module
+
+    journaled = JournaledGallery(new_gallery(tmp_path / "g"))
+    journaled.add(["ok"], codes(1, 1))
+    size = (tmp_path / "g" / JOURNAL_FILE).stat().st_size
+    monkeypatch.setattr(journal_module, "os", _FailingOs("fsync"))  # the bytes reach the file, the fsync fails
+    with pytest.raises(OSError):
+        journaled.add(["refused"], codes(1, 2))
+    with pytest.raises(OSError):
+        journaled.remove(["ok"])
+    assert (tmp_path / "g" / JOURNAL_FILE).stat().st_size == size and journaled.ids() == ["ok"]
+    monkeypatch.setattr(journal_module, "os", _FailingOs("fsync", "ftruncate"))  # cannot even cut back: read-only
+    with pytest.raises(OSError):
+        journaled.add(["torn"], codes(1, 3))
+    assert not journaled.writable
+    monkeypatch.undo()
+    journaled.add(["after"], codes(1, 4))  # cut back first, then appended
+    assert journaled.writable
+    assert [r["id"] for r in read_journal(tmp_path / "g")] == ["ok", "after"]
+    assert JournaledGallery(Gallery.open(tmp_path / "g")).ids() == ["ok", "after"]
+
+
+def test_failed_compaction_keeps_the_write_and_is_retried(tmp_path: Path) -> None:
+    journaled = JournaledGallery(new_gallery(tmp_path / "g"), compact_every=2)
+    save = journaled.gallery.save
+
+    def failing_save() -> None:
+        raise OSError(28, "No space left on device")
+
+    journaled.gallery.save = failing_save  # type: ignore[method-assign]
+    journaled.add(["a", "b"], codes(2, 1))  # compaction fails: not raised, counted
+    journaled.remove(["a"])
+    assert journaled.take_compaction_failures() == 1 and journaled.take_compaction_failures() == 0
+    assert journaled.pending == 3 and not list((tmp_path / "g").glob("*.tmp"))
+    journaled.gallery.save = save  # type: ignore[method-assign]
+    journaled.add(["c"], codes(1, 2))  # retried (after a short back-off) and done
+    assert journaled.pending == 0 and Gallery.open(tmp_path / "g").store.ids() == ["b", "c"]

@@ -8,7 +8,6 @@ import hashlib
 import json
 import math
 import re
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np

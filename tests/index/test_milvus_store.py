@@ -22,6 +22,7 @@ pytest.importorskip("faiss")
 from pymilvus import DataType, MilvusClient  # noqa: E402
 
 from index import milvus_store  # noqa: E402
+from model.runtime.errors import UserError  # noqa: E402
 from index.faiss_store import FaissCodeStore  # noqa: E402
 from index.milvus_store import STORE_FILE, MilvusCodeStore  # noqa: E402
 from index.store import CodeStore  # noqa: E402
@@ -309,11 +310,11 @@ def test_validation_errors(make_store: MakeStore, uri: str):
         with pytest.raises(ValueError):
             store.range_search(q, bad)
     for kwargs in ({"bits": 12}, {"bits": True}, {"index_type": "HNSW"}, {"index_type": "BIN_IVF_FLAT"}, {"nprobe": 0}):
-        with pytest.raises(ValueError):
+        with pytest.raises((ValueError, UserError)):  # a choice the user made (index type) is a UserError
             MilvusCodeStore(**{"bits": 16, "uri": uri, "collection": "never_made", **kwargs})
-    with pytest.raises(ValueError, match="collection name"):
+    with pytest.raises(UserError, match="collection name"):
         MilvusCodeStore(16, uri, "bad-name")
-    with pytest.raises(ValueError, match="no collection"):
+    with pytest.raises(UserError, match="no collection"):
         MilvusCodeStore(16, uri, "never_made", create=False)
 
 
@@ -378,12 +379,12 @@ def test_crash_during_save_keeps_previous_sidecar(make_store: MakeStore, tmp_pat
 
 def test_dim_mismatch_and_foreign_collections_refused(make_store: MakeStore, uri: str, tmp_path: Path):
     store = make_store(32)
-    with pytest.raises(ValueError, match="32-bit codes, not 64"):
+    with pytest.raises(UserError, match="32-bit codes, not 64"):
         MilvusCodeStore(64, uri, store.collection)
     store.save(tmp_path)
     state = json.loads((tmp_path / STORE_FILE).read_text())
     (tmp_path / STORE_FILE).write_text(json.dumps({**state, "bits": 16}))
-    with pytest.raises(ValueError, match="32-bit codes, not 16"):
+    with pytest.raises(UserError, match="32-bit codes, not 16"):
         MilvusCodeStore.load(tmp_path)
     (tmp_path / STORE_FILE).write_text(json.dumps({**state, "backend": "faiss"}))
     with pytest.raises(ValueError, match="not a Milvus store"):
@@ -394,5 +395,5 @@ def test_dim_mismatch_and_foreign_collections_refused(make_store: MakeStore, uri
     schema.add_field("vector", DataType.BINARY_VECTOR, dim=8)
     client.create_collection("foreign", schema=schema)
     client.close()
-    with pytest.raises(ValueError, match="not a code store"):
+    with pytest.raises(UserError, match="not a code store"):
         MilvusCodeStore(8, uri, "foreign")

@@ -214,7 +214,8 @@ def test_failed_compaction_keeps_the_acknowledged_write(make_settings, where: st
         journaled.gallery.save = real_save
         assert statuses == [201] * 5  # every append was durable: a failed compaction fails none of them
         metrics = client.get("/metrics").text
-        failures = [line for line in metrics.splitlines() if line.startswith("cmhash_gallery_compaction_failures_total")]
+        name = "cmhash_gallery_compaction_failures_total"
+        failures = [line for line in metrics.splitlines() if line.startswith(name)]
         assert failures and float(failures[0].split()[-1]) >= 1 and 'gallery="text"' in failures[0], failures
         assert not leftovers(text_dir) and not list(text_dir.glob("snapshot-*.tmp"))
         assert client.get("/gallery/texts").json()["pending"] >= 5

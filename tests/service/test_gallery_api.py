@@ -66,7 +66,7 @@ def test_add_texts_several_and_duplicates(make_settings, encoder: Encoder) -> No
     with open_client(make_settings()) as client:
         r = client.post("/gallery/texts", json={"items": [
             {"id": "n1", "text": "a plain purple thing", "metadata": {"source": "test"}},
-            {"text": "another purple thing"},
+            {"text": "another red thing"},
         ]})
         assert r.status_code == 201, r.text
         new_ids = r.json()["ids"]
@@ -76,9 +76,10 @@ def test_add_texts_several_and_duplicates(make_settings, encoder: Encoder) -> No
         assert item["code"] == bytes(encoder.encode_texts(["a plain purple thing"])[0]).hex()
         hits = client.post("/search/text-to-text", json={"text": "a plain purple thing", "k": 14})
         assert "n1" in ids_of(hits) and hits.json()["results"][0]["distance"] == 0
-        dup = client.post("/gallery/texts", json={"items": [{"id": "t00", "text": "x y"}]})
+        dup = client.post("/gallery/texts", json={"items": [{"id": "t00", "text": "a red square"}]})
         assert dup.status_code == 409 and dup.json()["error"]["code"] == "conflict"
-        twice = client.post("/gallery/texts", json={"items": [{"id": "z", "text": "a"}, {"id": "z", "text": "b"}]})
+        twice = client.post("/gallery/texts", json={"items": [{"id": "z", "text": "a red square"},
+                                                               {"id": "z", "text": "a blue square"}]})
         assert twice.status_code == 409
         dup_image = client.post("/gallery/images", files=[("files", ("i00.png", png_bytes(0), "image/png"))])
         assert dup_image.status_code == 409

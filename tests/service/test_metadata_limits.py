@@ -34,7 +34,8 @@ _ids = itertools.count()
 
 
 @pytest.fixture(scope="module")
-def limits_settings(tiny_model_dir: Path, gallery_templates: Path, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+def limits_settings(tiny_model_dir: Path, gallery_templates: Path,
+                    tmp_path_factory: pytest.TempPathFactory) -> Settings:
     root = tmp_path_factory.mktemp("service_metadata")
     shutil.copytree(gallery_templates / "images", root / "images")
     shutil.copytree(gallery_templates / "texts", root / "texts")
@@ -67,7 +68,8 @@ def add_text(api: TestClient, metadata: Any, raw: bytes | None = None) -> tuple[
     if raw is None:
         body = json.dumps({"items": [{"id": item_id, "text": TEXT, "metadata": metadata}]}).encode()
     else:  # metadata given as raw JSON text (values json.dumps cannot write, e.g. huge integers)
-        body = b'{"items": [{"id": "' + item_id.encode() + b'", "text": "' + TEXT.encode() + b'", "metadata": ' + raw + b"}]}"
+        head = f'{{"items": [{{"id": "{item_id}", "text": "{TEXT}", "metadata": '.encode()
+        body = head + raw + b"}]}"
     return item_id, api.post("/gallery/texts", content=body, headers={"content-type": "application/json"})
 
 
@@ -85,7 +87,8 @@ def check_outcome(api: TestClient, kind: str, item_id: str, r: httpx.Response, s
     meta = got.json()["metadata"]
     if sent is not None:  # the server's own keys (text, path, filename) replace any sent under those names
         ours = ("text", "path", "filename")
-        assert same_json({k: v for k, v in meta.items() if k not in ours}, {k: v for k, v in sent.items() if k not in ours})
+        assert same_json({k: v for k, v in meta.items() if k not in ours},
+                         {k: v for k, v in sent.items() if k not in ours})
     count = api.get(f"/gallery/{kind}").json()["count"]
     if kind == "texts":
         hits = api.post("/search/text-to-text", json={"text": TEXT, "k": count})
@@ -166,7 +169,8 @@ if given is not None:
     shapes = st.one_of(
         st.dictionaries(st.text(max_size=8), json_values, max_size=5),
         st.builds(nested, st.integers(min_value=1, max_value=40), scalars),
-        st.builds(lambda n, s: {"s": s * n}, st.integers(min_value=1, max_value=40_000), st.sampled_from(["x", "\u00e9"])),
+        st.builds(lambda n, s: {"s": s * n}, st.integers(min_value=1, max_value=40_000),
+                  st.sampled_from(["x", "\u00e9"])),
     )
 
     @settings(max_examples=60, deadline=None, derandomize=True, database=None,

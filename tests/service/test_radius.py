@@ -27,7 +27,8 @@ QUERY_IMAGE = png_bytes(2, seed=21)
 def search(client: TestClient, route: str, radius: int, k: int = 100):
     if ROUTES[route][0] == "text":
         return client.post(route, json={"text": QUERY_TEXT, "k": k, "radius": radius})
-    return client.post(route, files={"file": ("q.png", QUERY_IMAGE, "image/png")}, data={"k": str(k), "radius": str(radius)})
+    return client.post(route, files={"file": ("q.png", QUERY_IMAGE, "image/png")},
+                       data={"k": str(k), "radius": str(radius)})
 
 
 def everything(settings: Settings, encoder: Encoder, route: str) -> list[tuple[str, int]]:
@@ -51,12 +52,16 @@ def test_radius_equal_to_bits_returns_every_item(client: TestClient, module_sett
     assert len(expected) == (N_IMAGES if ROUTES[route][1] == "image" else N_TEXTS)
     assert body["total"] == len(expected)
     assert [(h["id"], h["distance"]) for h in body["results"]] == expected
+    assert [h["rank"] for h in body["results"]] == list(range(1, len(expected) + 1))
     # a page of it: the same ranking, offset into it
-    r = client.post(route, json={"text": QUERY_TEXT, "k": 3, "offset": 2, "radius": bits}) if ROUTES[route][0] == "text" \
-        else client.post(route, files={"file": ("q.png", QUERY_IMAGE, "image/png")},
-                         data={"k": "3", "offset": "2", "radius": str(bits)})
+    if ROUTES[route][0] == "text":
+        r = client.post(route, json={"text": QUERY_TEXT, "k": 3, "offset": 2, "radius": bits})
+    else:
+        r = client.post(route, files={"file": ("q.png", QUERY_IMAGE, "image/png")},
+                        data={"k": "3", "offset": "2", "radius": str(bits)})
     assert r.status_code == 200 and r.json()["total"] == len(expected)
     assert [(h["id"], h["distance"]) for h in r.json()["results"]] == expected[2:5]
+    assert [h["rank"] for h in r.json()["results"]] == [3, 4, 5]  # ranks in the whole ranking, not the page
 
 
 @pytest.mark.parametrize("route", list(ROUTES))

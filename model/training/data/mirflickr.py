@@ -204,24 +204,23 @@ def load_mirflickr_image_folder(root: Path) -> CrossModalDataset:
         raise DataError(f"none of the {len(rows)} images listed in {rows_path} is in {image_dir}")
     mat_rows = np.array([int(r["row"]) for r in kept], dtype=np.int64)
     tag_lists = [_vocab_tags(_split_list(r["tags"]), vocab_index) for r in kept]
-    if "YAll" in arrays:
-        bow = np.asarray(arrays["YAll"])
-        if bow.ndim != 2 or bow.shape[1] != len(vocabulary) or mat_rows.max() >= len(bow):
+    def rows_of(name: str, columns: list[str], listed_in: Path, what: str) -> np.ndarray:
+        """The `mat_rows` of matrix `name`, refused unless it has one column per `columns` entry
+        and every referenced row."""
+        matrix = np.asarray(arrays[name])
+        if matrix.ndim != 2 or matrix.shape[1] != len(columns) or mat_rows.max() >= len(matrix):
             raise DataError(
-                f"YAll in {sources['YAll']} has shape {bow.shape}; {vocab_path} has "
-                f"{len(vocabulary)} words and {rows_path} refers to row {mat_rows.max()}"
+                f"{name} in {sources[name]} has shape {matrix.shape}; {listed_in} has "
+                f"{len(columns)} {what} and {rows_path} refers to row {mat_rows.max()}"
             )
-        text_features = bow[mat_rows].astype(np.float32)
+        return matrix[mat_rows]
+
+    if "YAll" in arrays:
+        text_features = rows_of("YAll", vocabulary, vocab_path, "words").astype(np.float32)
     else:
         text_features = _bow(tag_lists, vocab_index)
     if "LAll" in arrays:
-        lall = np.asarray(arrays["LAll"])
-        if lall.ndim != 2 or lall.shape[1] != len(label_names) or mat_rows.max() >= len(lall):
-            raise DataError(
-                f"LAll in {sources['LAll']} has shape {lall.shape}; {names_path} has "
-                f"{len(label_names)} names and {rows_path} refers to row {mat_rows.max()}"
-            )
-        labels = (lall[mat_rows] > 0).astype(np.uint8)
+        labels = (rows_of("LAll", label_names, names_path, "names") > 0).astype(np.uint8)
     else:
         labels = np.zeros((len(kept), len(label_names)), dtype=np.uint8)
         for i, r in enumerate(kept):

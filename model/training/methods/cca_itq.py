@@ -20,9 +20,13 @@ _ROWS_PER_CHUNK = 4096
 
 
 class CcaItqParams(MethodParams):
-    """CCA-ITQ's hyper-parameters."""
+    """CCA-ITQ's hyper-parameters. The paper fixes no ridge; the default won
+    `python bench/tune.py --defaults --datasets mirflickr,wikipedia-lda` (10 values 1e-5..0.3,
+    mean validation MAP over the MIRFLICKR sample's fold-0 training rows and Wikipedia's
+    official training rows): 0.1 scored 0.398, 1e-3 0.397, 1e-4 (the previous default) 0.395
+    (all within 0.005: CCA-ITQ is insensitive to it)."""
 
-    reg: float = Field(1e-4, gt=0, description="ridge on each covariance, times its mean diagonal")
+    reg: float = Field(0.1, gt=0, description="ridge on each covariance, times its mean diagonal")
     iterations: int = Field(50, ge=1, description="ITQ alternations of B = sgn(VR) and the Procrustes step")
 
 
