@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Mapping
+from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from index.gallery import GALLERY_FILE, Gallery, open_or_create, read_info
+from index.locks import WriterLock
 from index.mih import IndexType
 from index.pipeline import IndexReport, index_items
+from index.search import Page, check_filter, search_pages
 from index.snapshots import CURRENT, write_atomic
-from index.search import Page, search_pages
 from index.sources import Listing, image_listing, text_listing
 from index.store import CodeStore
 from model.runtime.choices import Device, Modality
@@ -112,25 +115,29 @@ def build_gallery(
             raise UserError(f"{out} exists and is not a gallery: refusing to replace it")
         target = out.with_name(out.name + ".rebuild")
         shutil.rmtree(target, ignore_errors=True)
-    gallery = _open_or_create(target, kind, encoder, milvus, index)
-    removed = gallery.store.remove(remove or [])
-    if prune:
-        listed = {item.id for item in listing.items}
-        removed += gallery.store.remove([i for i in gallery.store.ids() if i not in listed])
-    dropped = set(remove or [])
-    items = [item for item in listing.items if item.id not in dropped]
-    report = index_items(gallery, items, encoder, batch_size=batch_size, workers=workers,
-                         save_every_s=save_every_s, progress=progress)
-    report.removed = removed
-    report.skipped = listing.rejected + report.skipped
-    if rebuild:
-        old = out.with_name(out.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        if out.exists():
-            out.rename(old)
-        target.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    write_atomic(out / REPORT_FILE, json.dumps(report.to_json(), indent=1))
+    with ExitStack() as writers:  # one writer per gallery: refused while a server or another run writes it
+        if rebuild and _is_gallery_dir(out):
+            writers.enter_context(WriterLock(out))
+        gallery = _open_or_create(target, kind, encoder, milvus, index)
+        writers.enter_context(WriterLock(target))
+        removed = gallery.store.remove(remove or [])
+        if prune:
+            listed = {item.id for item in listing.items}
+            removed += gallery.store.remove([i for i in gallery.store.ids() if i not in listed])
+        dropped = set(remove or [])
+        items = [item for item in listing.items if item.id not in dropped]
+        report = index_items(gallery, items, encoder, batch_size=batch_size, workers=workers,
+                             save_every_s=save_every_s, progress=progress)
+        report.removed = removed
+        report.skipped = listing.rejected + report.skipped
+        if rebuild:
+            old = out.with_name(out.name + ".old")
+            shutil.rmtree(old, ignore_errors=True)
+            if out.exists():
+                out.rename(old)
+            target.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        write_atomic(out / REPORT_FILE, json.dumps(report.to_json(), indent=1))
     return report
 
 
@@ -145,19 +152,22 @@ def search_gallery(
     device: Device = "auto",
     threads: int | None = None,
     milvus_token: str | None = None,
+    filter: Mapping[str, Any] | None = None,
 ) -> Page:
     """Encode one text or image query with `model_dir` and return the first `k` nearest items
     of the gallery (or, with `radius`, of those within that Hamming distance, inclusive; `found`
     counts them all, and `nearest` says how far the best match is when none is within),
-    ordered by (distance, insertion order). Refuses a gallery built with another model."""
+    ordered by (distance, insertion order); with `filter` (index.search.matches), among the
+    items whose metadata match only. Refuses a gallery built with another model."""
     if (text is None) == (image is None):
         raise UserError("give exactly one query: a text or an image")
     if image is not None and not Path(image).is_file():
         raise UserError(f"{image}: no such image file")
+    flt = check_filter(filter)
     encoder = _load_encoder(model_dir, device, threads)
     if text is not None and not encoder.reads_words(text):
         raise UserError(f"no word of {text!r} is known to the model (its vocabulary is the words of its training texts)")
     gallery = Gallery.open(gallery_dir, model_checksum=encoder.checksum, bits=encoder.bits, token=milvus_token)
     code = encoder.encode_texts([text]) if text is not None else encoder.encode_images([Path(image)])  # type: ignore[arg-type]
-    page = search_pages(gallery.store, code, [(0, k)], radius, explain_empty=True)[0]
+    page = search_pages(gallery.store, code, [(0, k)], radius, explain_empty=True, filter=flt)[0]
     return replace(page, unknown_words=encoder.unknown_words(text)) if text is not None else page

@@ -324,6 +324,41 @@ class FaissCodeStore:
             code = np.asarray(self._index.reconstruct(int(row[0])), dtype=np.uint8)
             return {"id": id, "code": code[: self.code_bytes].copy(), "metadata": json.loads(row[1])}
 
+    def candidates(self, filter: dict[str, Any]) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """The items whose metadata match `filter` (see `index.search.matches`): ids, internal
+        ids (insertion order) and codes, in insertion order. One SQL query over the metadata
+        (json_each: any key, same JSON type, or an element of a list), codes read in one batch."""
+        clauses, params = [], []
+        for key, value in filter.items():
+            if isinstance(value, bool):
+                kind, value = ("= 'true'" if value else "= 'false'"), int(value)
+            elif isinstance(value, str):
+                kind = "= 'text'"
+            elif isinstance(value, int | float):
+                kind = "IN ('integer', 'real')"
+            else:
+                raise ValueError(f"filter value of {key!r} must be a string, number or boolean")
+            clauses.append(
+                "EXISTS (SELECT 1 FROM json_each(items.metadata) top WHERE top.key = ? AND ("
+                f"(top.type {kind} AND top.value = ?) OR (top.type = 'array' AND EXISTS ("
+                f"SELECT 1 FROM json_each(top.value) e WHERE e.type {kind} AND e.value = ?))))")
+            params += [key, value, value]
+        where = " AND ".join(clauses) or "1"
+        with self._lock:
+            rows = self._db.execute(f"SELECT iid, id FROM items WHERE {where} ORDER BY iid", params).fetchall()
+            iids = np.asarray([r[0] for r in rows], dtype=np.int64)
+            codes = np.zeros((len(rows), self.code_bytes), dtype=np.uint8)
+            if len(rows):
+                inner = faiss.downcast_IndexBinary(self._index.index)
+                n = self._index.ntotal
+                stored = faiss.rev_swig_ptr(inner.xb.data(), n * self.padded_bytes).reshape(n, self.padded_bytes)
+                id_map = faiss.vector_to_array(self._index.id_map)  # internal id of each row, increasing
+                at = np.searchsorted(id_map, iids)
+                if not np.array_equal(id_map[np.minimum(at, n - 1)], iids):  # pragma: no cover - invariant
+                    raise RuntimeError("FAISS rows do not match the metadata table")
+                codes[:] = stored[at, : self.code_bytes]
+        return [r[1] for r in rows], iids, codes
+
     def _range_raw(self, q: np.ndarray, radius_excl: int) -> list[tuple[np.ndarray, np.ndarray]]:
         """Items with distance < ``radius_excl`` per query, sorted by (distance, internal id)."""
         lims, D, I = self._index.range_search(q, int(radius_excl))

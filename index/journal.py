@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from index.gallery import Gallery, GalleryInfo
+from index.locks import WriterLock
 from index.snapshots import CURRENT, fsync_path, write_atomic
 from index.store import RangeResult, SearchResult
 
@@ -94,10 +95,15 @@ class JournaledGallery:
             raise ValueError(f"compact_every must be positive, got {compact_every}")
         self.gallery = gallery
         self.compact_every = compact_every
+        self._writer = WriterLock(gallery.path)  # one writer per gallery, taken before the journal is read
         self._lock = threading.Lock()
         self._seq = 0
         self._pending = 0
-        self._replay()
+        try:
+            self._replay()
+        except BaseException:
+            self._writer.release()
+            raise
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
         self._fd: int | None = os.open(self.path / JOURNAL_FILE, flags, 0o644)  # unbuffered: no bytes linger
         self._size = os.fstat(self._fd).st_size  # the last good length: every byte below it is acknowledged
@@ -148,6 +154,13 @@ class JournaledGallery:
     def ids(self) -> list[str]:
         """Every id, in insertion order."""
         return self.gallery.store.ids()
+
+    def candidates(self, filter: dict[str, Any]) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """The items matching a metadata filter (ids, insertion order, codes), from the store;
+        `index.search.FilterUnsupported` when its backend has no `candidates`."""
+        from index.search import filter_candidates
+
+        return filter_candidates(self.gallery.store, filter)
 
     def __len__(self) -> int:
         return len(self.gallery.store)
@@ -329,3 +342,4 @@ class JournaledGallery:
                               "journaled", self.path, type(exc).__name__, exc)
             os.close(self._fd)
             self._fd = None
+            self._writer.release()

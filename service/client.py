@@ -66,6 +66,8 @@ __all__ = [
     "ImageFile",
     "ImageInput",
     "Item",
+    "ItemPage",
+    "ItemSummary",
     "Readiness",
     "SearchResponse",
 ]
@@ -120,6 +122,20 @@ class Item(BaseModel):
     id: str = Field(description="item id")
     code: str = Field(description="its packed code as hex")
     metadata: dict[str, Any] = Field(description="what was stored with it")
+
+
+class ItemSummary(BaseModel):
+    """One stored item in a listing."""
+
+    id: str = Field(description="item id")
+    metadata: dict[str, Any] = Field(description="what was stored with it")
+
+
+class ItemPage(BaseModel):
+    """A page of a gallery's items, in insertion order."""
+
+    items: list[ItemSummary] = Field(description="the page: at most limit items, from offset")
+    count: int = Field(description="items in the gallery (over all pages)")
 
 
 class GalleryStatus(BaseModel):
@@ -219,6 +235,7 @@ class _Request(Generic[T]):
     json: Any = None
     data: dict[str, Any] | None = None
     files: list[tuple[str, tuple[str, bytes, str]]] | None = None
+    params: dict[str, Any] | None = None  # the query string
     retry: Retry = "always"  # which 503s may be re-sent: all, the service's own refusals, none
     accept: frozenset[int] = frozenset()  # error statuses parsed as results (readyz's 503)
 
@@ -231,6 +248,8 @@ class _Request(Generic[T]):
             args["data"] = self.data
         if self.files is not None:
             args["files"] = self.files
+        if self.params is not None:
+            args["params"] = self.params
         return args
 
 
@@ -274,17 +293,28 @@ def _item_path(item_id: str) -> str:
     return quote(item_id, safe="")
 
 
-def _text_search(path: str, text: str, k: int, offset: int, radius: int | None) -> _Request[SearchResponse]:
+# A metadata filter: key -> value (str, number or bool); an item matches when metadata[key] equals
+# the value or is a list holding it, for every key.
+Filter = Mapping[str, str | int | float | bool]
+
+
+def _text_search(path: str, text: str, k: int, offset: int, radius: int | None,
+                 filter: Filter | None) -> _Request[SearchResponse]:
     body: dict[str, Any] = {"text": text, "k": k, "offset": offset}
     if radius is not None:
         body["radius"] = radius
+    if filter:
+        body["filter"] = dict(filter)
     return _Request("POST", path, _model(SearchResponse), json=body)
 
 
-def _image_search(path: str, image: ImageInput, k: int, offset: int, radius: int | None) -> _Request[SearchResponse]:
+def _image_search(path: str, image: ImageInput, k: int, offset: int, radius: int | None,
+                  filter: Filter | None) -> _Request[SearchResponse]:
     data = {"k": str(k), "offset": str(offset)}
     if radius is not None:
         data["radius"] = str(radius)
+    if filter:
+        data["filter"] = json.dumps(dict(filter))
     return _Request("POST", path, _model(SearchResponse), data=data, files=[("file", _upload(image))])
 
 
@@ -345,29 +375,30 @@ class _Api:
     # -- search
 
     @_Endpoint
-    def search_text_to_image(self, text: str, *, k: int = 10, offset: int = 0,
-                             radius: int | None = None) -> _Request[SearchResponse]:
+    def search_text_to_image(self, text: str, *, k: int = 10, offset: int = 0, radius: int | None = None,
+                             filter: Filter | None = None) -> _Request[SearchResponse]:
         """Images nearest to `text` (k-NN), or with `radius` every image within that Hamming
-        distance (`total` counts them), paginated by `offset` / `k`."""
-        return _text_search("/search/text-to-image", text, k, offset, radius)
+        distance (`total` counts them), paginated by `offset` / `k`; with `filter` (e.g.
+        {"labels": "dog"}), only over the images whose metadata match."""
+        return _text_search("/search/text-to-image", text, k, offset, radius, filter)
 
     @_Endpoint
-    def search_text_to_text(self, text: str, *, k: int = 10, offset: int = 0,
-                            radius: int | None = None) -> _Request[SearchResponse]:
-        """Texts nearest to `text` (see `search_text_to_image` for k, offset, radius)."""
-        return _text_search("/search/text-to-text", text, k, offset, radius)
+    def search_text_to_text(self, text: str, *, k: int = 10, offset: int = 0, radius: int | None = None,
+                            filter: Filter | None = None) -> _Request[SearchResponse]:
+        """Texts nearest to `text` (see `search_text_to_image` for k, offset, radius, filter)."""
+        return _text_search("/search/text-to-text", text, k, offset, radius, filter)
 
     @_Endpoint
-    def search_image_to_text(self, image: ImageInput, *, k: int = 10, offset: int = 0,
-                             radius: int | None = None) -> _Request[SearchResponse]:
+    def search_image_to_text(self, image: ImageInput, *, k: int = 10, offset: int = 0, radius: int | None = None,
+                             filter: Filter | None = None) -> _Request[SearchResponse]:
         """Texts nearest to an image (bytes, a path, a binary file, or (file name, bytes))."""
-        return _image_search("/search/image-to-text", image, k, offset, radius)
+        return _image_search("/search/image-to-text", image, k, offset, radius, filter)
 
     @_Endpoint
-    def search_image_to_image(self, image: ImageInput, *, k: int = 10, offset: int = 0,
-                              radius: int | None = None) -> _Request[SearchResponse]:
+    def search_image_to_image(self, image: ImageInput, *, k: int = 10, offset: int = 0, radius: int | None = None,
+                              filter: Filter | None = None) -> _Request[SearchResponse]:
         """Images nearest to an image."""
-        return _image_search("/search/image-to-image", image, k, offset, radius)
+        return _image_search("/search/image-to-image", image, k, offset, radius, filter)
 
     # -- encode
 
@@ -420,6 +451,13 @@ class _Api:
     def get_item(self, kind: Kind, item_id: str) -> _Request[Item]:
         """One item of the images or texts gallery: id, code (hex) and metadata."""
         return _Request("GET", f"/gallery/{_gallery(kind)}/{_item_path(item_id)}", _model(Item))
+
+    @_Endpoint
+    def list_items(self, kind: Kind, *, offset: int = 0, limit: int = 100) -> _Request[ItemPage]:
+        """A page of the images or texts gallery's items (id, metadata) in insertion order, and
+        the gallery's size (`count`); page on with offset += limit (limit at most the server's max_k)."""
+        return _Request("GET", f"/gallery/{_gallery(kind)}/items", _model(ItemPage),
+                        params={"offset": offset, "limit": limit})
 
     @_Endpoint
     def delete_item(self, kind: Kind, item_id: str) -> _Request[Deleted]:

@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import json
 import re
 import time
 import weakref
+from collections.abc import Callable, Mapping
 from pathlib import PurePosixPath
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
-from fastapi import UploadFile
+from fastapi import Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
+from starlette.datastructures import UploadFile as FormFile
 
-from index.search import Hit
+from index.search import Hit, check_filter, supports_filter
 from model.runtime.choices import Modality
+from model.runtime.errors import UserError
 from model.runtime.image import ImageDecodeError, ImageTooLargeError
 from service.deps import check_page, check_text
 from service.errors import bad_request, too_large, unsupported
@@ -83,11 +91,14 @@ async def image_array(state: ServiceState, data: bytes, name: str = "upload") ->
 
 
 async def run_search(state: ServiceState, modality: Modality, query: np.ndarray | str, target: Modality,
-                     k: int, offset: int, radius: int | None, started: float) -> SearchResponse:
-    """One page of `target` results for `query` (k-NN after `offset`, or the radius lookup's page)."""
+                     k: int, offset: int, radius: int | None, started: float,
+                     filter: Mapping[str, Any] | None = None) -> SearchResponse:
+    """One page of `target` results for `query` (k-NN after `offset`, or the radius lookup's page),
+    over the items matching `filter` when one is given."""
     check_page(state, k, offset, radius)
     journaled = state.gallery(target)
-    outcome = await state.batchers[modality].submit(SearchJob(query, target, offset, k, radius))
+    flt = check_search_filter(state, target, filter)
+    outcome = await state.batchers[modality].submit(SearchJob(query, target, offset, k, radius, flt or None))
     return SearchResponse(results=[public_hit(hit) for hit in outcome.hits], bits=journaled.bits,
                           took_ms=(time.perf_counter() - started) * 1000.0,
                           total=outcome.found if radius is not None else None,
@@ -123,3 +134,150 @@ def public_hit(hit: Hit) -> Hit:
     """A search hit with `public_metadata`."""
     shown = public_metadata(hit.metadata)
     return hit if shown is hit.metadata else hit.model_copy(update={"metadata": shown})
+
+
+# ----------------------------------------------------------------------------- filters, JSON images
+
+def check_search_filter(state: ServiceState, target: Modality, filter: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A search's metadata filter, checked (400 naming the problem: a nested value, a null...)
+    before it joins a batch; 400 too when the target gallery's backend cannot filter."""
+    try:
+        flt = check_filter(filter)
+    except UserError as exc:
+        raise bad_request(f"filter: {exc}") from None
+    if flt and not supports_filter(state.gallery(target)):
+        raise bad_request(f"filter: the {target} gallery's backend ({state.gallery(target).info.backend}) "
+                          "does not support filtered search")
+    return flt
+
+
+def form_filter(raw: str | None) -> dict[str, Any] | None:
+    """The multipart `filter` field: a JSON object as text (empty: none); 400 otherwise."""
+    if raw is None or not raw.strip():
+        return None
+    try:
+        value = json.loads(raw)
+    except (json.JSONDecodeError, RecursionError, ValueError):
+        raise bad_request("filter must be a JSON object, e.g. {\"labels\": \"dog\"}") from None
+    if not isinstance(value, dict):
+        raise bad_request("filter must be a JSON object, e.g. {\"labels\": \"dog\"}")
+    return value
+
+
+_URL_NAMES = re.compile(r"(?:^|_)(?:url|uri|href|link)s?$", re.IGNORECASE)
+_URL_VALUE = re.compile(r"^\s*(?:https?|ftp|file|s3|gs)://", re.IGNORECASE)
+URLS_REFUSED = ("URLs are not fetched (the server makes no outgoing requests): send the image itself, as "
+                "image_base64 in JSON or as a multipart file upload")
+
+
+def refuse_urls(fields: Mapping[str, Any]) -> None:
+    """400 for a request that names an image by URL (a field like url / image_url, or a URL where
+    the image should be): the service never fetches, so it says so rather than ignore the field."""
+    for name, value in fields.items():
+        if isinstance(name, str) and _URL_NAMES.search(name):
+            raise bad_request(f"{name}: {URLS_REFUSED}")
+        if name == "image_base64" and isinstance(value, str) and _URL_VALUE.match(value):
+            raise bad_request(f"image_base64 holds a URL; {URLS_REFUSED}")
+
+
+_DATA_URL = re.compile(r"^data:[\w.+/-]*(?:;[\w.+-]+=[\w.+-]+)*;base64,", re.IGNORECASE)
+
+
+def decode_base64_image(value: str, limit: int, field: str = "image_base64") -> bytes:
+    """The bytes of a base64 image field (standard alphabet, padding required, whitespace and a
+    data: URL prefix allowed); 400 naming the field when it is not base64, 413 when it decodes to
+    more than `limit` bytes (refused before decoding when its length already says so)."""
+    text = _DATA_URL.sub("", value.strip(), count=1)
+    text = "".join(text.split())
+    if len(text) // 4 * 3 - 2 > limit:
+        raise too_large(f"{field} decodes to more than the {limit}-byte limit (max_upload_bytes)")
+    try:
+        data = base64.b64decode(text.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError, ValueError):
+        raise bad_request(f"{field} is not valid base64 (standard alphabet A-Z a-z 0-9 + /, with = padding)") from None
+    if len(data) > limit:
+        raise too_large(f"{field} decodes to {len(data)} bytes, more than the {limit}-byte limit (max_upload_bytes)")
+    return data
+
+
+Fields = TypeVar("Fields", bound=BaseModel)
+
+
+def _validated(model: type[Fields], values: Mapping[str, Any]) -> Fields:
+    """`values` as `model`, or the usual 422 naming each invalid field (loc body.<field>)."""
+    try:
+        return model.model_validate(dict(values))
+    except ValidationError as exc:
+        errors = [{"loc": ("body", *e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+        raise RequestValidationError(errors) from None
+
+
+def _missing_file(field: str, got: object) -> RequestValidationError:
+    msg = "Field required" if got is None else "Expected UploadFile, received: " + type(got).__name__
+    kind = "missing" if got is None else "value_error"
+    return RequestValidationError([{"loc": ("body", field), "msg": msg, "type": kind}])
+
+
+def _is_json(request: Request) -> bool:
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+async def image_request(request: Request, state: ServiceState, form_model: type[Fields],
+                        json_model: type[BaseModel], check: Callable[[Fields], None] = lambda _: None,
+                        ) -> tuple[Fields, bytes, str]:
+    """The fields (as `form_model`), vetted image bytes and a name for messages of a request that
+    carries one image either as a multipart upload (form field "file"; a "filter" field is a JSON
+    object as text) or as JSON (`json_model`: "image_base64" and the same fields). `check(fields)`
+    runs before the image is read or decoded. Limits and errors are the same for both: the
+    (decoded) size against max_upload_bytes (413), the image header checks (415 / 413), 422 for
+    a missing or mistyped field, 400 for a URL instead of an image."""
+    limit = state.settings.max_upload_bytes
+    if _is_json(request):
+        try:
+            body = json.loads(await request.body())
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, ValueError):
+            raise RequestValidationError([{"loc": ("body",), "msg": "JSON decode error",
+                                           "type": "json_invalid"}]) from None
+        if not isinstance(body, dict):
+            raise RequestValidationError([{"loc": ("body",), "msg": "Input should be a JSON object",
+                                           "type": "dict_type"}])
+        refuse_urls(body)
+        parsed = _validated(json_model, body)
+        fields = form_model.model_validate(parsed.model_dump(include=set(form_model.model_fields)))
+        check(fields)
+        data = decode_base64_image(str(parsed.image_base64), limit)  # type: ignore[attr-defined]
+        name = "image_base64"
+    else:
+        async with request.form() as form:
+            refuse_urls({key: None for key in form})
+            values: dict[str, Any] = {}
+            for key in form_model.model_fields:
+                value = form.get(key)
+                if value is None or value == "":
+                    continue  # an empty form field is an absent one (FastAPI's rule)
+                values[key] = form_filter(value) if key == "filter" and isinstance(value, str) else value
+            fields = _validated(form_model, values)
+            file = form.get("file")
+            if not isinstance(file, FormFile):
+                raise _missing_file("file", file)
+            check(fields)
+            data = await read_upload(file, limit)  # type: ignore[arg-type]
+            name = repr(file.filename or "upload")
+    check_image(data, state.settings.max_image_pixels, name)
+    return fields, data, name
+
+
+def image_openapi(fields: type[BaseModel], json_model: type[BaseModel], what: str) -> dict[str, Any]:
+    """`openapi_extra` of a route that reads `image_request`: both request bodies (a multipart
+    upload with `fields` as form fields, or `json_model`)."""
+    form = fields.model_json_schema()
+    properties: dict[str, Any] = {"file": {"type": "string", "format": "binary", "description": what}}
+    for name, schema in form.get("properties", {}).items():
+        if name == "filter":
+            schema = {"type": "string", "description": "a JSON object as text: " + schema.get("description", "")}
+        properties[name] = schema
+    return {"requestBody": {"required": True, "content": {
+        "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": properties}},
+        "application/json": {"schema": json_model.model_json_schema()},
+    }}}

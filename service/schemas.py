@@ -12,6 +12,20 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from index.search import Hit
 
+FILTER_DESCRIPTION = ("restrict the search to items whose metadata match: every key's value (a string, number or "
+                      "boolean; nested values are refused) must equal metadata[key] or be an element of it when it "
+                      "is a list, e.g. {\"labels\": \"dog\"}; ranking, ties and pagination as without a filter; "
+                      "null or {}: every item")
+
+
+def FILTER_SCHEMA(schema: dict[str, Any]) -> None:
+    """What the OpenAPI document says a filter holds: an object of strings, numbers and booleans
+    (the model accepts any object, so the route can answer a nested value with a 400)."""
+    values = {"anyOf": [{"type": "string"}, {"type": "number"}, {"type": "boolean"}]}
+    schema["anyOf"] = [{"type": "object", "additionalProperties": values}, {"type": "null"}]
+IMAGE_BASE64_DESCRIPTION = ("the image file's bytes in base64 (standard alphabet; a data: URL prefix is allowed); "
+                            "the decoded size counts against max_upload_bytes. URLs are never fetched")
+
 
 class TextQuery(BaseModel):
     """A text search."""
@@ -23,6 +37,51 @@ class TextQuery(BaseModel):
     radius: int | None = Field(None, description="hash lookup: every item within this Hamming distance (0..bits), "
                                                  "paginated by offset / k; null: the k nearest (k-NN)")
     offset: int = Field(0, description="results skipped before the page (0..max_offset)")
+    filter: dict[str, Any] | None = Field(None, description=FILTER_DESCRIPTION, json_schema_extra=FILTER_SCHEMA)
+
+
+class ImageSearchFields(BaseModel):
+    """The fields of an image search besides the image (multipart form fields or JSON)."""
+
+    k: int = Field(10, description="page size: how many results to return (1..max_k)")
+    offset: int = Field(0, description="results skipped before the page (0..max_offset)")
+    radius: int | None = Field(None, description="hash lookup: every item within this Hamming distance (0..bits), "
+                                                 "paginated by offset / k; null: the k nearest (k-NN)")
+    filter: dict[str, Any] | None = Field(None, description=FILTER_DESCRIPTION, json_schema_extra=FILTER_SCHEMA)
+
+
+class ImageSearchJson(ImageSearchFields):
+    """An image search as JSON, for clients that cannot send multipart."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image_base64: str = Field(description=IMAGE_BASE64_DESCRIPTION)
+
+
+class NoFields(BaseModel):
+    """A request whose only part is its image (the multipart form of /encode/image)."""
+
+
+class ImageJson(BaseModel):
+    """An image to encode, as JSON."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image_base64: str = Field(description=IMAGE_BASE64_DESCRIPTION)
+
+
+class ItemSummary(BaseModel):
+    """One stored item in a listing."""
+
+    id: str = Field(description="item id")
+    metadata: dict[str, Any] = Field(description="what was stored with it (an image's \"path\" as its file name)")
+
+
+class ItemPage(BaseModel):
+    """A page of a gallery's items, in insertion order."""
+
+    items: list[ItemSummary] = Field(description="the page: at most limit items, from offset")
+    count: int = Field(description="items in the gallery (over all pages)")
 
 
 class SearchResponse(BaseModel):

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -35,6 +37,7 @@ class SearchJob:
     offset: int  # results skipped before the page
     k: int  # page size
     radius: int | None  # hash lookup radius, or None for k-NN
+    filter: dict[str, Any] | None = None  # metadata filter (index.search.matches), or None for every item
 
 
 class ServiceState:
@@ -167,12 +170,13 @@ class ServiceState:
         self.metrics.batch.labels(modality).observe(len(jobs))
         codes = self.encode(modality, [j.query for j in jobs])
         out: dict[int, Page] = {}
-        groups: dict[tuple[Modality, int | None], list[int]] = {}
+        groups: dict[tuple[Modality, int | None, str], list[int]] = {}
         for i, job in enumerate(jobs):
-            groups.setdefault((job.target, job.radius), []).append(i)
-        for (target, radius), rows in groups.items():
+            groups.setdefault((job.target, job.radius, json.dumps(job.filter or {}, sort_keys=True)), []).append(i)
+        for (target, radius, _), rows in groups.items():
             start = time.perf_counter()
-            pages = search_pages(self.gallery(target), codes[rows], [(jobs[i].offset, jobs[i].k) for i in rows], radius)
+            pages = search_pages(self.gallery(target), codes[rows], [(jobs[i].offset, jobs[i].k) for i in rows], radius,
+                                 filter=jobs[rows[0]].filter)
             self.metrics.search.labels(target).observe(time.perf_counter() - start)
             out.update(zip(rows, pages, strict=True))
         return [out[i] for i in range(len(jobs))]

@@ -19,7 +19,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Depends, File, Form, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
 from fastapi.responses import FileResponse
 
 from index.errors import DuplicateIdError
@@ -29,8 +29,8 @@ from model.runtime.choices import Modality
 from model.runtime.errors import UserError
 from service.deps import get_state, require_read, require_write
 from service.errors import ApiError, bad_request, not_found, storage_error
-from service.queries import image_array, image_bytes, text_query
-from service.schemas import Added, Deleted, GalleryStatus, Item, TextItems
+from service.queries import image_array, image_bytes, public_metadata, text_query
+from service.schemas import Added, Deleted, GalleryStatus, Item, ItemPage, ItemSummary, TextItems
 from service.settings import Settings
 from service.state import ServiceState, gallery_kind
 from service.uploads import SUFFIXES, write_upload
@@ -38,6 +38,7 @@ from service.uploads import SUFFIXES, write_upload
 router = APIRouter(prefix="/gallery", tags=["gallery"])
 log = logging.getLogger("cmhash.service")
 MAX_ID_CHARS = 256
+RESERVED_IDS = ("items",)  # GET /gallery/{kind}/items lists the gallery: an item of that id could not be read
 # metadata integers must survive any JSON reader (and Python's 4300-digit str limit): 64 bits
 MIN_METADATA_INT, MAX_METADATA_INT = -(2**63), 2**64 - 1
 
@@ -111,6 +112,9 @@ def _check_ids(ids: list[str], journaled: JournaledGallery) -> None:
         _check_unicode(item_id, "an id")
         if not item_id or len(item_id) > MAX_ID_CHARS or any(ord(c) < 32 for c in item_id) or item_id != item_id.strip():
             raise bad_request(f"id {item_id!r} must be 1-{MAX_ID_CHARS} printable characters without surrounding spaces")
+        if item_id in RESERVED_IDS:
+            raise bad_request(f"id {item_id!r} is reserved: GET /gallery/{{kind}}/{item_id} lists the gallery, so an "
+                              "item of that id could not be read back; choose another id")
     seen: set[str] = set()
     for item_id in ids:
         if item_id in seen:
@@ -268,13 +272,38 @@ async def status(kind: str, state: ServiceState = Depends(get_state)) -> Gallery
                          backend=info.backend, device=journaled.device, pending=journaled.pending)
 
 
+def _page_of_items(journaled: JournaledGallery, offset: int, limit: int) -> ItemPage:
+    ids = journaled.ids()
+    items = []
+    for item_id in ids[offset : offset + limit]:
+        item = journaled.get(item_id)
+        if item is not None:  # removed since ids() was read
+            items.append(ItemSummary(id=item_id, metadata=public_metadata(item["metadata"])))
+    return ItemPage(items=items, count=len(ids))
+
+
+# Declared before /{kind}/{item_id:path}, which would otherwise take "items" for an id.
+@router.get("/{kind}/items", response_model=ItemPage, dependencies=[Depends(require_read)])
+async def list_items(kind: str, offset: int = Query(0, description="items skipped (0 or more)"),
+                     limit: int = Query(100, description="page size (1..max_k)"),
+                     state: ServiceState = Depends(get_state)) -> ItemPage:
+    """A page of the gallery's items (id and metadata), in insertion order, with the gallery's
+    size as `count`: page through it with offset += limit."""
+    journaled = state.gallery(gallery_kind(kind))
+    if not 1 <= limit <= state.settings.max_k:
+        raise bad_request(f"limit must be between 1 and {state.settings.max_k}, got {limit}")
+    if offset < 0:
+        raise bad_request(f"offset must not be negative, got {offset}")
+    return await asyncio.to_thread(_page_of_items, journaled, offset, limit)
+
+
 @router.get("/{kind}/{item_id:path}", response_model=Item, dependencies=[Depends(require_read)])
 async def get_item(kind: str, item_id: str, state: ServiceState = Depends(get_state)) -> Item:
-    """One item: id, code (hex) and metadata."""
+    """One item: id, code (hex) and metadata (an uploaded image's "path" as its file name)."""
     item = state.gallery(gallery_kind(kind)).get(item_id)
     if item is None:
         raise not_found(f"no item {item_id!r} in the {kind} gallery")
-    return Item(id=item_id, code=bytes(item["code"]).hex(), metadata=item["metadata"])
+    return Item(id=item_id, code=bytes(item["code"]).hex(), metadata=public_metadata(item["metadata"]))
 
 
 @router.delete("/{kind}/{item_id:path}", response_model=Deleted, dependencies=[Depends(require_write)])

@@ -32,7 +32,8 @@ def test_each_id_gets_the_code_metadata_and_file_of_its_own_file(make_settings, 
     ids = [f"up{k}" for k in (3, 0, 2, 1)]  # not in sorted order: a sort would show too
     names = [f"file{k}.png" for k in range(n)]
     metas = [{"caption": f"caption of file {k}", "k": k} for k in range(n)]
-    with open_client(make_settings()) as client:
+    settings = make_settings()
+    with open_client(settings) as client:
         r = client.post("/gallery/images", files=[("files", (names[k], images[k], "image/png")) for k in range(n)],
                         data={"ids": ids, "metadata": [json.dumps(m) for m in metas]})
         assert r.status_code == 201, r.text
@@ -43,7 +44,7 @@ def test_each_id_gets_the_code_metadata_and_file_of_its_own_file(make_settings, 
             meta = item["metadata"]
             assert {key: meta[key] for key in metas[k]} == metas[k], meta
             assert meta["filename"] == names[k], meta
-            assert Path(meta["path"]).read_bytes() == images[k]
+            assert (settings.image_gallery / "uploads" / meta["path"]).read_bytes() == images[k]  # type: ignore[operator]
             file = client.get(f"/gallery/images/{item_id}/file")
             assert file.status_code == 200 and file.content == images[k]
             # the item is found at distance 0 by a search with its own file
