@@ -3,6 +3,7 @@ choices, and the one way a user's mistake ends a command (one line, exit status 
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from collections.abc import Iterator
@@ -66,6 +67,10 @@ def quiet_third_party_warnings() -> None:
     for category in (DeprecationWarning, FutureWarning, UserWarning):
         warnings.filterwarnings("ignore", category=category,
                                 module=r"(torch|torchvision|onnxscript|onnx|setuptools|pkg_resources|transformers).*")
+    # torch's ONNX exporter logs one line per torchvision op it cannot register (torchvision is
+    # not a dependency) and onnxscript its rewrite passes: nothing a user can act on.
+    for name in ("torch.onnx", "onnxscript"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def needs_training_extra() -> NoReturn:

@@ -7,7 +7,14 @@ from typing import Annotated
 
 import typer
 
-from service.cli.common import env_option, fail, flag_option, needs_training_extra, user_errors
+from service.cli.common import (
+    env_option,
+    fail,
+    flag_option,
+    needs_training_extra,
+    quiet_third_party_warnings,
+    user_errors,
+)
 
 NAME = "export"
 
@@ -27,6 +34,7 @@ def run(
         if exc.name and exc.name.split(".")[0] in ("torch", "onnx", "onnxscript"):
             needs_training_extra()
         raise
+    quiet_third_party_warnings()  # again: importing torch resets its loggers' levels
     with user_errors():
         info = export_run(run_dir, out, opset=opset)
     image, text = info.image, info.text
