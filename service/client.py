@@ -453,11 +453,14 @@ class _Api:
         return _Request("GET", f"/gallery/{_gallery(kind)}/{_item_path(item_id)}", _model(Item))
 
     @_Endpoint
-    def list_items(self, kind: Kind, *, offset: int = 0, limit: int = 100) -> _Request[ItemPage]:
+    def list_items(self, kind: Kind, *, offset: int = 0, limit: int | None = None) -> _Request[ItemPage]:
         """A page of the images or texts gallery's items (id, metadata) in insertion order, and
-        the gallery's size (`count`); page on with offset += limit (limit at most the server's max_k)."""
-        return _Request("GET", f"/gallery/{_gallery(kind)}/items", _model(ItemPage),
-                        params={"offset": offset, "limit": limit})
+        the gallery's size (`count`); page on with offset += limit (limit: 1 to the server's
+        max_k; None: the server's default, 100 or max_k when smaller)."""
+        params: dict[str, Any] = {"offset": offset}
+        if limit is not None:
+            params["limit"] = limit
+        return _Request("GET", f"/gallery/{_gallery(kind)}/items", _model(ItemPage), params=params)
 
     @_Endpoint
     def delete_item(self, kind: Kind, item_id: str) -> _Request[Deleted]:

@@ -164,7 +164,7 @@ def form_filter(raw: str | None) -> dict[str, Any] | None:
     return value
 
 
-_URL_NAMES = re.compile(r"(?:^|_)(?:url|uri|href|link)s?$", re.IGNORECASE)
+_URL_NAMES = re.compile(r"(?:url|uri|href|link)s?$", re.IGNORECASE)  # url, image_url, imageUrl, uris...
 _URL_VALUE = re.compile(r"^\s*(?:https?|ftp|file|s3|gs)://", re.IGNORECASE)
 URLS_REFUSED = ("URLs are not fetched (the server makes no outgoing requests): send the image itself, as "
                 "image_base64 in JSON or as a multipart file upload")

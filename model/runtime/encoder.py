@@ -26,6 +26,7 @@ from model.runtime.model_dir import (
     ModelDirError,
     ModelInfo,
     TokenizerSettings,
+    opened_verified,
     read_model_info,
     read_verified,
 )
@@ -113,8 +114,6 @@ class Encoder:
         if threads is not None and threads < 1:
             raise ValueError(f"threads must be positive, got {threads}")
         info = read_model_info(model_dir)
-        image_bytes = read_verified(model_dir, IMAGE_FILE, info.image_onnx_sha256)
-        text_bytes = read_verified(model_dir, TEXT_FILE, info.text_onnx_sha256)
         tokenizer = None
         if info.text.kind == "minilm":
             settings = info.text.tokenizer
@@ -131,11 +130,12 @@ class Encoder:
             ort.preload_dlls()
         requested: list[Any] = [(p, CUDA_OPTIONS) if p == CUDA_PROVIDER else p for p in providers]
         sessions = []
-        for name, data in ((IMAGE_FILE, image_bytes), (TEXT_FILE, text_bytes)):
-            try:
-                sessions.append(ort.InferenceSession(data, sess_options=options, providers=requested))
-            except Exception as exc:  # onnxruntime raises its own exception types
-                raise ModelDirError(f"onnxruntime cannot load {model_dir / name}: {exc}") from exc
+        for name, sha256 in ((IMAGE_FILE, info.image_onnx_sha256), (TEXT_FILE, info.text_onnx_sha256)):
+            with opened_verified(model_dir, name, sha256) as source:
+                try:
+                    sessions.append(ort.InferenceSession(source, sess_options=options, providers=requested))
+                except Exception as exc:  # onnxruntime raises its own exception types
+                    raise ModelDirError(f"onnxruntime cannot load {model_dir / name}: {exc}") from exc
         check_providers(device, providers, [s.get_providers() for s in sessions])
         return cls(info, sessions[0], sessions[1], tokenizer, batch_size)
 

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -120,11 +123,49 @@ def read_verified(model_dir: Path, name: str, sha256: str) -> bytes:
         raise ModelDirError(f"cannot read {path}: {exc}") from exc
     actual = sha256_bytes(data)
     if actual != sha256:
-        raise ModelDirError(
-            f"{path} does not match {model_dir / INFO_FILE} (sha256 {actual[:16]}..., expected "
-            f"{sha256[:16]}...): the directory was modified after export; export it again"
-        )
+        raise _mismatch(model_dir, path, actual, sha256)
     return data
+
+
+def _mismatch(model_dir: Path, path: Path, actual: str, sha256: str) -> ModelDirError:
+    return ModelDirError(
+        f"{path} does not match {model_dir / INFO_FILE} (sha256 {actual[:16]}..., expected "
+        f"{sha256[:16]}...): the directory was modified after export; export it again"
+    )
+
+
+def _fd_sha256(fd: int) -> str:
+    """sha256 of the whole file behind `fd`, read in chunks (never all in memory)."""
+    digest, offset = hashlib.sha256(), 0
+    while chunk := os.pread(fd, 1 << 20, offset):
+        digest.update(chunk)
+        offset += len(chunk)
+    return digest.hexdigest()
+
+
+@contextmanager
+def opened_verified(model_dir: Path, name: str, sha256: str) -> Iterator[str | bytes]:
+    """A source for ONNX Runtime of `name`, refused unless it hashes to `sha256`: the path of an
+    open descriptor (/proc/self/fd/N) to the very file that was hashed, so the runtime reads it
+    itself without a copy in this process (about half the resident memory of passing bytes)
+    and a file replaced meanwhile cannot slip in; hashed again on exit, so a file rewritten in
+    place while it loaded is refused too. Without /proc, the verified bytes."""
+    path = model_dir / name
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise ModelDirError(f"cannot read {path}: {exc}") from exc
+    try:
+        actual = _fd_sha256(fd)
+        if actual != sha256:
+            raise _mismatch(model_dir, path, actual, sha256)
+        by_fd = Path(f"/proc/self/fd/{fd}")
+        yield str(by_fd) if by_fd.exists() else read_verified(model_dir, name, sha256)
+        actual = _fd_sha256(fd)
+        if actual != sha256:
+            raise _mismatch(model_dir, path, actual, sha256)
+    finally:
+        os.close(fd)
 
 
 def read_model_info(model_dir: Path) -> ModelInfo:

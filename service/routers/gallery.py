@@ -285,11 +285,14 @@ def _page_of_items(journaled: JournaledGallery, offset: int, limit: int) -> Item
 # Declared before /{kind}/{item_id:path}, which would otherwise take "items" for an id.
 @router.get("/{kind}/items", response_model=ItemPage, dependencies=[Depends(require_read)])
 async def list_items(kind: str, offset: int = Query(0, description="items skipped (0 or more)"),
-                     limit: int = Query(100, description="page size (1..max_k)"),
+                     limit: int | None = Query(None, description="page size (1..max_k; default 100, or max_k "
+                                                                 "when smaller)"),
                      state: ServiceState = Depends(get_state)) -> ItemPage:
     """A page of the gallery's items (id and metadata), in insertion order, with the gallery's
     size as `count`: page through it with offset += limit."""
     journaled = state.gallery(gallery_kind(kind))
+    if limit is None:
+        limit = min(100, state.settings.max_k)
     if not 1 <= limit <= state.settings.max_k:
         raise bad_request(f"limit must be between 1 and {state.settings.max_k}, got {limit}")
     if offset < 0:

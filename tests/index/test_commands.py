@@ -227,3 +227,37 @@ def test_cli_search_warns_of_unknown_words_and_refuses_none_known(tiny_model_dir
     assert "warning: words the model does not know (not used): xyzzy" in ANSI.sub("", result.output)
     result = invoke("search", "--model", tiny_model_dir, "--gallery", tmp_path / "g", "--text", "xyzzy plugh")
     assert result.exit_code == 2 and "no word of 'xyzzy plugh' is known to the model" in ANSI.sub("", result.output)
+
+
+def test_cli_search_filter_is_the_ranking_restricted_to_matching_items(tiny_model_dir, tmp_path):
+    """`--filter KEY=VALUE` (repeatable, all must match; a list value matches when it holds the
+    value): the filtered ranking is the unfiltered one with the other items left out."""
+    texts = tmp_path / "texts.jsonl"
+    rows = [{"id": f"t{i:02d}", "text": item_text(i % 6), "labels": ["dog", "cat"][i % 2] if i % 3 else ["dog", "bird"],
+             "n": i % 4, "odd": bool(i % 2)} for i in range(24)]
+    texts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    build_gallery(tiny_model_dir, tmp_path / "t", texts=texts, progress=False)
+    every = search_gallery(tiny_model_dir, tmp_path / "t", text="a small red square", k=100).hits
+    meta = {r["id"]: r for r in rows}
+    for args, keep in (
+        (["--filter", "labels=dog"], lambda m: "dog" in m["labels"]),  # a list holding it, or the string itself
+        (["--filter", "labels=cat", "--filter", "odd=true"], lambda m: m["labels"] == "cat" and m["odd"]),
+        (["--filter", "n=2"], lambda m: m["n"] == 2),
+        (["--filter", 'n="2"'], lambda m: False),  # a quoted value is text: no stored n is the string "2"
+    ):
+        result = invoke("search", "--model", tiny_model_dir, "--gallery", tmp_path / "t",
+                        "--text", "a small red square", "-k", "5", "--json", *args)
+        assert result.exit_code == 0, result.output
+        want = [(h.id, h.distance) for h in every if keep(meta[h.id])][:5]
+        assert [(h["id"], h["distance"]) for h in json.loads(result.output)] == want, args
+    page = search_gallery(tiny_model_dir, tmp_path / "t", text="a small red square", k=3, radius=64,
+                          filter={"labels": "bird"})
+    birds = [(h.id, h.distance) for h in every if "bird" in meta[h.id]["labels"]]
+    assert [(h.id, h.distance) for h in page.hits] == birds[:3] and page.found == len(birds)
+    result = invoke("search", "--model", tiny_model_dir, "--gallery", tmp_path / "t", "--text", "a red square",
+                    "--filter", "labels=fish")
+    assert result.exit_code == 0 and "no item matches the filter" in result.output
+    for bad in ("labels", "=dog"):
+        result = invoke("search", "--model", tiny_model_dir, "--gallery", tmp_path / "t", "--text", "a red square",
+                        "--filter", bad)
+        assert result.exit_code == 2 and "KEY=VALUE" in ANSI.sub("", result.output), result.output

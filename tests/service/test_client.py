@@ -118,6 +118,15 @@ def test_reads(server: str, encoder: Encoder, tmp_path: Path) -> None:
         item = cm.get_item("texts", "t00")
         assert item.id == "t00" and len(item.code) == BITS // 4 and "text" in item.metadata
 
+        listed = cm.list_items("texts", offset=2, limit=3)
+        assert listed.count == N_TEXTS and [i.id for i in listed.items] == ["t02", "t03", "t04"]
+        assert [i.id for i in cm.list_items("images").items] == [f"i{n:02d}" for n in range(N_IMAGES)]
+        assert cm.get_item("images", "i01").metadata["path"] == "i01.png"  # no server path
+        one = cm.get_item("texts", "t01").metadata["text"]
+        filtered = cm.search_text_to_text("a small red square", k=5, filter={"text": one})
+        assert [h.id for h in filtered.results] == ["t01"]
+        assert [h.id for h in cm.search_image_to_text(png_bytes(1), k=5, filter={"text": one}).results] == ["t01"]
+
 
 def test_writes_with_the_key(server: str) -> None:
     with Client(server, api_key=KEY) as cm:

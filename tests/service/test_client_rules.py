@@ -170,6 +170,22 @@ def test_requests_carry_the_key_and_the_fields() -> None:
     body = script.requests[-1].content
     assert b'name="k"\r\n\r\n2' in body and b'name="radius"' not in body and b'name="file"' in body
 
+    client.search_text_to_text("q", filter={"labels": "dog", "n": 2})
+    assert json.loads(script.requests[-1].content)["filter"] == {"labels": "dog", "n": 2}
+    client.search_text_to_text("q", filter={})
+    assert "filter" not in json.loads(script.requests[-1].content)
+    client.search_image_to_image(b"img", filter={"labels": "dog"})
+    assert b'name="filter"\r\n\r\n{"labels": "dog"}' in script.requests[-1].content
+
+    script.answers = [httpx.Response(200, json={"items": [{"id": "a", "metadata": {"n": 1}}], "count": 7})]
+    page = client.list_items("images", offset=3, limit=2)
+    assert page == cm.ItemPage(items=[cm.ItemSummary(id="a", metadata={"n": 1})], count=7)
+    assert script.requests[-1].url.path == "/gallery/images/items"
+    assert dict(script.requests[-1].url.params) == {"offset": "3", "limit": "2"}
+    client.list_items("text")
+    assert script.requests[-1].url.path == "/gallery/texts/items"
+    assert dict(script.requests[-1].url.params) == {"offset": "0"}
+
     script.answers = [httpx.Response(200, json={"id": "a b/c?", "code": "00", "metadata": {}})]
     client.get_item("text", "a b/c?")
     assert script.requests[-1].url.raw_path == b"/gallery/texts/a%20b%2Fc%3F"
@@ -216,7 +232,8 @@ def test_result_models_match_the_service_schemas() -> None:
     pairs: list[tuple[type[BaseModel], type[BaseModel]]] = [
         (cm.SearchResponse, schemas.SearchResponse), (cm.Hit, Hit), (cm.CodeResponse, schemas.CodeResponse),
         (cm.Added, schemas.Added), (cm.Deleted, schemas.Deleted), (cm.Item, schemas.Item),
-        (cm.GalleryStatus, schemas.GalleryStatus), (cm.Health, schemas.Health)]
+        (cm.GalleryStatus, schemas.GalleryStatus), (cm.Health, schemas.Health),
+        (cm.ItemSummary, schemas.ItemSummary), (cm.ItemPage, schemas.ItemPage)]
     for mine, theirs in pairs:
         assert list(mine.model_fields) == list(theirs.model_fields), mine.__name__
         for name, f in theirs.model_fields.items():

@@ -78,7 +78,8 @@ def test_text_knn_and_pages_match_the_oracle(api: TestClient, encoder: Encoder, 
         for offset, k in ((0, 5), (3, 4), (0, 100), (20, 5)):
             r = api.post("/search/text-to-text", json={"text": text, "k": k, "offset": offset, "filter": flt})
             assert pairs(r) == want[offset : offset + k], (flt, offset, k)
-            assert [h["rank"] for h in r.json()["results"]] == list(range(offset + 1, offset + 1 + len(r.json()["results"])))
+            ranks = [h["rank"] for h in r.json()["results"]]
+            assert ranks == list(range(offset + 1, offset + 1 + len(ranks)))
             assert r.json()["total"] is None
 
 
@@ -96,11 +97,10 @@ def test_radius_pages_match_the_oracle(api: TestClient, encoder: Encoder, radius
 
 def test_ties_are_ordered_by_insertion(api: TestClient, encoder: Encoder) -> None:
     text = item_text(3)  # L03, L11, L19 have this caption: distance 0, in insertion order
-    r = api.post("/search/text-to-text", json={"text": text, "k": 30, "filter": {"labels": "dog"}})
+    r = api.post("/search/text-to-text", json={"text": text, "k": 30, "filter": {"odd": True}})
     got = pairs(r)
-    zero = [i for i, d in got if d == 0]
-    assert zero == sorted(zero, key=lambda i: [x[0] for x in stored(api)].index(i)) and zero
-    assert got == oracle(stored(api), encoder.encode_texts([text]), {"labels": "dog"})[:30]
+    assert [i for i, d in got if d == 0][:3] == ["L03", "L11", "L19"]
+    assert got == oracle(stored(api), encoder.encode_texts([text]), {"odd": True})[:30]
 
 
 def test_image_queries_filter_by_form_field_and_by_json(api: TestClient, encoder: Encoder) -> None:

@@ -240,3 +240,23 @@ def test_texts_must_be_a_sequence_of_strings(encoder: Encoder) -> None:
         encoder.encode_texts("a red square")
     with pytest.raises(TypeError, match="strings"):
         encoder.encode_texts(["ok", 3])  # type: ignore[list-item]
+
+
+def test_a_graph_rewritten_while_it_loads_is_refused(tiny_model_dir: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The runtime reads the very file that was hashed (by its open descriptor), and the hash is
+    taken again after loading: a graph rewritten in place meanwhile is refused."""
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model_dir)
+    real = ort.InferenceSession
+
+    def tamper_then_load(source, *args, **kwargs):  # type: ignore[no-untyped-def]
+        session = real(source, *args, **kwargs)
+        with open(model_dir / "text.onnx", "r+b") as f:  # in place: the same inode
+            f.seek(100)
+            f.write(b"\x00")
+        return session
+
+    monkeypatch.setattr(ort, "InferenceSession", tamper_then_load)
+    with pytest.raises(ModelDirError, match="modified after export"):
+        Encoder.load(model_dir, device="cpu")

@@ -1,0 +1,1 @@
+"""cmhash model library: encoders, similarity targets, losses, methods, training and metrics."""

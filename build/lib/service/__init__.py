@@ -1,0 +1,1 @@
+"""cmhash HTTP service: cross-modal search, encoding and gallery management over FastAPI."""

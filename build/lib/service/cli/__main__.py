@@ -1,0 +1,5 @@
+"""`python -m service.cli` is `cmhash`."""
+
+from service.cli import app
+
+app()
