@@ -113,3 +113,35 @@ def wait_ready(proc: subprocess.Popen[bytes], base: str, log: Path, timeout_s: f
         except (httpx.TransportError, ValueError):
             pass
         time.sleep(0.1)
+
+
+RESULTS_DIR = Path(__file__).resolve().parents[1] / "docs" / "results"  # committed results behind docs/results.md
+
+
+def provenance() -> dict[str, Any]:
+    """Where a result comes from: the commit (`git describe --always --dirty`), whether the tree
+    was clean, the command and the UTC time. docs/results.md cites only results made clean."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        described = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty"],
+                                    capture_output=True, text=True, check=True).stdout.strip()
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        described, head = "unknown", "unknown"
+    return {"commit": head, "describe": described, "clean": not described.endswith("-dirty") and head != "unknown",
+            "command": command_line(), "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def write_result(name: str, result: dict[str, Any], out_dir: Path | None = None) -> Path:
+    """Write `result` with its provenance as `name`.json (under docs/results/ by default, where
+    only results made at a clean commit belong: a dirty tree writes to bench/out/ instead)."""
+    import json
+
+    record = {"provenance": provenance(), "machine": machine_base(), **result}
+    if out_dir is None:
+        out_dir = RESULTS_DIR if record["provenance"]["clean"] else RESULTS_DIR.parents[1] / "bench" / "out"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{name}.json"
+    path.write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n")
+    return path
