@@ -81,14 +81,18 @@ def jpeg(width: int, height: int) -> bytes:
     return buf.getvalue()
 
 
-def images() -> dict[str, bytes]:
-    return {
-        "strip_96x400000.png": png(96, 400_000),
-        "line_1x39000000.png": png(1, 39_000_000, rgb=False),
-        "huge_6000x6000.jpg": jpeg(6000, 6000),
-        "square_5000x5000.png": png(5000, 5000),
-        "large_4000x4000.png": png(4000, 4000),
-    }
+MAKERS = {
+    "strip_96x400000.png": lambda: png(96, 400_000),
+    "line_1x39000000.png": lambda: png(1, 39_000_000, rgb=False),
+    "huge_6000x6000.jpg": lambda: jpeg(6000, 6000),
+    "square_5000x5000.png": lambda: png(5000, 5000),
+    "large_4000x4000.png": lambda: png(4000, 4000),
+}
+
+
+def images(names: list[str] | None = None) -> dict[str, bytes]:
+    """The hostile images by name (only `names` when given)."""
+    return {name: make() for name, make in MAKERS.items() if names is None or name in names}
 
 
 SCENARIOS = {
@@ -163,6 +167,19 @@ def run_scenario(base: str, pid: int, files: dict[str, bytes], names: list[str],
                                                        for a in answers)}
 
 
+def run_scenarios(base: str, pid: int, files: dict[str, bytes], wanted: list[str], timeout: float) -> dict[str, dict[str, Any]]:
+    """A warm-up search (sessions and arenas in the baseline), then each of the `wanted` scenarios
+    against the server `pid` at `base`."""
+    warm = post(base, "warm.jpg", jpeg(640, 480), timeout)
+    if warm["status"] != 200:
+        raise RuntimeError(f"warm-up request failed: {warm}")
+    results: dict[str, dict[str, Any]] = {}
+    for name in wanted:
+        results[name] = run_scenario(base, pid, files, SCENARIOS[name], timeout)
+        print(f"{name}: {results[name]['statuses']} +{results[name]['peak_growth_mib']} MiB", flush=True)
+    return results
+
+
 def table(results: dict[str, dict[str, Any]]) -> str:
     lines = [f"{'scenario':30} {'statuses':16} {'peak growth MiB':>16} {'wall s':>8}  verdict",
              "-" * 84]
@@ -187,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no exported model at {args.model}: pass --model (e.g. after `make demo`)", file=sys.stderr)
         return 2
     wanted = [s for s in args.scenarios.split(",") if s] or list(SCENARIOS)
-    files = images()
+    files = images([image for name in wanted for image in SCENARIOS[name]])
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="cmhash-hostile-") as tmp:
         port = free_port()
@@ -201,12 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             wait_ready(proc, base, log, READY_TIMEOUT_S)
             settings = {}
-            warm = post(base, "warm.jpg", jpeg(640, 480), args.timeout)  # sessions and arenas in the baseline
-            if warm["status"] != 200:
-                raise RuntimeError(f"warm-up request failed: {warm}")
-            for name in wanted:
-                results[name] = run_scenario(base, proc.pid, files, SCENARIOS[name], args.timeout)
-                print(f"{name}: {results[name]['statuses']} +{results[name]['peak_growth_mib']} MiB", flush=True)
+            results = run_scenarios(base, proc.pid, files, wanted, args.timeout)
             settings["final_rss_mib"] = round(status_kib(proc.pid, "VmRSS") / 1024, 1)
         finally:
             proc.terminate()

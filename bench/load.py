@@ -90,18 +90,22 @@ class Record:
     status: dict[str, dict[str, int]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(int)))
     added: dict[str, set[str]] = field(default_factory=lambda: {kind: set() for kind in KINDS})
     deleted: dict[str, set[str]] = field(default_factory=lambda: {kind: set() for kind in KINDS})
+    unsure: dict[str, set[str]] = field(default_factory=lambda: {kind: set() for kind in KINDS})  # writes without an answer
+    sent: dict[str, Any] = field(default_factory=dict)  # id of an add -> its text, or the index of its image
     errors: list[str] = field(default_factory=list)
 
 
-def start_server(args: argparse.Namespace, images: Path, texts: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """`cmhash serve` on a free port of 127.0.0.1, once /readyz answers 200."""
+def start_server(args: argparse.Namespace, images: Path, texts: Path, log: Path,
+                 extra_env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], str]:
+    """`cmhash serve` on a free port of 127.0.0.1 (with the CMHASH_* variables of `extra_env`
+    only; the log is appended to), once /readyz answers 200."""
     port = free_port()
     cmd = [sys.executable, "-m", "service.cli", "serve", "--model", str(args.model), "--image-gallery", str(images),
            "--text-gallery", str(texts), "--host", HOST, "--port", str(port), "--device", args.device]
     if args.threads:
-        cmd += ["--threads", str(args.threads)]
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("CMHASH_")}
-    with open(log, "wb") as out:
+        cmd += ["--encoder-threads", str(args.threads)]
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("CMHASH_")} | (extra_env or {})
+    with open(log, "ab") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=environ, stdout=out, stderr=subprocess.STDOUT)
     base = f"http://{HOST}:{port}"
     try:
@@ -122,20 +126,21 @@ def sample_rss(pid: int, stop: threading.Event, samples: list[float]) -> None:
 
 
 def client(cid: int, base: str, args: argparse.Namespace, images: list[bytes], texts: list[str],
-           deadline: float, rec: Record) -> None:
-    """Send requests from the mix until the deadline or --max-requests."""
+           deadline: float, rec: Record, stop: threading.Event | None = None, prefix: str = "load") -> None:
+    """Send requests from the mix until the deadline, --max-requests or `stop` (ids
+    `<prefix>-c<cid>-<n>`); a write without an answer is recorded as unsure."""
     rng = random.Random(args.seed * 1000 + cid)
     kinds, weights = list(args.mix), list(args.mix.values())
     live: dict[str, list[str]] = {g: [] for g in KINDS}  # this client's acknowledged, not yet deleted adds
     with httpx.Client(base_url=base, timeout=60) as http:
         for n in range(args.max_requests):
-            if time.monotonic() >= deadline:
+            if time.monotonic() >= deadline or (stop is not None and stop.is_set()):
                 return
             kind = rng.choices(kinds, weights)[0]
             op, _, gallery = kind.partition("-")  # of a write: "add" or "delete", and the gallery kind
             if op == "delete" and not live[gallery]:
                 op, kind = "add", f"add-{gallery}"
-            item_id = f"load-c{cid:02d}-{n:05d}"
+            item_id = f"{prefix}-c{cid:02d}-{n:05d}"
             started = time.perf_counter()
             try:
                 if kind == "text-to-image":
@@ -144,14 +149,18 @@ def client(cid: int, base: str, args: argparse.Namespace, images: list[bytes], t
                     r = http.post("/search/image-to-text", files={"file": ("q.jpg", rng.choice(images), "image/jpeg")},
                                   data={"k": "10"})
                 elif kind == "add-text":
-                    r = http.post("/gallery/texts", json={"items": [{"id": item_id, "text": f"{rng.choice(texts)} {n}"}]})
+                    rec.sent[item_id] = f"{rng.choice(texts)} {n}"
+                    r = http.post("/gallery/texts", json={"items": [{"id": item_id, "text": rec.sent[item_id]}]})
                 elif kind == "add-image":
-                    r = http.post("/gallery/images", files={"files": ("q.jpg", rng.choice(images), "image/jpeg")},
+                    rec.sent[item_id] = rng.randrange(len(images))
+                    r = http.post("/gallery/images", files={"files": ("q.jpg", images[rec.sent[item_id]], "image/jpeg")},
                                   data={"ids": item_id})
                 else:
                     item_id = live[gallery].pop(rng.randrange(len(live[gallery])))
                     r = http.delete(f"/gallery/{gallery}s/{item_id}")
             except httpx.TransportError as exc:
+                if op in ("add", "delete"):
+                    rec.unsure[gallery].add(item_id)
                 rec.errors.append(f"{kind} {item_id}: {type(exc).__name__}: {exc}")
                 rec.status[kind]["error"] += 1
                 continue
@@ -169,13 +178,13 @@ def client(cid: int, base: str, args: argparse.Namespace, images: list[bytes], t
                 rec.errors.append(f"{kind}: {len(r.json()['results'])} results, not 10")
 
 
-def all_ids(http: httpx.Client, kind: str) -> list[str]:
+def all_ids(http: httpx.Client, kind: str, query: str = "x") -> list[str]:
     """Every id of the `kind` gallery, from a text query's radius search as wide as the code
-    (text queries reach both galleries), page by page."""
+    (text queries reach both galleries), page by page; `query` must hold a word the model knows."""
     bits = int(http.get(f"/gallery/{kind}s").json()["bits"])
     ids: list[str] = []
     while True:
-        r = http.post(f"/search/text-to-{kind}", json={"text": "x", "k": 1000, "radius": bits, "offset": len(ids)})
+        r = http.post(f"/search/text-to-{kind}", json={"text": query, "k": 1000, "radius": bits, "offset": len(ids)})
         r.raise_for_status()
         page = [h["id"] for h in r.json()["results"]]
         ids += page
@@ -188,11 +197,11 @@ def live_adds(recs: list[Record], kind: str) -> tuple[set[str], set[str]]:
     return set().union(*(r.added[kind] for r in recs)), set().union(*(r.deleted[kind] for r in recs))
 
 
-def check_gallery(http: httpx.Client, kind: str, initial: list[str], recs: list[Record]) -> list[str]:
+def check_gallery(http: httpx.Client, kind: str, initial: list[str], recs: list[Record], query: str = "x") -> list[str]:
     """Problems of the final `kind` gallery against the clients' records (empty: none)."""
     added, deleted = live_adds(recs, kind)
     expected = (set(initial) | added) - deleted
-    final = all_ids(http, kind)
+    final = all_ids(http, kind, query)
     problems = []
     if len(final) != len(set(final)):
         problems.append(f"{len(final) - len(set(final))} duplicated ids in the gallery")
@@ -283,7 +292,7 @@ def main() -> None:
         sampler = threading.Thread(target=sample_rss, args=(proc.pid, stop, rss), daemon=True)
         try:
             with httpx.Client(base_url=base, timeout=60) as http:
-                initial = {kind: all_ids(http, kind) for kind in KINDS}
+                initial = {kind: all_ids(http, kind, texts[0]) for kind in KINDS}
                 sampler.start()
                 recs = [Record() for _ in range(args.clients)]
                 started = time.monotonic()
@@ -296,7 +305,7 @@ def main() -> None:
                 wall = time.monotonic() - started
                 stop.set()
                 sampler.join()
-                problems = [p for kind in KINDS for p in check_gallery(http, kind, initial[kind], recs)]
+                problems = [p for kind in KINDS for p in check_gallery(http, kind, initial[kind], recs, texts[0])]
                 upload_problems, upload_files = check_uploads(http, image_gallery / "uploads", recs)
                 problems += upload_problems
         finally:

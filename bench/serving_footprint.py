@@ -6,12 +6,11 @@ after 1,000 searches (goals of issue 11: venv under 500 MB, RSS at idle under 20
 
 The venv is made in a temporary folder (or --venv, reused when it exists) from this checkout,
 not editable, so it holds exactly what a user's `pip install 'cmhash[cpu]'` holds. Writes
-bench/out/serving_footprint.json and prints a table."""
+docs/results/serving_footprint.json (bench/out/ from a dirty tree) and prints a table."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import subprocess
 import sys
@@ -25,7 +24,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.flags import command_line, free_port, machine_base, proc_field  # noqa: E402
+from bench.flags import free_port, proc_field, write_result  # noqa: E402
 
 
 def folder_bytes(path: Path) -> int:
@@ -57,13 +56,12 @@ def main() -> None:
                         help="folder with gallery-images/ and gallery-texts/ (copied; the copies are served)")
     parser.add_argument("--venv", type=Path, help="serving venv to make or reuse (default: a temporary one)")
     parser.add_argument("--searches", type=int, default=1000)
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "serving_footprint.json")
     args = parser.parse_args()
     if not (args.model / "model.json").is_file():
         sys.exit(f"{args.model} is not a model directory: run `make demo` first (or pass --model)")
     work = Path(tempfile.mkdtemp(prefix="cmhash-footprint-"))
     venv = args.venv or work / "venv"
-    report: dict[str, Any] = {"command": command_line(), "machine": machine_base()}
+    report: dict[str, Any] = {}
     report["venv_install_s"] = round(make_venv(venv), 1)
     report["venv_mib"] = round(folder_bytes(venv) / 2**20, 1)
     python = venv / "bin" / "python"
@@ -107,8 +105,7 @@ def main() -> None:
         proc.wait(timeout=30)
         shutil.rmtree(work / "gallery-images", ignore_errors=True)
         shutil.rmtree(work / "gallery-texts", ignore_errors=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1))
+    print(f"written to {write_result('serving_footprint', report)}")
     print("| serving venv | torch importable | start to ready | RSS idle | RSS after searches | peak RSS |")
     print("|---|---|---|---|---|---|")
     print(f"| {report['venv_mib']:.0f} MiB | {report['torch_importable']} | {report['start_to_ready_s']} s | "

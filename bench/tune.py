@@ -156,12 +156,12 @@ def tune_split(key: str, split: dict, methods: list[str], bits: int, threads: in
             best = max(trials, key=lambda t: t[0])[1]
             trials += [_trial(label, method, {**best, **r}, base, run) for r in REFINE_GRID]
         assert len(trials) == BUDGET
-        value, fields, detail = max(trials, key=lambda t: t[0])
+        _, fields, detail = max(trials, key=lambda t: t[0])
         out[method] = {**fields, "_validation": {
             "map_i2t": detail["i2t"], "map_t2i": detail["t2i"], "chance_map": detail["chance"],
             "candidates": len(trials), "bits": bits, "seed": base.seed,
             "validation_fraction": VALIDATION_FRACTION, "split": split,
-            "n_fit": int(len(run.eval_split.train)), "n_validation": int(len(run.eval_split.query)),
+            "n_fit": len(run.eval_split.train), "n_validation": len(run.eval_split.query),
         }}
         print(f"==> {label} {method}: {json.dumps(fields)}", flush=True)
     return out

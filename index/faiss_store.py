@@ -351,7 +351,8 @@ class FaissCodeStore:
             if len(rows):
                 inner = faiss.downcast_IndexBinary(self._index.index)
                 n = self._index.ntotal
-                stored = faiss.rev_swig_ptr(inner.xb.data(), n * self.padded_bytes).reshape(n, self.padded_bytes)
+                xb = inner.xb.data()  # type: ignore[attr-defined]
+                stored = faiss.rev_swig_ptr(xb, n * self.padded_bytes).reshape(n, self.padded_bytes)
                 id_map = faiss.vector_to_array(self._index.id_map)  # internal id of each row, increasing
                 at = np.searchsorted(id_map, iids)
                 if not np.array_equal(id_map[np.minimum(at, n - 1)], iids):  # pragma: no cover - invariant

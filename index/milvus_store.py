@@ -43,13 +43,14 @@ import re
 import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 from urllib.parse import urlparse
 from uuid import uuid4
 
 import numpy as np
 
 from index.errors import DuplicateIdError
+from index.store import MilvusIndexType
 from model.runtime.codes import check_packed
 from model.runtime.errors import UserError
 
@@ -62,7 +63,7 @@ __all__ = ["MAX_TOPK", "STORE_FILE", "MilvusCodeStore"]
 
 MAX_TOPK = 16384  # Milvus's cap on a search's limit (topk), a query's limit and nq
 STORE_FILE = "store.json"
-INDEX_TYPES = ("BIN_FLAT", "BIN_IVF_FLAT")
+INDEX_TYPES: tuple[str, ...] = get_args(MilvusIndexType)
 _FORMAT_VERSION = 1
 _PK, _EXT, _KEY, _CODE, _META = "pk", "ext_id", "id_key", "code", "meta"
 _VARCHAR_MAX = 65535

@@ -84,7 +84,8 @@ def hamming(query: np.ndarray, codes: np.ndarray) -> np.ndarray:
     """int64 Hamming distances between one packed query code and each row of packed `codes`."""
     if not len(codes):
         return np.zeros(0, dtype=np.int64)
-    return _POPCOUNT[np.bitwise_xor(codes, query[None, :])].sum(axis=1, dtype=np.int64)
+    dist: np.ndarray = _POPCOUNT[np.bitwise_xor(codes, query[None, :])].sum(axis=1, dtype=np.int64)
+    return dist
 
 
 def rank_candidates(codes: np.ndarray, candidates: Candidates, limits: Sequence[int],
@@ -184,7 +185,8 @@ def filter_candidates(gallery: Any, filter: Filter) -> Candidates:
     if candidates is None:
         raise FilterUnsupported(f"filtered search is not supported by this gallery's store "
                                 f"({getattr(gallery, 'backend', type(gallery).__name__)})")
-    return candidates(filter)
+    found: Candidates = candidates(filter)
+    return found
 
 
 def supports_filter(gallery: Any) -> bool:

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
+MilvusIndexType = Literal["BIN_FLAT", "BIN_IVF_FLAT"]  # Milvus binary indexes: exact scan, or inverted lists
 SearchResult = tuple[list[list[str]], np.ndarray]  # ids per query, nq x k int64 distances
 RangeResult = list[tuple[list[str], np.ndarray]]  # per query: ids and int64 distances
 

@@ -30,14 +30,15 @@ from service.state import SearchJob, ServiceState
 from service.uploads import check_image, read_upload
 
 
-def text_query(state: ServiceState, text: str) -> str:
-    """A checked query text (400 when the model cannot read raw text, or when it knows none of
-    the text's words: a bag-of-words code of nothing would rank the gallery arbitrarily)."""
+def text_query(state: ServiceState, text: str, *, known_words: bool = True) -> str:
+    """A checked text (400 when the model cannot read raw text). A search query (`known_words`)
+    must also hold a word the model knows: a bag-of-words code of nothing would rank the gallery
+    arbitrarily. A stored or encoded text need not (its code is what the model makes of it)."""
     encoder = state.require_encoder()
     if encoder.info.text.kind == "features":
         raise bad_request("this model reads text feature vectors, not raw text")
     text = check_text(text, state.settings.max_text_chars)
-    if not encoder.reads_words(text):
+    if known_words and not encoder.reads_words(text):
         unknown = encoder.unknown_words(text)
         shown = ", ".join(unknown[:10]) + (" ..." if len(unknown) > 10 else "")
         raise bad_request(f"no word of the query is known to the model ({shown or 'no words'}); its vocabulary "

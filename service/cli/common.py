@@ -1,5 +1,5 @@
-"""What every `cmhash` command shares: options read from CMHASH_* variables, enumerated
-choices, and the one way a user's mistake ends a command (one line, exit status 2)."""
+"""What every `cmhash` command shares: options read from CMHASH_* variables (enumerated
+choices are `Literal` types, listed by --help and checked by typer), and the one way a user's mistake ends a command (one line, exit status 2)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import os
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from enum import Enum
 from typing import Any, NoReturn
 
 import typer
@@ -29,11 +28,6 @@ def flag_option(help_text: str, *decls: str, **kw: Any) -> Any:
     """A per-invocation option (an input or output path, a query): a flag only, never read from
     the environment, so a variable left set for one command cannot leak into another."""
     return typer.Option(*decls, help=help_text, **kw)
-
-
-def choices(name: str, values: tuple[str, ...]) -> type[Enum]:
-    """A str Enum of `values` so that --help lists the choices and typer refuses others."""
-    return Enum(name, {v: v for v in values}, type=str)  # type: ignore[return-value]
 
 
 def fail(message: str) -> NoReturn:

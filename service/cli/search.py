@@ -8,12 +8,11 @@ from typing import Annotated
 
 import typer
 
-from model.runtime.choices import DEVICES
+from model.runtime.choices import Device
 from model.runtime.errors import UserError
-from service.cli.common import choices, env_option, flag_option, user_errors
+from service.cli.common import env_option, flag_option, user_errors
 
 NAME = "search"
-DeviceChoice = choices("Device", DEVICES)
 
 
 def parse_filter(items: list[str] | None) -> dict[str, str | int | float | bool] | None:
@@ -44,7 +43,7 @@ def run(
     image: Annotated[Path | None, flag_option("Image file query.")] = None,
     k: Annotated[int, flag_option("Number of results.", "--k", "-k", min=1)] = 10,
     radius: Annotated[int | None, flag_option("Hash lookup: every item within this Hamming distance (up to k shown).", min=0)] = None,
-    device: Annotated[DeviceChoice, env_option("Where the encoder runs.", "DEVICE")] = "auto",  # type: ignore[valid-type,assignment]
+    device: Annotated[Device, env_option("Where the work runs: auto (CUDA when present), cpu or cuda.", "DEVICE")] = "auto",
     encoder_threads: Annotated[int | None, env_option("ONNX Runtime intra-op threads.", "ENCODER_THREADS", min=1)] = None,
     as_json: Annotated[bool, flag_option("Print the hits as JSON.", "--json")] = False,
     milvus_token: Annotated[str | None, env_option("Milvus server credentials, for a Milvus gallery.", "MILVUS_TOKEN")] = None,
@@ -56,7 +55,7 @@ def run(
 
     with user_errors():
         page = search_gallery(model, gallery, text=text, image=image, k=k, radius=radius,
-                              device=device.value, threads=encoder_threads, milvus_token=milvus_token,
+                              device=device, threads=encoder_threads, milvus_token=milvus_token,
                               filter=parse_filter(filter))
     if page.unknown_words:
         typer.secho(f"warning: words the model does not know (not used): {', '.join(page.unknown_words)}",

@@ -10,15 +10,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from model.runtime.choices import DEVICES
+from model.runtime.choices import Device
 from model.runtime.model_dir import INFO_FILE
-from service.cli.common import choices, env_option, fail, user_errors
+from service.cli.common import env_option, fail, user_errors
 
 if TYPE_CHECKING:
     from service.settings import Settings
 
 NAME = "serve"
-DeviceChoice = choices("Device", DEVICES)
 
 
 def port_in_use(host: str, port: int) -> bool:
@@ -52,7 +51,7 @@ def run(
     host: Annotated[str, env_option("Interface to bind (0.0.0.0 for every interface).", "HOST")] = "127.0.0.1",
     port: Annotated[int, env_option("TCP port.", "PORT", min=0, max=65535)] = 8000,
     server_workers: Annotated[int, env_option("Server processes; more than 1 only without galleries (each would hold its own copy).", "SERVER_WORKERS", "--workers", min=1)] = 1,
-    device: Annotated[DeviceChoice, env_option("Where the encoder and the k-NN run.", "DEVICE")] = "auto",  # type: ignore[valid-type,assignment]
+    device: Annotated[Device, env_option("Where the work runs: auto (CUDA when present), cpu or cuda.", "DEVICE")] = "auto",
     encoder_threads: Annotated[int | None, env_option("ONNX Runtime intra-op threads (default: all cores).", "ENCODER_THREADS", min=1)] = None,
     api_key: Annotated[str | None, env_option("Require this key (X-API-Key or Bearer) on gallery writes.", "API_KEY")] = None,
 ) -> None:
@@ -63,13 +62,13 @@ def run(
     from service.settings import Settings
 
     values = {"MODEL_DIR": model, "IMAGE_GALLERY": image_gallery, "TEXT_GALLERY": text_gallery, "HOST": host,
-              "PORT": port, "SERVER_WORKERS": server_workers, "DEVICE": device.value,
+              "PORT": port, "SERVER_WORKERS": server_workers, "DEVICE": device,
               "ENCODER_THREADS": encoder_threads, "API_KEY": api_key}
     for name, value in values.items():
         if value is not None:
             os.environ[f"CMHASH_{name}"] = str(value)  # the app factory (in every worker) reads them
     with user_errors():
-        settings = Settings()  # type: ignore[call-arg]
+        settings = Settings()
     os.environ["CMHASH_HEADER_TIMEOUT_S"] = str(settings.header_timeout_s)  # for HeadTimeoutProtocol in each worker
     if not (model / INFO_FILE).is_file():
         fail(f"no exported model in {model} ({INFO_FILE} missing): run `cmhash export RUN_DIR --out {model}` "

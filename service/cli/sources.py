@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, get_args
+from typing import Annotated
 
 import typer
 
 from model.training.config import DatasetName, TrainConfig
-from service.cli.common import choices, env_option, flag_option, user_errors
+from service.cli.common import env_option, flag_option, user_errors
 
 NAME = "sources"
-Dataset = choices("Dataset", get_args(DatasetName))
 
 
 def run(
-    dataset: Annotated[Dataset, env_option("Dataset loader (image files needed: mirflickr or manifest).", "DATASET")],  # type: ignore[valid-type]
+    dataset: Annotated[DatasetName, env_option("Dataset loader (image files needed: mirflickr or manifest).", "DATASET")],
     out: Annotated[Path, flag_option("Folder to write images.jsonl and texts.jsonl into.")],
     data: Annotated[Path | None, env_option("Dataset path (default: the dataset's folder under CMHASH_DATA_ROOT).", "DATA")] = None,
 ) -> None:
@@ -24,6 +23,6 @@ def run(
     from model.training.data.sources import write_dataset_sources
 
     with user_errors():
-        path = TrainConfig(dataset=dataset.value, data=data, out=out).data_path()
-        images, texts = write_dataset_sources(load_dataset(dataset.value, path), out)
+        path = TrainConfig(dataset=dataset, data=data, out=out).data_path()
+        images, texts = write_dataset_sources(load_dataset(dataset, path), out)
     typer.echo(f"wrote {images}" + (f" and {texts}" if texts else ""))

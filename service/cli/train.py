@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, get_args
+from typing import Annotated
 
 import typer
 
+from model.runtime.choices import Device
 from model.training.config import (
     BackboneName,
     DatasetName,
@@ -16,17 +17,9 @@ from model.training.config import (
     TextFeatures,
     TrainConfig,
 )
-from model.runtime.choices import DEVICES
-from service.cli.common import choices, env_option, flag_option, needs_training_extra, user_errors
+from service.cli.common import env_option, flag_option, needs_training_extra, user_errors
 
 NAME = "train"
-Dataset = choices("Dataset", get_args(DatasetName))
-Method = choices("Method", get_args(MethodName))
-Optimizer = choices("Optimizer", get_args(OptimizerName))
-TextFeature = choices("TextFeature", get_args(TextFeatures))
-TextEncoder = choices("TextEncoder", get_args(TextEncoderName))
-Backbone = choices("Backbone", get_args(BackboneName))
-DeviceChoice = choices("Device", DEVICES)
 
 
 def parse_hp(items: list[str]) -> dict[str, float]:
@@ -52,24 +45,24 @@ def parse_hidden(hidden: str) -> list[int]:
 
 
 def run(
-    dataset: Annotated[Dataset, env_option("Dataset loader.", "DATASET")],  # type: ignore[valid-type]
+    dataset: Annotated[DatasetName, env_option("Dataset loader.", "DATASET")],
     out: Annotated[Path, flag_option("Run directory to write (checkpoint, metrics, codes, plots).")],
     data: Annotated[Path | None, env_option("Dataset path (default: the dataset's folder under CMHASH_DATA_ROOT).", "DATA")] = None,
-    method: Annotated[Method, env_option("Hashing method.", "METHOD")] = "bi_ncmh",  # type: ignore[valid-type,assignment]
+    method: Annotated[MethodName, env_option("Hashing method.", "METHOD")] = "bi_ncmh",
     bits: Annotated[int, env_option("Code length in bits (multiple of 8; 16-128 typical).", "BITS")] = 64,
     seed: Annotated[int, env_option("Seed of split, initialisation and batch order.", "SEED")] = 0,
     epochs: Annotated[int, env_option("Training epochs.", "EPOCHS")] = 60,
     batch_size: Annotated[int, env_option("Training mini-batch size.", "BATCH_SIZE")] = 128,
-    optimizer: Annotated[Optimizer, env_option("Optimiser of the hash heads.", "OPTIMIZER")] = "adam",  # type: ignore[valid-type,assignment]
+    optimizer: Annotated[OptimizerName, env_option("Optimiser of the hash heads.", "OPTIMIZER")] = "adam",
     lr: Annotated[float, env_option("Learning rate of the hash heads.", "LR")] = 1e-3,
     weight_decay: Annotated[float, env_option("L2 weight decay.", "WEIGHT_DECAY")] = 0.0,
     hidden: Annotated[str, env_option("Hidden widths of the hash heads, comma separated ('' = linear).", "HIDDEN")] = "2048",
     dropout: Annotated[float, env_option("Dropout after hidden layers.", "DROPOUT")] = 0.0,
     hp: Annotated[list[str] | None, env_option("Method hyper-parameter NAME=VALUE (repeatable), e.g. alpha=1.", "HP")] = None,
-    text_features: Annotated[TextFeature, env_option("Wikipedia text features.", "TEXT_FEATURES")] = "lda",  # type: ignore[valid-type,assignment]
-    text_encoder: Annotated[TextEncoder, env_option("Text input: bag of words or MiniLM.", "TEXT_ENCODER")] = "bow",  # type: ignore[valid-type,assignment]
+    text_features: Annotated[TextFeatures, env_option("Wikipedia text features.", "TEXT_FEATURES")] = "lda",
+    text_encoder: Annotated[TextEncoderName, env_option("Text input: bag of words or MiniLM.", "TEXT_ENCODER")] = "bow",
     min_word_count: Annotated[int, env_option("Vocabulary cut-off for raw texts.", "MIN_WORD_COUNT")] = 1,
-    image_backbone: Annotated[Backbone, env_option("Image backbone (pixel inputs).", "IMAGE_BACKBONE")] = "efficientnet-lite0",  # type: ignore[valid-type,assignment]
+    image_backbone: Annotated[BackboneName, env_option("Image backbone (pixel inputs).", "IMAGE_BACKBONE")] = "efficientnet-lite0",
     finetune_backbone: Annotated[bool, env_option("Also train the image backbone (slow on CPU).", "FINETUNE_BACKBONE")] = False,
     backbone_lr: Annotated[float, env_option("Learning rate of the backbone when fine-tuned.", "BACKBONE_LR")] = 1e-5,
     query_size: Annotated[int | None, env_option("Number of queries (default: dataset protocol).", "QUERY_SIZE")] = None,
@@ -78,19 +71,19 @@ def run(
     folds: Annotated[int | None, env_option("K-fold evaluation: K runs into OUT/fold-i, every item a query once; metrics.json: "
                                                    "per-fold MAPs, mean, 95% CI (not for preset splits).", "FOLDS", min=2)] = None,
     cache_dir: Annotated[Path | None, env_option("Feature cache directory (default ~/.cache/cmhash).", "CACHE_DIR")] = None,
-    device: Annotated[DeviceChoice, env_option("Where torch trains.", "DEVICE")] = "auto",  # type: ignore[valid-type,assignment]
+    device: Annotated[Device, env_option("Where the work runs: auto (CUDA when present), cpu or cuda.", "DEVICE")] = "auto",
     torch_threads: Annotated[int | None, env_option("Torch CPU threads (default: torch's).", "TORCH_THREADS", min=1)] = None,
     progress: Annotated[bool, env_option("Show progress bars.", "PROGRESS")] = True,
 ) -> None:
     """Train a cross-modal hashing model and evaluate it (MAP over the whole ranking and MAP@50)."""
     fields = dict(
-        dataset=str(dataset.value), out=out, data=data, method=method.value, bits=bits, seed=seed, epochs=epochs,
-        batch_size=batch_size, optimizer=optimizer.value, lr=lr, weight_decay=weight_decay,
+        dataset=str(dataset), out=out, data=data, method=method, bits=bits, seed=seed, epochs=epochs,
+        batch_size=batch_size, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
         hidden=parse_hidden(hidden), dropout=dropout, hp=parse_hp(hp or []),
-        text_features=text_features.value, text_encoder=text_encoder.value, min_word_count=min_word_count,
-        image_backbone=image_backbone.value, finetune_backbone=finetune_backbone, backbone_lr=backbone_lr,
+        text_features=text_features, text_encoder=text_encoder, min_word_count=min_word_count,
+        image_backbone=image_backbone, finetune_backbone=finetune_backbone, backbone_lr=backbone_lr,
         query_size=query_size, train_size=train_size,
-        validation_fraction=validation_fraction, folds=folds, device=device.value, torch_threads=torch_threads,
+        validation_fraction=validation_fraction, folds=folds, device=device, torch_threads=torch_threads,
     )
     if cache_dir is not None:
         fields["cache_dir"] = cache_dir

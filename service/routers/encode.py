@@ -17,7 +17,7 @@ router = APIRouter(prefix="/encode", tags=["encode"], dependencies=[Depends(requ
 @router.post("/text", response_model=CodeResponse)
 async def encode_text(body: TextBody, state: ServiceState = Depends(get_state)) -> CodeResponse:
     """The packed code of a text, as hex."""
-    text = text_query(state, body.text)
+    text = text_query(state, body.text, known_words=False)
     codes = await asyncio.to_thread(state.encode, "text", [text])
     return CodeResponse(code=bytes(codes[0]).hex(), bits=state.require_encoder().bits)
 

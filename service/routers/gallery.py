@@ -239,7 +239,7 @@ async def add_texts(body: TextItems, state: ServiceState = Depends(get_state)) -
     journaled = state.gallery("text")
     if len(body.items) > state.settings.max_items:
         raise bad_request(f"at most {state.settings.max_items} items per request, got {len(body.items)}")
-    texts = [text_query(state, item.text) for item in body.items]
+    texts = [text_query(state, item.text, known_words=False) for item in body.items]
     for text in texts:
         _check_unicode(text, "a text")
     item_ids = [item.id if item.id is not None else text_id(item.text) for item in body.items]

@@ -41,3 +41,14 @@ def test_image_queries_have_no_unknown_words(client: TestClient) -> None:
     r = client.post("/search/image-to-text", files={"file": ("q.png", png_bytes(1), "image/png")}, data={"k": "2"})
     assert r.status_code == 200, r.text
     assert r.json()["unknown_words"] == []
+
+
+def test_stored_and_encoded_texts_need_no_known_word(make_settings) -> None:
+    """Only a search needs a known word; a gallery text is stored whatever its words."""
+    from tests.service.conftest import open_client
+
+    with open_client(make_settings()) as client:
+        r = client.post("/gallery/texts", json={"items": [{"id": "odd", "text": "xyzzy plugh"}]})
+        assert r.status_code == 201, r.text
+        assert client.get("/gallery/texts/odd").json()["metadata"]["text"] == "xyzzy plugh"
+        assert client.post("/encode/text", json={"text": "xyzzy plugh"}).status_code == 200

@@ -49,7 +49,8 @@ def test_chance_map_is_the_expected_map_of_a_random_ranking() -> None:
     # chance_map is its large-N value, the mean fraction relevant: within ln(N)/N + 1/N of it.
     assert chance_map(q_labels, r_labels) == pytest.approx(np.mean(relevant / n))
     big_n, big_r = 2000, 700
-    big_exact = (big_r - 1) / (big_n - 1) + (big_n - big_r) * sum(1 / i for i in range(1, big_n + 1)) / (big_n * (big_n - 1))
+    big_h = sum(1 / i for i in range(1, big_n + 1))
+    big_exact = (big_r - 1) / (big_n - 1) + (big_n - big_r) * big_h / (big_n * (big_n - 1))
     assert abs(big_exact - big_r / big_n) < (np.log(big_n) + 1) / big_n
 
 

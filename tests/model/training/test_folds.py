@@ -34,8 +34,8 @@ def test_every_item_is_a_query_exactly_once(n: int, k: int) -> None:
 
 def test_folds_are_seeded() -> None:
     a, b, c = make_folds(50, 5, seed=1), make_folds(50, 5, seed=1), make_folds(50, 5, seed=2)
-    assert all(np.array_equal(x.query, y.query) for x, y in zip(a, b))
-    assert not all(np.array_equal(x.query, y.query) for x, y in zip(a, c))
+    assert all(np.array_equal(x.query, y.query) for x, y in zip(a, b, strict=True))
+    assert not all(np.array_equal(x.query, y.query) for x, y in zip(a, c, strict=True))
 
 
 @pytest.mark.parametrize(("n", "k"), [(10, 1), (10, 11), (3, 0)])

@@ -113,7 +113,7 @@ def test_settings_tuned_on_another_split_are_refused(tmp_path, monkeypatch) -> N
 def test_missing_fold_settings_are_refused(tmp_path, monkeypatch) -> None:
     raw = fold_settings(lambda i: {"split": tune.split_record("mirflickr", i)})
     del raw["mirflickr"]["fold-2"]
-    with pytest.raises(SystemExit, match="bench/tune.py"):
+    with pytest.raises(SystemExit, match=r"bench/tune\.py"):
         jobs_for(raw, tmp_path, monkeypatch)
 
 
@@ -133,11 +133,12 @@ def test_committed_settings_never_tuned_on_a_reported_query_row() -> None:
         if key.startswith("_"):
             continue
         dataset, variant = quality.DATASETS[key]
-        ds = load_dataset(dataset, shared_data_root() / {"wikipedia": "wikipedia", "mirflickr": "mirflickr25k"}[dataset],
-                          **variant)
+        folder = {"wikipedia": "wikipedia", "mirflickr": "mirflickr25k"}[dataset]
+        ds = load_dataset(dataset, shared_data_root() / folder, **variant)
         protocol = tune.PROTOCOLS[key]
         if protocol["kind"] == "folds":
-            reported = {f"fold-{i}": s.query for i, s in enumerate(make_folds(len(ds), protocol["folds"], protocol["seed"]))}
+            folds = make_folds(len(ds), protocol["folds"], protocol["seed"])
+            reported = {f"fold-{i}": s.query for i, s in enumerate(folds)}
         else:
             reported = {"": ds.preset_split.query}
         for part, methods in quality._split_entries(key, entries).items():

@@ -53,7 +53,8 @@ def full_batch(labels: torch.Tensor, g_v: torch.Tensor, g_t: torch.Tensor) -> tu
     return batch, state
 
 
-@pytest.mark.parametrize(("alpha", "beta", "gamma"), [(1.0, 0.1, 0.1), (0.5, 1.0, 0.0), (0.0, 1.0, 0.0), (1.0, 0.3, 2.0)])
+@pytest.mark.parametrize(("alpha", "beta", "gamma"),
+                         [(1.0, 0.1, 0.1), (0.5, 1.0, 0.0), (0.0, 1.0, 0.0), (1.0, 0.3, 2.0)])
 def test_gradient_matches_autograd_of_eq_11(alpha: float, beta: float, gamma: float) -> None:
     gen = torch.Generator().manual_seed(3)
     labels = (torch.rand(N, K, generator=gen) < 0.35).to(torch.uint8)
@@ -91,5 +92,5 @@ def test_one_sided_intra_term_alone_would_halve_beta() -> None:
     grads = torch.autograd.grad(one_sided, (g_v, g_t))
     paper = paper_objective(g_v, g_t, labels, alpha=0.0, beta=0.5, gamma=0.0)
     expected = torch.autograd.grad(paper, (g_v, g_t))
-    for got, want in zip(grads, expected):
+    for got, want in zip(grads, expected, strict=True):
         assert torch.allclose(got, want, rtol=1e-5, atol=1e-10)
