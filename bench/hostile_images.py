@@ -167,7 +167,8 @@ def run_scenario(base: str, pid: int, files: dict[str, bytes], names: list[str],
                                                        for a in answers)}
 
 
-def run_scenarios(base: str, pid: int, files: dict[str, bytes], wanted: list[str], timeout: float) -> dict[str, dict[str, Any]]:
+def run_scenarios(base: str, pid: int, files: dict[str, bytes], wanted: list[str],
+                  timeout: float) -> dict[str, dict[str, Any]]:
     """A warm-up search (sessions and arenas in the baseline), then each of the `wanted` scenarios
     against the server `pid` at `base`."""
     warm = post(base, "warm.jpg", jpeg(640, 480), timeout)

@@ -90,7 +90,8 @@ class Record:
     status: dict[str, dict[str, int]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(int)))
     added: dict[str, set[str]] = field(default_factory=lambda: {kind: set() for kind in KINDS})
     deleted: dict[str, set[str]] = field(default_factory=lambda: {kind: set() for kind in KINDS})
-    unsure: dict[str, set[str]] = field(default_factory=lambda: {kind: set() for kind in KINDS})  # writes without an answer
+    # writes that got no answer (the server died under them): they may or may not have happened
+    unsure: dict[str, set[str]] = field(default_factory=lambda: {kind: set() for kind in KINDS})
     sent: dict[str, Any] = field(default_factory=dict)  # id of an add -> its text, or the index of its image
     errors: list[str] = field(default_factory=list)
 
@@ -152,8 +153,8 @@ def client(cid: int, base: str, args: argparse.Namespace, images: list[bytes], t
                     rec.sent[item_id] = f"{rng.choice(texts)} {n}"
                     r = http.post("/gallery/texts", json={"items": [{"id": item_id, "text": rec.sent[item_id]}]})
                 elif kind == "add-image":
-                    rec.sent[item_id] = rng.randrange(len(images))
-                    r = http.post("/gallery/images", files={"files": ("q.jpg", images[rec.sent[item_id]], "image/jpeg")},
+                    rec.sent[item_id] = index = rng.randrange(len(images))
+                    r = http.post("/gallery/images", files={"files": ("q.jpg", images[index], "image/jpeg")},
                                   data={"ids": item_id})
                 else:
                     item_id = live[gallery].pop(rng.randrange(len(live[gallery])))
@@ -235,8 +236,8 @@ def check_uploads(http: httpx.Client, folder: Path, recs: list[Record]) -> tuple
         if r.status_code != 200:
             problems.append(f"live image {item_id}: GET answered {r.status_code}, its file not checked")
             continue
-        path = Path(str(r.json()["metadata"].get("path", "")))
-        if path.parent.resolve() != folder.resolve():
+        path = Path(str(r.json()["metadata"].get("path", "")))  # the API shows an upload's stored file name
+        if path.name in ("", ".") or (path.parent != Path(".") and path.parent.resolve() != folder.resolve()):
             problems.append(f"live image {item_id}: path {str(path)!r} is not in the upload folder")
         else:
             expected[path.name] = item_id

@@ -81,6 +81,7 @@ class Hit(BaseModel):
     rank: int = Field(description="1-based position in the whole ranking (offset + position in the page)")
     id: str = Field(description="gallery item id")
     distance: int = Field(description="Hamming distance between the query code and the item's code")
+    score: float | None = Field(None, description="re-ranked searches: h . b / bits (higher is nearer); else None")
     metadata: dict[str, Any] = Field(default_factory=dict, description="what was stored with the item")
 
 
@@ -299,20 +300,24 @@ Filter = Mapping[str, str | int | float | bool]
 
 
 def _text_search(path: str, text: str, k: int, offset: int, radius: int | None,
-                 filter: Filter | None) -> _Request[SearchResponse]:
+                 filter: Filter | None, rerank: int | str | None = None) -> _Request[SearchResponse]:
     body: dict[str, Any] = {"text": text, "k": k, "offset": offset}
     if radius is not None:
         body["radius"] = radius
+    if rerank is not None:
+        body["rerank"] = rerank
     if filter:
         body["filter"] = dict(filter)
     return _Request("POST", path, _model(SearchResponse), json=body)
 
 
 def _image_search(path: str, image: ImageInput, k: int, offset: int, radius: int | None,
-                  filter: Filter | None) -> _Request[SearchResponse]:
+                  filter: Filter | None, rerank: int | str | None = None) -> _Request[SearchResponse]:
     data = {"k": str(k), "offset": str(offset)}
     if radius is not None:
         data["radius"] = str(radius)
+    if rerank is not None:
+        data["rerank"] = str(rerank)
     if filter:
         data["filter"] = json.dumps(dict(filter))
     return _Request("POST", path, _model(SearchResponse), data=data, files=[("file", _upload(image))])
@@ -376,29 +381,31 @@ class _Api:
 
     @_Endpoint
     def search_text_to_image(self, text: str, *, k: int = 10, offset: int = 0, radius: int | None = None,
-                             filter: Filter | None = None) -> _Request[SearchResponse]:
+                             filter: Filter | None = None, rerank: int | str | None = None) -> _Request[SearchResponse]:
         """Images nearest to `text` (k-NN), or with `radius` every image within that Hamming
         distance (`total` counts them), paginated by `offset` / `k`; with `filter` (e.g.
-        {"labels": "dog"}), only over the images whose metadata match."""
-        return _text_search("/search/text-to-image", text, k, offset, radius, filter)
+        {"labels": "dog"}), only over the images whose metadata match; with `rerank` (R or "all"),
+        re-ranked by the query's continuous representation (hits carry `score`)."""
+        return _text_search("/search/text-to-image", text, k, offset, radius, filter, rerank)
 
     @_Endpoint
     def search_text_to_text(self, text: str, *, k: int = 10, offset: int = 0, radius: int | None = None,
-                            filter: Filter | None = None) -> _Request[SearchResponse]:
+                            filter: Filter | None = None, rerank: int | str | None = None) -> _Request[SearchResponse]:
         """Texts nearest to `text` (see `search_text_to_image` for k, offset, radius, filter)."""
-        return _text_search("/search/text-to-text", text, k, offset, radius, filter)
+        return _text_search("/search/text-to-text", text, k, offset, radius, filter, rerank)
 
     @_Endpoint
     def search_image_to_text(self, image: ImageInput, *, k: int = 10, offset: int = 0, radius: int | None = None,
-                             filter: Filter | None = None) -> _Request[SearchResponse]:
+                             filter: Filter | None = None, rerank: int | str | None = None) -> _Request[SearchResponse]:
         """Texts nearest to an image (bytes, a path, a binary file, or (file name, bytes))."""
-        return _image_search("/search/image-to-text", image, k, offset, radius, filter)
+        return _image_search("/search/image-to-text", image, k, offset, radius, filter, rerank)
 
     @_Endpoint
     def search_image_to_image(self, image: ImageInput, *, k: int = 10, offset: int = 0, radius: int | None = None,
-                              filter: Filter | None = None) -> _Request[SearchResponse]:
+                              filter: Filter | None = None,
+                              rerank: int | str | None = None) -> _Request[SearchResponse]:
         """Images nearest to an image."""
-        return _image_search("/search/image-to-image", image, k, offset, radius, filter)
+        return _image_search("/search/image-to-image", image, k, offset, radius, filter, rerank)
 
     # -- encode
 

@@ -91,15 +91,25 @@ async def image_array(state: ServiceState, data: bytes, name: str = "upload") ->
         raise unsupported(f"{name}: {exc}") from None
 
 
+def check_rerank(state: ServiceState, rerank: int | str | None) -> None:
+    """400 unless `rerank` is null, "all" or an integer 1..max_rerank."""
+    limit = state.settings.max_rerank
+    if rerank is None or rerank == "all":
+        return
+    if isinstance(rerank, bool) or not isinstance(rerank, int) or not 1 <= rerank <= limit:
+        raise bad_request(f"rerank must be null, \"all\" or between 1 and {limit} (max_rerank), got {rerank!r}")
+
+
 async def run_search(state: ServiceState, modality: Modality, query: np.ndarray | str, target: Modality,
                      k: int, offset: int, radius: int | None, started: float,
-                     filter: Mapping[str, Any] | None = None) -> SearchResponse:
+                     filter: Mapping[str, Any] | None = None, rerank: int | str | None = None) -> SearchResponse:
     """One page of `target` results for `query` (k-NN after `offset`, or the radius lookup's page),
-    over the items matching `filter` when one is given."""
+    over the items matching `filter` when one is given, re-ranked by h . b with `rerank`."""
     check_page(state, k, offset, radius)
+    check_rerank(state, rerank)
     journaled = state.gallery(target)
     flt = check_search_filter(state, target, filter)
-    outcome = await state.batchers[modality].submit(SearchJob(query, target, offset, k, radius, flt or None))
+    outcome = await state.batchers[modality].submit(SearchJob(query, target, offset, k, radius, flt or None, rerank))
     return SearchResponse(results=[public_hit(hit) for hit in outcome.hits], bits=journaled.bits,
                           took_ms=(time.perf_counter() - started) * 1000.0,
                           total=outcome.found if radius is not None else None,

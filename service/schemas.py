@@ -23,6 +23,11 @@ def FILTER_SCHEMA(schema: dict[str, Any]) -> None:
     (the model accepts any object, so the route can answer a nested value with a 400)."""
     values = {"anyOf": [{"type": "string"}, {"type": "number"}, {"type": "boolean"}]}
     schema["anyOf"] = [{"type": "object", "additionalProperties": values}, {"type": "null"}]
+RERANK_DESCRIPTION = ("asymmetric re-ranking by h . b (the query's continuous representation h against each "
+                      "item's code b in {-1,+1}; each hit then carries its score h . b / bits): an integer R "
+                      "(1..max_rerank) re-ranks the Hamming top R (the first R by distance then insertion "
+                      "order), the rest staying in Hamming order; \"all\" ranks every item by h . b, ties by "
+                      "insertion order; with radius, the items within it are re-ranked; null: Hamming order")
 IMAGE_BASE64_DESCRIPTION = ("the image file's bytes in base64 (standard alphabet; a data: URL prefix is allowed); "
                             "the decoded size counts against max_upload_bytes. URLs are never fetched")
 
@@ -38,6 +43,7 @@ class TextQuery(BaseModel):
                                                  "paginated by offset / k; null: the k nearest (k-NN)")
     offset: int = Field(0, description="results skipped before the page (0..max_offset)")
     filter: dict[str, Any] | None = Field(None, description=FILTER_DESCRIPTION, json_schema_extra=FILTER_SCHEMA)
+    rerank: int | Literal["all"] | None = Field(None, description=RERANK_DESCRIPTION)
 
 
 class ImageSearchFields(BaseModel):
@@ -48,6 +54,7 @@ class ImageSearchFields(BaseModel):
     radius: int | None = Field(None, description="hash lookup: every item within this Hamming distance (0..bits), "
                                                  "paginated by offset / k; null: the k nearest (k-NN)")
     filter: dict[str, Any] | None = Field(None, description=FILTER_DESCRIPTION, json_schema_extra=FILTER_SCHEMA)
+    rerank: int | Literal["all"] | None = Field(None, description=RERANK_DESCRIPTION)
 
 
 class ImageSearchJson(ImageSearchFields):
@@ -85,7 +92,7 @@ class ItemPage(BaseModel):
 
 
 class SearchResponse(BaseModel):
-    """One page of results, ordered by (distance, insertion order)."""
+    """One page of results, ordered by (distance, insertion order), or re-ranked by score (`rerank`)."""
 
     results: list[Hit] = Field(description="the page: at most k hits, ranked offset + 1, offset + 2, ...")
     bits: int = Field(description="code length in bits")

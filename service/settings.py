@@ -37,6 +37,7 @@ class Settings(BaseSettings):
     max_concurrent_decodes: int = Field(2, ge=1)  # image uploads decoded at once (each holds a decoded image in memory)
     max_k: int = Field(1000, ge=1)  # largest page size k
     max_offset: int = Field(100_000, ge=0)  # largest pagination offset
+    max_rerank: int = Field(1000, ge=1)  # most Hamming candidates a search may re-rank by h . b (rerank: R)
     max_items: int = Field(256, ge=1)  # most items per gallery add request
     max_metadata_bytes: int = Field(16 * 2**10, ge=2)  # largest stored metadata of one item, as compact UTF-8 JSON
     max_metadata_depth: int = Field(16, ge=1)  # deepest nesting of objects/arrays in one item's metadata ({} is 1)

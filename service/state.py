@@ -38,6 +38,7 @@ class SearchJob:
     k: int  # page size
     radius: int | None  # hash lookup radius, or None for k-NN
     filter: dict[str, Any] | None = None  # metadata filter (index.search.matches), or None for every item
+    rerank: int | str | None = None  # re-rank by h . b: the Hamming top R, "all", or None (index.search)
 
 
 class ServiceState:
@@ -164,19 +165,34 @@ class ServiceState:
         self.metrics.encode.labels(modality).observe(time.perf_counter() - start)
         return codes
 
+    def represent(self, modality: Modality, queries: Sequence[np.ndarray | str]) -> np.ndarray:
+        """Continuous representations h (B x bits float32) of preprocessed images or texts, in one
+        encoder call (timed as `encode`); `Encoder.pack(h)` are their codes."""
+        encoder = self.require_encoder()
+        start = time.perf_counter()
+        if modality == "text":
+            h = encoder.text_representations([str(q) for q in queries])
+        else:
+            h = encoder.image_representations(np.stack([np.asarray(q) for q in queries]))
+        self.metrics.encode.labels(modality).observe(time.perf_counter() - start)
+        return h
+
     def run_batch(self, modality: Modality, jobs: Sequence[SearchJob]) -> list[Page]:
-        """Encode every job's query at once, then one `search_pages` per (gallery, radius), all in
-        this worker thread."""
+        """Encode every job's query at once (h, then its codes), then one `search_pages` per
+        (gallery, radius, filter, rerank), all in this worker thread."""
         self.metrics.batch.labels(modality).observe(len(jobs))
-        codes = self.encode(modality, [j.query for j in jobs])
+        h = self.represent(modality, [j.query for j in jobs])
+        codes = self.require_encoder().pack(h)
         out: dict[int, Page] = {}
-        groups: dict[tuple[Modality, int | None, str], list[int]] = {}
+        groups: dict[tuple[Modality, int | None, str, int | str | None], list[int]] = {}
         for i, job in enumerate(jobs):
-            groups.setdefault((job.target, job.radius, json.dumps(job.filter or {}, sort_keys=True)), []).append(i)
-        for (target, radius, _), rows in groups.items():
+            key = (job.target, job.radius, json.dumps(job.filter or {}, sort_keys=True), job.rerank)
+            groups.setdefault(key, []).append(i)
+        for (target, radius, _, rerank), rows in groups.items():
             start = time.perf_counter()
             pages = search_pages(self.gallery(target), codes[rows], [(jobs[i].offset, jobs[i].k) for i in rows], radius,
-                                 filter=jobs[rows[0]].filter)
+                                 filter=jobs[rows[0]].filter, query_h=h[rows] if rerank is not None else None,
+                                 rerank=rerank)  # type: ignore[arg-type]
             self.metrics.search.labels(target).observe(time.perf_counter() - start)
             out.update(zip(rows, pages, strict=True))
         return [out[i] for i in range(len(jobs))]
