@@ -153,12 +153,14 @@ def search_gallery(
     threads: int | None = None,
     milvus_token: str | None = None,
     filter: Mapping[str, Any] | None = None,
+    rerank: int | str | None = None,
 ) -> Page:
     """Encode one text or image query with `model_dir` and return the first `k` nearest items
     of the gallery (or, with `radius`, of those within that Hamming distance, inclusive; `found`
     counts them all, and `nearest` says how far the best match is when none is within),
     ordered by (distance, insertion order); with `filter` (index.search.matches), among the
-    items whose metadata match only. Refuses a gallery built with another model."""
+    items whose metadata match only; with `rerank` (R or "all"), re-ranked by the query's h . b
+    (index.search.search_pages). Refuses a gallery built with another model."""
     if (text is None) == (image is None):
         raise UserError("give exactly one query: a text or an image")
     if image is not None and not Path(image).is_file():
@@ -168,6 +170,11 @@ def search_gallery(
     if text is not None and not encoder.reads_words(text):
         raise UserError(f"no word of {text!r} is known to the model (its vocabulary is the words of its training texts)")
     gallery = Gallery.open(gallery_dir, model_checksum=encoder.checksum, bits=encoder.bits, token=milvus_token)
-    code = encoder.encode_texts([text]) if text is not None else encoder.encode_images([Path(image)])  # type: ignore[arg-type]
-    page = search_pages(gallery.store, code, [(0, k)], radius, explain_empty=True, filter=flt)[0]
+    if text is not None:
+        h = encoder.text_representations([text])
+    else:
+        h = encoder.image_representations(encoder.preprocess_image(Path(image))[None])  # type: ignore[arg-type]
+    code = encoder.pack(h)
+    page = search_pages(gallery.store, code, [(0, k)], radius, explain_empty=True, filter=flt,
+                        query_h=h if rerank is not None else None, rerank=rerank)[0]
     return replace(page, unknown_words=encoder.unknown_words(text)) if text is not None else page

@@ -294,6 +294,10 @@ class BodyTimeout:
             await response(scope, receive, send)
 
 
+_HEAD_TOO_LARGE_BODY = b'{"error": {"code": "header_too_large", "message": "the request head is over the max_header_bytes limit"}}'
+_HEAD_TOO_LARGE = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+                   b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(_HEAD_TOO_LARGE_BODY), _HEAD_TOO_LARGE_BODY))
+
 try:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 except ImportError:  # no httptools: uvicorn's h11 protocol, without a head timeout
@@ -310,6 +314,7 @@ else:
         (later ones; the idle time between requests is the keep-alive timeout's)."""
 
         header_timeout: float | None = None  # None: CMHASH_HEADER_TIMEOUT_S, else the setting's default
+        max_head_bytes: int | None = None  # None: CMHASH_MAX_HEADER_BYTES, else 64 KiB (httptools has no such limit)
 
         def _arm(self) -> None:
             if getattr(self, "_head_timer", None) is None:
@@ -317,9 +322,23 @@ else:
                 self._head_timer: asyncio.TimerHandle | None = self.loop.call_later(timeout, self._head_timed_out)
 
         def _disarm(self) -> None:
+            self._head_bytes = 0
             if getattr(self, "_head_timer", None) is not None:
                 self._head_timer.cancel()  # type: ignore[union-attr]
                 self._head_timer = None
+
+        def data_received(self, data: bytes) -> None:
+            """Count the bytes of a request head still in progress: past the limit, answer 431
+            and close (uvicorn applies its head limit to h11 only; httptools buffers any size)."""
+            if getattr(self, "_head_timer", None) is not None:
+                self._head_bytes = getattr(self, "_head_bytes", 0) + len(data)
+                limit = self.max_head_bytes or int(os.environ.get("CMHASH_MAX_HEADER_BYTES") or 64 * 1024)
+                if self._head_bytes > limit:
+                    self._disarm()
+                    self.transport.write(_HEAD_TOO_LARGE)
+                    self.transport.close()
+                    return
+            super().data_received(data)
 
         def _head_timed_out(self) -> None:
             self._head_timer = None

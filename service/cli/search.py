@@ -35,6 +35,20 @@ def parse_filter(items: list[str] | None) -> dict[str, str | int | float | bool]
     return out
 
 
+def parse_rerank(text: str | None) -> int | str | None:
+    """`--rerank R|all` as index.search's rerank: None, a positive int, or "all"."""
+    if text is None:
+        return None
+    if text.strip().lower() == "all":
+        return "all"
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise UserError(f"--rerank takes a positive number of candidates or 'all', got {text!r}")
+    return value
+
 
 def run(
     model: Annotated[Path, env_option("Exported model directory.", "MODEL_DIR", "--model")],
@@ -49,6 +63,9 @@ def run(
     milvus_token: Annotated[str | None, env_option("Milvus server credentials, for a Milvus gallery.", "MILVUS_TOKEN")] = None,
     filter: Annotated[list[str] | None, flag_option(
         "Only items whose metadata KEY equals VALUE or lists it: KEY=VALUE (repeatable: all must match).")] = None,
+    rerank: Annotated[str | None, flag_option(
+        "Re-rank by the query's continuous h . b: R (the Hamming top R) or all (every item); default: Hamming order.",
+        metavar="R|all")] = None,
 ) -> None:
     """Print the gallery items nearest to a text or image query (Hamming distance, ties by insertion order)."""
     from index.commands import search_gallery
@@ -56,7 +73,7 @@ def run(
     with user_errors():
         page = search_gallery(model, gallery, text=text, image=image, k=k, radius=radius,
                               device=device, threads=encoder_threads, milvus_token=milvus_token,
-                              filter=parse_filter(filter))
+                              filter=parse_filter(filter), rerank=parse_rerank(rerank))
     if page.unknown_words:
         typer.secho(f"warning: words the model does not know (not used): {', '.join(page.unknown_words)}",
                     fg=typer.colors.YELLOW, err=True)
@@ -73,8 +90,10 @@ def run(
         return
     if radius is not None and page.found > len(page.hits):
         typer.echo(f"{page.found} items within radius {radius}; the first {len(page.hits)} shown")
-    typer.echo(f"{'rank':>4}  {'dist':>4}  id  item")
+    scored = rerank is not None
+    typer.echo(f"{'rank':>4}  {'dist':>4}  " + (f"{'score':>7}  " if scored else "") + "id  item")
     for h in page.hits:
         shown = h.metadata.get("path") or h.metadata.get("text") or ""
         labels = h.metadata.get("labels")
-        typer.echo(f"{h.rank:4d}  {h.distance:4d}  {h.id}  {shown}" + (f"  {labels}" if labels else ""))
+        score = (f"{h.score:7.4f}  " if h.score is not None else f"{'-':>7}  ") if scored else ""
+        typer.echo(f"{h.rank:4d}  {h.distance:4d}  {score}{h.id}  {shown}" + (f"  {labels}" if labels else ""))

@@ -70,6 +70,7 @@ def run(
     with user_errors():
         settings = Settings()
     os.environ["CMHASH_HEADER_TIMEOUT_S"] = str(settings.header_timeout_s)  # for HeadTimeoutProtocol in each worker
+    os.environ["CMHASH_MAX_HEADER_BYTES"] = str(settings.max_header_bytes)  # likewise
     if not (model / INFO_FILE).is_file():
         fail(f"no exported model in {model} ({INFO_FILE} missing): run `cmhash export RUN_DIR --out {model}` "
              "first (in Docker, the trainer writes it: docker compose up runs it before the API)")

@@ -17,10 +17,10 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from index.commands import build_gallery, search_gallery
-from model.runtime.errors import UserError
 from index.gallery import Gallery, GalleryMismatchError
 from model.runtime.codes import hamming_distance_matrix
 from model.runtime.encoder import Encoder
+from model.runtime.errors import UserError
 from service.cli import app
 from tests.tiny_data import CLASSES, draw_item, item_text
 

@@ -22,11 +22,11 @@ pytest.importorskip("faiss")
 from pymilvus import DataType, MilvusClient  # noqa: E402
 
 from index import milvus_store  # noqa: E402
-from model.runtime.errors import UserError  # noqa: E402
 from index.faiss_store import FaissCodeStore  # noqa: E402
 from index.milvus_store import STORE_FILE, MilvusCodeStore  # noqa: E402
 from index.store import CodeStore  # noqa: E402
 from model.runtime.codes import hamming_distance_matrix  # noqa: E402
+from model.runtime.errors import UserError  # noqa: E402
 
 MakeStore = Callable[..., MilvusCodeStore]
 

@@ -10,10 +10,8 @@ import asyncio
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,6 +21,7 @@ import pytest
 
 from model.runtime.encoder import Encoder
 from service.client import AsyncClient, Client, CmhashError, ImageFile, Readiness
+from tests.servers import free_port, wait_ready
 from tests.service.conftest import N_IMAGES, N_TEXTS, png_bytes
 
 pytestmark = pytest.mark.slow
@@ -35,25 +34,14 @@ BITS = 16
 def serve(*args: str | Path) -> Iterator[str]:
     """Base URL of `cmhash serve ARGS` on a free 127.0.0.1 port (no CMHASH_* variable of the
     tests leaks in: default hosts, loopback writes), stopped with SIGINT afterwards."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CMHASH_")}
     cmd = [sys.executable, "-m", "service.cli", "serve", *map(str, args), "--port", str(port), "--device", "cpu",
            "--encoder-threads", "1"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None, proc.communicate()[0]
-            assert time.monotonic() < deadline, f"{base} did not become ready"
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
+        wait_ready(base, alive=lambda: proc.poll() is None)
         yield base
     finally:
         proc.send_signal(signal.SIGINT)

@@ -22,8 +22,9 @@ import pytest
 
 from index.journal import MARKER_FILE
 from model.runtime.encoder import Encoder
+from tests.servers import free_port, wait_ready
 from tests.service.conftest import N_IMAGES, N_TEXTS, png_bytes
-from tests.service.test_uvicorn import ROOT, free_port
+from tests.service.test_uvicorn import ROOT
 
 INITIAL = {"image": {f"i{i:02d}" for i in range(N_IMAGES)}, "text": {f"t{i:02d}" for i in range(N_TEXTS)}}
 ROUTE = {"image": "/gallery/images", "text": "/gallery/texts"}
@@ -64,18 +65,8 @@ class Server:
                "--encoder-threads", "1"]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"server exited with {self.proc.returncode}:\n{self.log.read_text()}"
-            try:
-                r = httpx.get(f"{self.base}/readyz", timeout=2)
-                assert r.json()["status"] != "failed", r.text
-                if r.status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        raise AssertionError(f"{self.base} did not become ready:\n{self.log.read_text()}")
+        proc = self.proc
+        wait_ready(self.base, alive=lambda: proc.poll() is None, timeout=60, log=self.log.read_text)
 
     def kill(self) -> None:
         """SIGKILL: no lifespan shutdown, no final compaction."""

@@ -17,7 +17,6 @@ import re
 import shutil
 import socket
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, urlsplit
@@ -48,6 +47,7 @@ import uvicorn  # noqa: E402
 
 import service.app as service_app  # noqa: E402
 import service.settings as service_settings  # noqa: E402
+from tests.servers import wait_ready
 
 # ---- fixtures ---------------------------------------------------------------------------------
 
@@ -106,22 +106,11 @@ def base_url(galleries):
     thread = threading.Thread(target=server.run, name="page-test-uvicorn", daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    last: object = None
-    while time.monotonic() < deadline:
-        if not thread.is_alive():
-            pytest.fail("the uvicorn server thread exited before /readyz answered")
-        try:
-            r = httpx.get(f"{url}/readyz", timeout=2)
-            if r.status_code == 200:
-                break
-            last = f"HTTP {r.status_code}: {r.text[:200]}"
-        except httpx.HTTPError as e:
-            last = e
-        time.sleep(0.2)
-    else:
+    try:
+        wait_ready(url, alive=thread.is_alive)
+    except AssertionError:
         server.should_exit = True
-        pytest.fail(f"the app never became ready on {url}/readyz: {last}")
+        raise
     yield url
     server.should_exit = True
     thread.join(timeout=10)

@@ -17,15 +17,11 @@ from service.app import create_app
 from service.cli.serve import server_options
 from service.middleware import HeadTimeoutProtocol
 from service.settings import Settings
+from tests.servers import free_port
 
 HEAD_TIMEOUT = 1.0
 BODY_TIMEOUT = 1.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+MAX_HEAD = 8 * 1024
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +32,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]
                         body_timeout_s=BODY_TIMEOUT, keep_alive_s=1, max_connections=100)  # type: ignore[call-arg]
     options = server_options(settings)
     assert HeadTimeoutProtocol is not None and options["http"] is HeadTimeoutProtocol  # httptools is installed
-    options["http"] = type("Protocol", (HeadTimeoutProtocol,), {"header_timeout": HEAD_TIMEOUT})  # not via the env
+    options["http"] = type("Protocol", (HeadTimeoutProtocol,), {"header_timeout": HEAD_TIMEOUT,  # not via the env
+                                                                "max_head_bytes": MAX_HEAD})
     port = free_port()
     srv = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning",
                                         **options))
@@ -143,3 +140,16 @@ def test_slow_heads_are_cut_off(server: tuple[str, int]) -> None:
     finally:
         for sock in slow + silent:
             sock.close()
+
+
+def test_an_oversized_head_is_431_and_closed(server: tuple[str, int]) -> None:
+    """httptools buffers a head of any size: the protocol counts it and answers 431 past the limit."""
+    with connect(server) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * (4 * MAX_HEAD) + b"\r\n\r\n")
+        data, _ = read_until_closed(sock)
+    assert data.startswith(b"HTTP/1.1 431 ") and b'"header_too_large"' in data
+    with connect(server) as sock:  # a head under the limit is served as before
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * (MAX_HEAD // 2)
+                     + b"\r\nConnection: close\r\n\r\n")
+        data, _ = read_until_closed(sock)
+    assert data.startswith(b"HTTP/1.1 200 ")

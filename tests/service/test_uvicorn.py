@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,27 +18,10 @@ from index.gallery import Gallery
 from model.runtime.encoder import Encoder
 from service.app import create_app
 from service.settings import Settings
+from tests.servers import free_port, wait_ready
 from tests.service.conftest import png_bytes
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_ready(base: str, timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"{base} did not become ready")
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +32,7 @@ def server(module_settings: Settings) -> Iterator[str]:
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{port}"
-    wait_ready(base)
+    wait_ready(base, alive=thread.is_alive)
     yield base
     srv.should_exit = True
     thread.join(30)

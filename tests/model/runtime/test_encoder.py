@@ -17,8 +17,8 @@ from PIL import Image
 
 from model.runtime.encoder import Encoder
 from model.runtime.errors import UserError
-from model.runtime.model_dir import ModelDirError, ModelInfo
 from model.runtime.image import ImageDecodeError, load_image, to_array
+from model.runtime.model_dir import ModelDirError, ModelInfo
 from model.runtime.text import BagOfWords
 from model.training.backbones import preprocess_for
 from tests.tiny_data import N_ITEMS, item_text

@@ -20,8 +20,8 @@ import torch
 from typer.testing import CliRunner
 
 from model.runtime.encoder import Encoder
-from model.runtime.model_dir import ModelInfo
 from model.runtime.image import load_image, to_array
+from model.runtime.model_dir import ModelInfo
 from model.runtime.text import BagOfWords
 from model.training.backbones import MiniLMTextEmbedder, build_backbone, preprocess_for
 from model.training.config import REPO_ROOT, TrainConfig, shared_data_root

@@ -6,16 +6,15 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
+from tests.servers import free_port, wait_ready
 from tests.tiny_data import draw_item
 
 pytestmark = pytest.mark.slow
@@ -66,26 +65,14 @@ def test_train_without_torch_names_the_extra(tiny_manifest: Path, tmp_path: Path
 
 
 def test_serve_runs_without_torch(tiny_model_dir: Path, tmp_path: Path) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CMHASH_")}
     proc = subprocess.Popen(
         [sys.executable, "-c", BLOCKER, "serve", "--model", str(tiny_model_dir), "--text-gallery",
          str(tmp_path / "texts"), "--port", str(port), "--encoder-threads", "1"],
         cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 60
-        ready = None
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2)
-                if ready.status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        assert ready is not None and ready.status_code == 200, proc.stdout.read() if proc.poll() is not None else ""
+        wait_ready(f"http://127.0.0.1:{port}", alive=lambda: proc.poll() is None, timeout=60)
         r = httpx.post(f"http://127.0.0.1:{port}/encode/text", json={"text": "a red circle"}, timeout=10)
         assert r.status_code == 200 and len(r.json()["code"]) == 16 // 4
     finally:
