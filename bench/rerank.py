@@ -22,20 +22,19 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import torch
 from flags import command_line, env, machine_base, usable_cpus, write_result
 from quality import DATASETS, PreparedRuns, _choices, _ints, load_settings, make_jobs, replicas
 
-import numpy as np  # noqa: E402  (after the bench helpers, as bench/quality.py)
-import torch  # noqa: E402
-
-from index.faiss_store import FaissCodeStore  # noqa: E402
-from index.search import search_pages  # noqa: E402
-from model.runtime.codes import pack_codes  # noqa: E402
-from model.training.evaluate import split_codes  # noqa: E402
-from model.training.metrics import map_variant_name, mean_average_precision  # noqa: E402
-from model.training.rerank import query_representations, rerank_variant_name, reranked_map  # noqa: E402
-from model.training.run import train_summary, write_run_dir  # noqa: E402
-from model.training.train import load_checkpoint, train_model  # noqa: E402
+from index.faiss_store import FaissCodeStore
+from index.search import search_pages
+from model.runtime.codes import pack_codes
+from model.training.evaluate import split_codes
+from model.training.metrics import map_variant_name, mean_average_precision
+from model.training.rerank import query_representations, rerank_variant_name, reranked_map
+from model.training.run import train_summary, write_run_dir
+from model.training.train import load_checkpoint, train_model
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "out" / "rerank"
 DEFAULT_SETTINGS = Path(__file__).resolve().parent / "settings.json"
@@ -115,7 +114,7 @@ def table(records: list[dict], candidates: int) -> str:
     for rec in records:
         m = rec["map"]
         cells = [f"{m[d][v]['map']:.4f}" for d in ("i2t", "t2i") for v in variants]
-        ms = " / ".join(f"{np.mean([m[d][v]['ms'] for d in ('i2t', 't2i')]):.2f}" for v in variants)
+        ms = " / ".join(f"{(m['i2t'][v]['ms'] + m['t2i'][v]['ms']) / 2:.2f}" for v in variants)
         fold = f" f{rec['fold']}" if rec["fold"] is not None else ""
         lines.append(f"| {rec['dataset']}{fold} | {rec['method']} | {rec['bits']} | " + " | ".join(cells)
                      + f" | {ms} |")
@@ -129,11 +128,12 @@ def main(argv: list[str] | None = None) -> int:
     settings = load_settings(args.settings)
     defaults = []  # (dataset, part, method) without tuned settings: TrainConfig's defaults
     for key in args.datasets:
-        for part, _ in replicas(key, args):
+        for part, fields in replicas(key, args):
             for method in args.methods:
                 if method not in settings.setdefault(key, {}).setdefault(part, {}):
                     settings[key][part][method] = {"_validation": {}}
-                    defaults.append(f"{key} {part} {method}".replace("  ", " "))
+                    if fields.get("fold") is None or fields["fold"] in args.folds:
+                        defaults.append(f"{key} {part} {method}".replace("  ", " "))
     if defaults:
         print("no tuned settings (TrainConfig defaults used): " + ", ".join(defaults), flush=True)
     jobs = [j for j in make_jobs(args, settings, threads) if j.cfg.fold is None or j.cfg.fold in args.folds]
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         codes = split_codes(model, run.inputs, split.query, split.retrieval)
         codes.update(query_representations(model, run.inputs, split.query))
         record = {"dataset": job.key, "method": cfg.method, "bits": cfg.bits, "seed": cfg.seed, "fold": cfg.fold,
-                  "model": how, "n_query": int(len(split.query)), "n_retrieval": int(len(split.retrieval)),
+                  "model": how, "n_query": len(split.query), "n_retrieval": len(split.retrieval),
                   "map": measure(codes, args.candidates, args.timing_queries),
                   "wall_seconds": time.perf_counter() - start}
         records.append(record)
@@ -159,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     md = table(records, args.candidates)
     path = write_result("rerank", {
         "command": command_line(),
-        "variants": {"hamming": map_variant_name(None), f"top{args.candidates}": rerank_variant_name(None, args.candidates),
+        "variants": {"hamming": map_variant_name(None),
+                     f"top{args.candidates}": rerank_variant_name(None, args.candidates),
                      "all": rerank_variant_name(None, None)},
         "cost": "ms per query of index.search.search_pages (one query, page k=10, FAISS flat store, h given)",
         "threads": threads,

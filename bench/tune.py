@@ -208,15 +208,14 @@ def main() -> None:
         protocol = PROTOCOLS[key]
         log = settings.setdefault(key, {})
         log["_protocol"] = protocol
+        folds: list[int | None] = [None]
         if protocol["kind"] == "folds":
-            folds = range(protocol["folds"]) if args.fold is None else [args.fold]
-            for fold in folds:
-                tuned = tune_split(key, split_record(key, fold), methods, args.bits, args.threads)
-                log.setdefault(f"fold-{fold}", {}).update(tuned)
+            folds = list(range(protocol["folds"])) if args.fold is None else [args.fold]
+        for fold in folds:
+            for method in methods:  # written after each method, so an interrupted run keeps what it finished
+                tuned = tune_split(key, split_record(key, fold), [method], args.bits, args.threads)
+                (log if fold is None else log.setdefault(f"fold-{fold}", {})).update(tuned)
                 args.settings.write_text(json.dumps(settings, indent=2) + "\n")
-        else:
-            log.update(tune_split(key, split_record(key, None), methods, args.bits, args.threads))
-            args.settings.write_text(json.dumps(settings, indent=2) + "\n")
 
 
 if __name__ == "__main__":

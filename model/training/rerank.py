@@ -48,7 +48,8 @@ def _check_h(query_h: np.ndarray) -> np.ndarray:
     return h
 
 
-def reranked_order(query_h: np.ndarray, retrieval_codes: np.ndarray, candidates: int | None) -> Iterator[tuple[slice, np.ndarray]]:
+def reranked_order(query_h: np.ndarray, retrieval_codes: np.ndarray,
+                   candidates: int | None) -> Iterator[tuple[slice, np.ndarray]]:
     """Per query chunk: (rows, order) where order[i] lists the retrieval indices in query i's
     re-ranked ranking. The query codes are sgn(h) (sgn(0) = +1, as the codes are made);
     `candidates` R re-ranks the Hamming top R, None every item. Equal retrieval codes get

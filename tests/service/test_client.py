@@ -151,7 +151,7 @@ def test_errors(server: str) -> None:
             anonymous.search_text_to_image("a red square", k=0)
         assert (caught.value.status, caught.value.code) == (400, "bad_request") and "k must be" in caught.value.message
         with pytest.raises(CmhashError) as caught:
-            anonymous.search_text_to_text("x", radius=BITS + 1)
+            anonymous.search_text_to_text("a red square", radius=BITS + 1)
         assert caught.value.status == 400 and "radius" in caught.value.message
         with pytest.raises(CmhashError) as caught:
             anonymous.add_texts("a red square")
