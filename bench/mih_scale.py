@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import sys
 import time
@@ -26,7 +25,7 @@ from pathlib import Path
 
 import faiss
 import numpy as np
-from flags import boolean, command_line, env, ints, machine_base, positive
+from flags import boolean, command_line, env, ints, machine_base, positive, write_result
 
 from index.faiss_store import FaissCodeStore
 
@@ -201,15 +200,14 @@ def main() -> None:
             "machine": {**machine_base(), "faiss": faiss.__version__, "numpy": np.__version__,
                         "loadavg_end": os.getloadavg()},
             "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / "mih_scale.json"
-    path.write_text(json.dumps({**meta, "galleries": galleries, "results": rows}, indent=1))
-    plot(rows, args.out / "mih_scale.png")
+    path = write_result("mih_scale", {**meta, "galleries": galleries, "results": rows},
+                        None if args.out == DEFAULT_OUT else args.out)
+    plot(rows, path.with_suffix(".png"))
     print(f"command: {meta['command']}\n")
     print(table(rows))
     print(f"\nms: median per query over {args.queries} single-query calls, FAISS on 1 thread; clustered codes: "
           f"{args.centres} centres, flip probability {args.flip}. by MIH: queries the tables answered (the rest took "
-          f"the flat scan). found: results per query. Written to {path} and {args.out / 'mih_scale.png'}")
+          f"the flat scan). found: results per query. Written to {path} and {path.with_suffix('.png')}")
 
 
 if __name__ == "__main__":

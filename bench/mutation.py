@@ -32,7 +32,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-OUT = REPO / "bench" / "out" / "mutation.json"
+sys.path.insert(0, str(REPO))
+
+from bench.flags import write_result  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -246,7 +248,8 @@ def main() -> int:
     p.add_argument("--only", default="", help="run the mutants whose name contains this text")
     p.add_argument("--list", action="store_true", help="list the mutants and exit")
     p.add_argument("--timeout", type=float, default=900, help="seconds per test run (a run past it counts as killed)")
-    p.add_argument("--out", type=Path, default=OUT, help="JSON output")
+    p.add_argument("--out", type=Path, help="JSON output (default: docs/results/mutation.json from a clean tree, "
+                                            "bench/out/ otherwise)")
     args = p.parse_args()
     mutants = [m for m in MUTANTS if args.only in m.name]
     if args.list:
@@ -296,10 +299,13 @@ def main() -> int:
     killed = sum(r["verdict"] == "killed" for r in results)
     score = killed / len(results) if results else 0.0
     print(f"score: {killed}/{len(results)} killed ({100 * score:.0f} %)")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"killed": killed, "total": len(results), "score": score,
-                                    "mutants": results}, indent=1, ensure_ascii=False) + "\n")
-    print(f"wrote {args.out}")
+    result = {"killed": killed, "total": len(results), "score": score, "mutants": results}
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
+        print(f"wrote {args.out}")
+    elif not args.only:  # a complete run: docs/results/mutation.json at a clean commit
+        print(f"wrote {write_result('mutation', result)}")
     return 0
 
 
