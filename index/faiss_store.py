@@ -30,6 +30,7 @@ import json
 import logging
 import sqlite3
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,12 @@ def _new_gpu_index(padded_bits: int) -> Any:
 @functools.cache
 def _gpu_resources() -> Any:
     return faiss.StandardGpuResources()
+
+
+def _flat_storage(index: faiss.IndexBinaryIDMap) -> Any:
+    """The code bytes (a SWIG ``std::vector<uint8_t>``) of the flat index inside ``index``."""
+    inner = faiss.downcast_IndexBinary(index.index)
+    return inner.xb  # type: ignore[attr-defined]  # faiss's stub omits IndexBinaryFlat.xb
 
 
 class _GpuMirror:
@@ -133,8 +140,7 @@ class _GpuMirror:
         return self.stale or self.dead * 4 > max(self.rows, 1) or k + self.dead > GPU_MAX_K
 
     def rebuild(self, cpu: faiss.IndexBinaryIDMap2) -> None:
-        inner = faiss.downcast_IndexBinary(cpu.index)
-        codes = faiss.vector_to_array(inner.xb).reshape(-1, self.padded_bits // 8)
+        codes = faiss.vector_to_array(_flat_storage(cpu)).reshape(-1, self.padded_bits // 8)
         self.index = self.factory(self.padded_bits)
         if len(codes):
             self.index.add(codes)
@@ -256,8 +262,7 @@ class FaissCodeStore:
             raise ValueError(f"{len(ids)} ids but {arr.shape[0]} codes")
         metas = self._metadata_json(ids, metadata)
         if len(set(ids)) != len(ids):
-            seen: set[str] = set()
-            dups = sorted({i for i in ids if i in seen or seen.add(i)})
+            dups = sorted(i for i, count in Counter(ids).items() if count > 1)
             raise DuplicateIdError(f"duplicate ids within call: {dups[:10]}")
         if not ids:
             return
@@ -349,9 +354,8 @@ class FaissCodeStore:
             iids = np.asarray([r[0] for r in rows], dtype=np.int64)
             codes = np.zeros((len(rows), self.code_bytes), dtype=np.uint8)
             if len(rows):
-                inner = faiss.downcast_IndexBinary(self._index.index)
                 n = self._index.ntotal
-                xb = inner.xb.data()  # type: ignore[attr-defined]
+                xb = _flat_storage(self._index).data()
                 stored = faiss.rev_swig_ptr(xb, n * self.padded_bytes).reshape(n, self.padded_bytes)
                 id_map = faiss.vector_to_array(self._index.id_map)  # internal id of each row, increasing
                 at = np.searchsorted(id_map, iids)
@@ -557,7 +561,6 @@ class FaissCodeStore:
         if store._gpu is not None:
             store._gpu.rebuild(index)
         if store.mih is not None and index.ntotal:  # --- mih: rows are in internal id order
-            inner = faiss.downcast_IndexBinary(index.index)
-            codes = faiss.vector_to_array(inner.xb).reshape(-1, store.padded_bytes)
+            codes = faiss.vector_to_array(_flat_storage(index)).reshape(-1, store.padded_bytes)
             store.mih.add(codes[:, : store.code_bytes], faiss.vector_to_array(index.id_map).astype(np.int64))
         return store

@@ -231,7 +231,7 @@ def open_or_create(path: Path, kind: Modality, model: ModelIdentity, *, device: 
                                        f"to switch to {index}, rebuild it with `cmhash index --rebuild --index {index}`")
         return gallery
     store = new_store() if new_store is not None else None
-    info = GalleryInfo(kind=kind, bits=model.bits, backend=store.backend if store is not None else "faiss",  # type: ignore[arg-type]
+    info = GalleryInfo(kind=kind, bits=model.bits, backend=store.backend if store is not None else "faiss",
                        model_checksum=model.checksum, model_method=model.info.method, index=index or "flat")
     return Gallery.create(path, info, store, device=device)
 

@@ -120,6 +120,7 @@ class _Tables:
         self.rows: list[np.ndarray] = []
         self.codes: list[np.ndarray] = []  # native-order code words in rows order
         self.built = 0
+        self.masks_w: list[np.ndarray] | None = None  # per table, its substring's bits as words
 
     def keys(self, be: np.ndarray, t: int) -> np.ndarray:
         """Substring t of big-endian word rows `be` (n x words) as int64."""
@@ -223,7 +224,7 @@ class MultiIndexHash:
                 hi = min(self._n, lo + chunk)
                 keys[lo:hi] = tables.keys(self._be_slots(lo, hi), t)
             counts = np.bincount(keys, minlength=1 << b)
-            offsets = np.zeros((1 << b) + 1, dtype=dtype)
+            offsets: np.ndarray = np.zeros((1 << b) + 1, dtype=dtype)
             np.cumsum(counts, out=offsets[1:])
             tables.offsets.append(offsets)
             order = np.argsort(keys, kind="stable")
@@ -271,19 +272,21 @@ class MultiIndexHash:
 
     def _substring_masks(self, tables: _Tables) -> list[np.ndarray]:
         """Per table, the native-order words selecting its substring's bits."""
-        if getattr(tables, "masks_w", None) is None:
+        if tables.masks_w is None:
             out = []
             for a, b in zip(tables.starts, tables.lengths):
                 bits = np.zeros(self.words * 64, dtype=np.uint8)
                 bits[a : a + b] = 1
                 out.append(np.packbits(bits).view(np.uint64))
-            tables.masks_w = out  # type: ignore[attr-defined]
-        return tables.masks_w  # type: ignore[attr-defined]
+            tables.masks_w = out
+        return tables.masks_w
 
     def _distances(self, qw: np.ndarray, slots: np.ndarray) -> np.ndarray:
         if self.words == 1:
-            return np.bitwise_count(self._codes[slots, 0] ^ qw[0]).astype(np.int64)
-        return np.bitwise_count(self._codes[slots] ^ qw).sum(axis=1, dtype=np.int64)
+            single: np.ndarray = np.bitwise_count(self._codes[slots, 0] ^ qw[0]).astype(np.int64)
+            return single
+        summed: np.ndarray = np.bitwise_count(self._codes[slots] ^ qw).sum(axis=1, dtype=np.int64)
+        return summed
 
     def _try(self, kind: str, k: int) -> bool:
         """Whether to try MIH for this kind of query (not after a run of give-ups, but now and then)."""

@@ -41,6 +41,7 @@ import json
 import os
 import re
 import threading
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, get_args
@@ -311,13 +312,13 @@ class MilvusCodeStore:
         if metadata is None:
             metas: list[dict[str, Any]] = [{} for _ in ids]
         else:
-            metas = list(metadata)
-            if len(metas) != len(ids):
-                raise ValueError(f"{len(ids)} ids but {len(metas)} metadata entries")
-            for m in metas:
+            given = list(metadata)
+            if len(given) != len(ids):
+                raise ValueError(f"{len(ids)} ids but {len(given)} metadata entries")
+            for m in given:
                 if m is not None and not isinstance(m, dict):
                     raise ValueError("metadata entries must be dicts or None")
-            metas = [dict(m) if m is not None else {} for m in metas]
+            metas = [dict(m) if m is not None else {} for m in given]
         meta_json = []
         for m in metas:
             try:
@@ -325,8 +326,7 @@ class MilvusCodeStore:
             except (TypeError, ValueError) as exc:
                 raise ValueError(f"metadata must be JSON-serializable: {exc}") from exc
         if len(set(ids)) != len(ids):
-            seen: set[str] = set()
-            dups = sorted({i for i in ids if i in seen or seen.add(i)})
+            dups = sorted(i for i, count in Counter(ids).items() if count > 1)
             raise DuplicateIdError(f"duplicate ids within call: {dups[:10]}")
         keys = [_key(i) for i in ids]
         if not ids:

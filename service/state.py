@@ -156,14 +156,7 @@ class ServiceState:
 
     def encode(self, modality: Modality, queries: Sequence[np.ndarray | str]) -> np.ndarray:
         """Packed codes of preprocessed images or texts, in one encoder call (timed)."""
-        encoder = self.require_encoder()
-        start = time.perf_counter()
-        if modality == "text":
-            codes = encoder.encode_texts([str(q) for q in queries])
-        else:
-            codes = encoder.encode_image_arrays(np.stack([np.asarray(q) for q in queries]))
-        self.metrics.encode.labels(modality).observe(time.perf_counter() - start)
-        return codes
+        return self.require_encoder().pack(self.represent(modality, queries))
 
     def represent(self, modality: Modality, queries: Sequence[np.ndarray | str]) -> np.ndarray:
         """Continuous representations h (B x bits float32) of preprocessed images or texts, in one

@@ -98,13 +98,13 @@ def test_concurrent_requests_share_encoder_calls(make_settings, route: str) -> N
     with open_client(make_settings(batch_window_ms=100.0, max_batch=64)) as client:
         state = client.app.state.cmhash  # type: ignore[attr-defined]
         calls: list[int] = []
-        real_encode = state.encode
+        real_represent = state.represent
 
         def counting(modality, queries):
             calls.append(len(queries))
-            return real_encode(modality, queries)
+            return real_represent(modality, queries)
 
-        state.encode = counting
+        state.represent = counting
 
         # Deterministic grouping (no reliance on the 100 ms window on a loaded machine): in the
         # concurrent phase the first encoder call blocks until all n searches were submitted, so
@@ -130,7 +130,7 @@ def test_concurrent_requests_share_encoder_calls(make_settings, route: str) -> N
             return counting(modality, queries)
 
         batcher.submit = counting_submit  # type: ignore[method-assign]
-        state.encode = gated
+        state.represent = gated
 
         def request(i: int):
             if route == "text":
