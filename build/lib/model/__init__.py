@@ -1,1 +1,0 @@
-"""cmhash model library: encoders, similarity targets, losses, methods, training and metrics."""

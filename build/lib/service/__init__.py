@@ -1,1 +1,0 @@
-"""cmhash HTTP service: cross-modal search, encoding and gallery management over FastAPI."""

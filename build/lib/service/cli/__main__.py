@@ -1,5 +1,0 @@
-"""`python -m service.cli` is `cmhash`."""
-
-from service.cli import app
-
-app()
