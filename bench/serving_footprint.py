@@ -38,8 +38,11 @@ def make_venv(venv: Path) -> float:
         return 0.0
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", f"{ROOT}[cpu]"],
-                   check=True, stdout=subprocess.DEVNULL)
+    with tempfile.TemporaryDirectory() as copy:  # build from a copy: setuptools leaves build/ in the source tree
+        shutil.copytree(ROOT, copy, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns(".venv", ".git", "runs", "build", "bench", "tests", "docs"))
+        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", f"{copy}[cpu]"],
+                       check=True, stdout=subprocess.DEVNULL)
     return time.perf_counter() - start
 
 
