@@ -181,16 +181,18 @@ def search_pages(
             item = gallery.get(item_id)
             hits.append(Hit(rank=offset + position + 1, id=item_id, distance=int(dist),
                             metadata=item["metadata"] if item else {}))
-        nearest = None
-        if radius is not None and not len(all_ids) and explain_empty:
-            if candidates is not None:
-                d = hamming(codes[row], np.asarray(candidates[2], dtype=np.uint8))
-                nearest = int(d.min()) if len(d) else None
-            else:
-                _, d = gallery.search(codes[row : row + 1], 1)
-                nearest = int(d[0][0]) if len(d[0]) else None
-        pages.append(Page(hits, len(all_ids), nearest))
+        explain = radius is not None and not len(all_ids) and explain_empty
+        pages.append(Page(hits, len(all_ids), _nearest(gallery, codes[row], candidates) if explain else None))
     return pages
+
+
+def _nearest(gallery: Any, code: np.ndarray, candidates: Candidates | None) -> int | None:
+    """Distance of the item nearest to `code` (among `candidates` when filtered), None when none."""
+    if candidates is not None:
+        d = hamming(code, np.asarray(candidates[2], dtype=np.uint8))
+        return int(d.min()) if len(d) else None
+    _, dists = gallery.search(code[None, :], 1)
+    return int(dists[0][0]) if len(dists[0]) else None
 
 
 def filter_candidates(gallery: Any, filter: Filter) -> Candidates:
@@ -331,13 +333,6 @@ def _reranked_pages(gallery: Any, codes: np.ndarray, windows: Sequence[tuple[int
             s = scores[position]
             hits.append(Hit(rank=position + 1, id=all_ids[position], distance=int(all_dists[position]),
                             score=None if s is None else s / bits, metadata=item["metadata"] if item else {}))
-        nearest = None
-        if radius is not None and not len(all_ids) and explain_empty:
-            if candidates is not None:
-                d = hamming(codes[row], np.asarray(candidates[2], dtype=np.uint8))
-                nearest = int(d.min()) if len(d) else None
-            else:
-                _, d = gallery.search(codes[row : row + 1], 1)
-                nearest = int(d[0][0]) if len(d[0]) else None
-        pages.append(Page(hits, len(all_ids), nearest))
+        explain = radius is not None and not len(all_ids) and explain_empty
+        pages.append(Page(hits, len(all_ids), _nearest(gallery, codes[row], candidates) if explain else None))
     return pages

@@ -69,7 +69,8 @@ def hamming_distance_matrix(a_packed: np.ndarray, b_packed: np.ndarray) -> np.nd
     ab = np.unpackbits(a, axis=1).astype(np.int32)
     bb = np.unpackbits(b, axis=1).astype(np.int32)
     # d = |a| + |b| - 2 <a, b>
-    return (ab.sum(1)[:, None] + bb.sum(1)[None, :] - 2 * (ab @ bb.T)).astype(np.int64)
+    d: np.ndarray = (ab.sum(1)[:, None] + bb.sum(1)[None, :] - 2 * (ab @ bb.T)).astype(np.int64)
+    return d
 
 
 def check_packed(codes: np.ndarray, bits: int, what: str = "codes") -> np.ndarray:

@@ -302,6 +302,7 @@ class Encoder:
         return texts
 
     def _tokens(self, texts: list[str]) -> dict[str, np.ndarray]:
+        assert self._tokenizer is not None  # loaded for minilm text, the only kind that tokenizes
         encodings = self._tokenizer.encode_batch(texts)
         return {
             "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),

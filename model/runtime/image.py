@@ -117,8 +117,9 @@ def to_array(img: Image.Image, pre: ImagePreprocess) -> np.ndarray:
     then the centre `pre.size` square is cropped and (x / 255) * 2 - 1 applied."""
     img = img.convert("RGB")
     w, h = img.size
-    scale = pre.resize / min(w, h)
-    new_w, new_h = max(pre.resize, round(w * scale)), max(pre.resize, round(h * scale))
+    resize = _resize(pre)
+    scale = resize / min(w, h)
+    new_w, new_h = max(resize, round(w * scale)), max(resize, round(h * scale))
     if (new_w, new_h) != (w, h):
         img = img.resize((new_w, new_h), Image.Resampling.BILINEAR)
     left, top = round((new_w - pre.size) / 2), round((new_h - pre.size) / 2)

@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
+from typing import Any
 
 import numpy as np
 
@@ -142,12 +143,12 @@ class BagOfWords:
                     covered[start : start + n] = [True] * n
         return list(dict.fromkeys(tok for tok, known in zip(tokens, covered, strict=True) if not known))
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         """JSON-serialisable form, saved with a model so serving rebuilds the same vectors."""
         return {"tokenizer": TOKENIZER_VERSION, "binary": self.binary, "vocabulary": list(self.vocabulary)}
 
     @classmethod
-    def from_json(cls, obj: dict) -> BagOfWords:
+    def from_json(cls, obj: dict[str, Any]) -> BagOfWords:
         """Inverse of `to_json`; refuses a vocabulary saved by a different tokenizer version."""
         version = obj.get("tokenizer", TOKENIZER_VERSION)
         if version != TOKENIZER_VERSION:

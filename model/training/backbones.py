@@ -67,7 +67,8 @@ class EfficientNetLiteBackbone(nn.Module):
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         """B x 3 x H x W in [-1, 1] -> B x 1280 (last conv features, global average pooled)."""
-        return self.net.extract_features(pixels).mean(dim=(2, 3))
+        features: torch.Tensor = self.net.extract_features(pixels).mean(dim=(2, 3))
+        return features
 
 
 def build_backbone(name: str) -> EfficientNetLiteBackbone:

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from model.runtime.choices import Device
 from model.runtime.errors import DataError
@@ -77,7 +77,7 @@ class TrainConfig(BaseModel):
 
     @field_validator("fold")
     @classmethod
-    def _fold_within_folds(cls, v: int | None, info) -> int | None:
+    def _fold_within_folds(cls, v: int | None, info: ValidationInfo) -> int | None:
         folds = info.data.get("folds")
         if v is not None and (folds is None or v >= folds):
             raise ValueError(f"fold {v} needs folds > {v} (got folds={folds})")

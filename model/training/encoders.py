@@ -4,6 +4,7 @@ backbone) to an L-dimensional continuous hash representation whose sign is the c
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,6 +23,9 @@ class HeadConfig:
 class FeatureStandardizer(nn.Module):
     """Fixed (x - mean) / std with training-set statistics, stored as buffers so an exported
     model carries its own input scaling."""
+
+    mean: torch.Tensor  # buffers, registered in __init__
+    std: torch.Tensor
 
     def __init__(self, dim: int) -> None:
         super().__init__()
@@ -55,7 +59,8 @@ class HashHead(nn.Module):
         self.mlp = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.mlp(self.standardize(x))
+        out: torch.Tensor = self.mlp(self.standardize(x))
+        return out
 
 
 class CrossModalHasher(nn.Module):
@@ -80,13 +85,15 @@ class CrossModalHasher(nn.Module):
         x = pixels_or_features
         if self.image_backbone is not None:
             x = self.image_backbone(x)
-        return self.image_head(x)
+        out: torch.Tensor = self.image_head(x)
+        return out
 
     def encode_text(self, features: torch.Tensor) -> torch.Tensor:
         """Continuous hash representation of text feature vectors (BoW, LDA, embeddings)."""
-        return self.text_head(features)
+        out: torch.Tensor = self.text_head(features)
+        return out
 
-    def head_configs(self) -> dict:
+    def head_configs(self) -> dict[str, dict[str, Any]]:
         """Head shapes, enough to rebuild the module from a checkpoint."""
         return {"image": asdict(self.image_head.config), "text": asdict(self.text_head.config)}
 

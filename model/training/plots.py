@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -12,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first
 import numpy as np  # noqa: E402
 
 
-def plot_pr_curves(curves: dict[str, dict], path: Path, title: str) -> None:
+def plot_pr_curves(curves: dict[str, dict[str, Any]], path: Path, title: str) -> None:
     """Write a PNG of named precision-recall curves (e.g. "I->T", "T->I").
 
     Each curve is a `model.training.metrics.precision_recall_by_radius` result: pooled "precision"

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from model.runtime.errors import DataError
 from model.training.config import DatasetName
 from model.training.data.base import (
     CrossModalDataset,
-    DataError,
     Split,
     carve_validation,
     make_split,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -31,7 +32,7 @@ class CrossModalDataset:
     texts: list[str] | None = None  # n raw texts (captions, space-joined tags)
     vocabulary: list[str] | None = None  # words of the text_features columns, when known
     preset_split: Split | None = None  # the dataset's own split (official or from a manifest)
-    info: dict = field(default_factory=dict)  # free-form provenance (files read, feature kind)
+    info: dict[str, Any] = field(default_factory=dict)  # free-form provenance (files read, feature kind)
 
     def __post_init__(self) -> None:
         n = len(self.ids)
@@ -68,7 +69,7 @@ class Split:
     train: np.ndarray  # int64 row indices of the training set
     seed: int | None = None  # seed that drew it; None for a preset split
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         """A JSON-serialisable form (lists of ints)."""
         return {
             "seed": self.seed,
@@ -78,7 +79,7 @@ class Split:
         }
 
     @classmethod
-    def from_json(cls, obj: dict) -> Split:
+    def from_json(cls, obj: dict[str, Any]) -> Split:
         """Inverse of `to_json`."""
         return cls(
             query=np.asarray(obj["query"], dtype=np.int64),

@@ -21,7 +21,7 @@ from model.training.data.base import CrossModalDataset, Split
 SPLIT_VALUES = ("query", "retrieval", "train+retrieval")
 
 
-def _field(item: dict, key: str, kind: type, where: str) -> Any:
+def _field(item: dict[str, Any], key: str, kind: type, where: str) -> Any:
     """`item[key]`, required to exist and be of type `kind`."""
     if key not in item:
         raise DataError(f"{where}: missing field {key!r}")

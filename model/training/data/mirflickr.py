@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from model.training.data.base import CrossModalDataset, DataError, read_mat
+from model.runtime.errors import DataError
+from model.training.data.base import CrossModalDataset, read_mat
 
 # The 24 MIRFLICKR-25K concepts in label-column (alphabetical) order.
 MIRFLICKR_CONCEPTS = [

@@ -8,7 +8,8 @@ from typing import Literal
 
 import numpy as np
 
-from model.training.data.base import CrossModalDataset, DataError, Split, read_mat
+from model.runtime.errors import DataError
+from model.training.data.base import CrossModalDataset, Split, read_mat
 
 # Class numbers 1..10 of the list files, in order.
 WIKIPEDIA_CLASSES = [
