@@ -8,7 +8,7 @@ TEST_EXTRAS ?= cpu,train,test,minilm,milvus
 EXTRAS ?= $(TEST_EXTRAS)
 PIP_QUIET := -q --disable-pip-version-check
 
-.PHONY: venv venv-demo test test-fast lint demo demo-data bench-quality bench-perf clean
+.PHONY: venv venv-demo test test-fast lint demo demo-data bench-quality bench-perf results clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -78,6 +78,16 @@ bench-perf: $(VENV)/.installed-$(TEST_EXTRAS) $(DEMO)/model/model.json
 	$(BIN)/python bench/index_throughput.py --model $(DEMO)/model
 	$(BIN)/python bench/service_latency.py --model $(DEMO)/model
 	$(BIN)/python bench/load.py --model $(DEMO)/model
+
+# The committed results behind docs/results.md (docs/results/*.json, written only from a clean
+# tree; check out the commit a file names and run its command to regenerate it). About 35
+# minutes on 2 cores; needs `make demo` once first (model, galleries, cached features).
+results: $(VENV)/.installed-$(TEST_EXTRAS) $(DEMO)/model/model.json
+	$(BIN)/python bench/serving_footprint.py --model $(DEMO)/model --galleries $(DEMO)
+	$(BIN)/python bench/reliability.py
+	$(BIN)/python bench/mutation.py
+	$(BIN)/python bench/mih_scale.py --sizes 1000000,10000000 --bits 64 --queries 10 --radii 0,2,4,6
+	$(BIN)/python bench/rerank.py --datasets wikipedia-lda --epochs 10
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -20,6 +20,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -92,7 +93,8 @@ class _ImageGraph(nn.Module):
         self.head = head
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(x if self.backbone is None else self.backbone(x))
+        h: torch.Tensor = self.head(x if self.backbone is None else self.backbone(x))
+        return h
 
 
 class _MiniLMGraph(nn.Module):
@@ -106,7 +108,8 @@ class _MiniLMGraph(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.transformer(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return self.head(sentence_embedding(hidden, attention_mask))
+        h: torch.Tensor = self.head(sentence_embedding(hidden, attention_mask))
+        return h
 
 
 def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
@@ -116,7 +119,7 @@ def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
     return float(np.abs(actual - expected).max() / max(1.0, float(np.abs(expected).max())))
 
 
-def _image_graph(model: CrossModalHasher, cfg: TrainConfig, ckpt: dict) -> tuple[_Graph, ImageInput]:
+def _image_graph(model: CrossModalHasher, cfg: TrainConfig, ckpt: dict[str, Any]) -> tuple[_Graph, ImageInput]:
     """The image graph and its input description: the frozen backbone (the checkpoint's, or
     rebuilt from the config when only the head was trained) and the head for pixel runs, the
     head alone for runs on given feature vectors."""
@@ -136,7 +139,7 @@ def _image_graph(model: CrossModalHasher, cfg: TrainConfig, ckpt: dict) -> tuple
 
 
 def _text_graph(
-    model: CrossModalHasher, cfg: TrainConfig, ckpt: dict, staging: Path
+    model: CrossModalHasher, cfg: TrainConfig, ckpt: dict[str, Any], staging: Path
 ) -> tuple[_Graph, TextInput, MiniLMTextEmbedder | None]:
     """The text graph and its input description; for MiniLM also the embedder (the PyTorch
     reference of the check) and tokenizer.json copied into `staging`."""
@@ -206,11 +209,12 @@ def _export_graph(graph: _Graph, path: Path, opset: int | None) -> int:
             external_data=False,
             verbose=False,
         )
+    assert program is not None  # dynamo=True always returns an ONNXProgram
     proto = program.model_proto
     _strip_source_locations(proto.graph)
     onnx.checker.check_model(proto)
     onnx.save_model(proto, str(path), save_as_external_data=False)
-    return next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+    return int(next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")))
 
 
 @torch.no_grad()
@@ -224,11 +228,13 @@ def _check_parity(
     if info.image.kind == "pixels":
         x = torch.rand(3, *image.example[0].shape[1:], generator=generator) * 2 - 1
     else:
+        assert isinstance(image.module, _ImageGraph)
         head = image.module.head
         x = head.standardize.mean + head.standardize.std * torch.randn(3, info.image.dim, generator=generator)
     checks = {"image": (encoder.image_representations(x.numpy()), image.module(x).numpy())}
     if info.text.kind == "minilm":
         assert embedder is not None
+        assert isinstance(text.module, _MiniLMGraph)
         reference = text.module.head(torch.from_numpy(embedder.embed(_PROBE_TEXTS))).numpy()
         checks["text"] = (encoder.text_representations(_PROBE_TEXTS), reference)
     elif info.text.kind == "bow":
@@ -237,9 +243,10 @@ def _check_parity(
         reference = text.module(torch.from_numpy(bow.transform(texts))).numpy()
         checks["text"] = (encoder.text_representations(texts), reference)
     else:
-        head = text.module
-        t = head.standardize.mean + head.standardize.std * torch.randn(3, info.text.dim, generator=generator)
-        checks["text"] = (encoder.text_feature_representations(t.numpy()), head(t).numpy())
+        text_head = text.module
+        assert isinstance(text_head, HashHead)
+        t = text_head.standardize.mean + text_head.standardize.std * torch.randn(3, info.text.dim, generator=generator)
+        checks["text"] = (encoder.text_feature_representations(t.numpy()), text_head(t).numpy())
     for name, (actual, expected) in checks.items():
         error = relative_error(actual, expected)
         if not error <= PARITY_TOLERANCE:

@@ -8,6 +8,7 @@ import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,7 +39,7 @@ class TrainHistory:
     seconds_per_epoch: list[float] = field(default_factory=list)  # wall time of each epoch
     peak_rss_mib: float = 0.0  # peak resident memory of the process
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {"epochs": self.epochs, "seconds_per_epoch": self.seconds_per_epoch, "peak_rss_mib": self.peak_rss_mib}
 
 
@@ -102,12 +103,14 @@ def fit_hasher(
         text_bank=encode_rows(model, text, "text").to(device),
     )
     method.start(state)
-    opt_cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.SGD
-    extra = {"momentum": cfg.momentum} if cfg.optimizer == "sgd" else {}
     groups = [{"params": [*model.image_head.parameters(), *model.text_head.parameters()], "lr": cfg.lr}]
     if model.image_backbone is not None:
         groups.append({"params": list(model.image_backbone.parameters()), "lr": cfg.backbone_lr})
-    optimizer = opt_cls(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, **extra)
+    optimizer: torch.optim.Optimizer
+    if cfg.optimizer == "adam":
+        optimizer = torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    else:
+        optimizer = torch.optim.SGD(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
     history = TrainHistory()
     bar = tqdm(range(1, cfg.epochs + 1), desc=f"{method.name} {cfg.bits} bits", unit="epoch", disable=not progress)
     for epoch in bar:
@@ -130,7 +133,7 @@ def fit_hasher(
             batch = Batch(index=idx_dev, labels=state.labels[idx_dev], image_features=f_img, text_features=x_txt)
             terms = method.loss(h_img, h_txt, batch, state)
             optimizer.zero_grad(set_to_none=True)
-            terms["loss"].backward()
+            terms["loss"].backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
             optimizer.step()
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(idx)
@@ -154,6 +157,7 @@ def fit_cca_itq_hasher(model: CrossModalHasher, image: torch.Tensor, text: torch
         head.standardize.mean.zero_()
         head.standardize.std.fill_(1.0)
         linear = head.mlp[-1]
+        assert isinstance(linear, torch.nn.Linear)
         with torch.no_grad():
             linear.weight.copy_(torch.from_numpy(weight.T.copy()).float())
             linear.bias.copy_(torch.from_numpy(bias.copy()).float())
@@ -254,7 +258,7 @@ def save_checkpoint(path: Path, model: CrossModalHasher, cfg: TrainConfig, run: 
     )
 
 
-def load_checkpoint(path: Path) -> tuple[CrossModalHasher, TrainConfig, dict]:
+def load_checkpoint(path: Path) -> tuple[CrossModalHasher, TrainConfig, dict[str, Any]]:
     """Rebuild the hasher and its config from `save_checkpoint`'s file."""
     from model.training.encoders import CrossModalHasher, HashHead, HeadConfig
 
