@@ -87,7 +87,7 @@ def install_docs(app: FastAPI) -> None:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The service app for `settings` (default: read from CMHASH_* environment variables)."""
-    settings = settings or Settings()  # type: ignore[call-arg]
+    settings = settings or Settings()
     metrics = Metrics()
     state = ServiceState(settings, metrics)
 

@@ -13,7 +13,8 @@ from service.state import ServiceState
 
 def get_state(request: Request) -> ServiceState:
     """The ServiceState of the app serving `request`."""
-    return request.app.state.cmhash
+    state: ServiceState = request.app.state.cmhash
+    return state
 
 
 def _check_key(request: Request, state: ServiceState) -> None:

@@ -6,12 +6,13 @@ invalid bytes would become stored ids and metadata. `StrictFormText` refuses suc
 from __future__ import annotations
 
 import codecs
+from typing import TYPE_CHECKING
 
-from python_multipart.multipart import (
-    MultipartParseError,
-    MultipartParser,
-    parse_options_header,
-)
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+if TYPE_CHECKING:
+    from python_multipart.multipart import MultipartCallbacks  # defined for type checkers only
 
 
 class _PartTexts:
@@ -28,7 +29,7 @@ class _PartTexts:
         self._is_file = False
         self._data = bytearray()
 
-    def callbacks(self) -> dict:
+    def callbacks(self) -> MultipartCallbacks:
         """The callbacks argument of `MultipartParser`."""
         return {
             "on_part_begin": self._part_begin,

@@ -148,7 +148,9 @@ def image_features(
 
     def compute(todo: list[int]) -> Iterator[tuple[list[int], np.ndarray]]:
         backbone = build_backbone(backbone_name)
-        backbone.to(device=device, memory_format=torch.channels_last).eval().requires_grad_(False)
+        # Module.to (in place) takes memory_format, which torch's typed overloads of it omit
+        backbone.to(device=device, memory_format=torch.channels_last)  # type: ignore[call-overload]
+        backbone.eval().requires_grad_(False)
         todo_paths = [paths[i] for i in todo]
         with tqdm(total=len(todo), unit="img", desc=f"{backbone_name} features", disable=not progress) as bar:
             for start, pixels in _decoded_batches(todo_paths, pre, batch_size, num_workers):

@@ -65,6 +65,7 @@ def prepare_inputs(ds: CrossModalDataset, train_rows: np.ndarray, cfg: TrainConf
     else:
         from model.training.features import image_features
 
+        assert ds.image_paths is not None  # CrossModalDataset holds image features or image paths
         image = image_features(ds.image_paths, cfg.image_backbone, cfg.cache_dir, progress=progress)
     bow: BagOfWords | None = None
     if cfg.text_encoder == "minilm":

@@ -58,7 +58,8 @@ def _check_labels(labels: np.ndarray, n: int, name: str) -> np.ndarray:
     labels = np.asarray(labels)
     if labels.ndim != 2 or labels.shape[0] != n:
         raise ValueError(f"{name} must be 2-D with {n} rows, got shape {labels.shape}")
-    return (labels != 0).astype(np.float32)
+    multi_hot: np.ndarray = (labels != 0).astype(np.float32)
+    return multi_hot
 
 
 def hamming_distances(query_codes: np.ndarray, retrieval_codes: np.ndarray) -> np.ndarray:
@@ -76,7 +77,8 @@ def hamming_distances(query_codes: np.ndarray, retrieval_codes: np.ndarray) -> n
     if bits > 1 << 24:
         raise ValueError(f"{bits} bits exceed the exact float32 range")
     inner = q @ r.T
-    return ((bits - inner) / 2).round().astype(np.int32)
+    distances: np.ndarray = ((bits - inner) / 2).round().astype(np.int32)
+    return distances
 
 
 def _prepared(
@@ -224,7 +226,8 @@ def precision_recall_by_radius(
 
     def ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
         out = np.full(np.shape(num), np.nan, dtype=np.float64)
-        return np.divide(num, den, out=out, where=den > 0)
+        quotient: np.ndarray = np.divide(num, den, out=out, where=den > 0)
+        return quotient
 
     has_results = retrieved > 0
     per_query_precision = ratio(relevant_retrieved, retrieved)

@@ -133,7 +133,7 @@ def fit_hasher(
             batch = Batch(index=idx_dev, labels=state.labels[idx_dev], image_features=f_img, text_features=x_txt)
             terms = method.loss(h_img, h_txt, batch, state)
             optimizer.zero_grad(set_to_none=True)
-            terms["loss"].backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
+            terms["loss"].backward()  # type: ignore[no-untyped-call]  # unannotated in torch
             optimizer.step()
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(idx)

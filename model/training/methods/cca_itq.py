@@ -58,7 +58,8 @@ class CcaItq:
         x = np.asarray(x)
         if x.ndim != 2 or x.shape[1] != weight.shape[0]:
             raise ValueError(f"{modality} input must be n x {weight.shape[0]}, got shape {x.shape}")
-        return x @ weight + bias
+        projected: np.ndarray = x @ weight + bias
+        return projected
 
     def encode(self, x: np.ndarray, modality: Modality) -> np.ndarray:
         """{-1,+1} int8 codes (n x bits); sign(0) is +1."""
@@ -104,7 +105,8 @@ def _inverse_sqrt(cov: np.ndarray, reg: float) -> np.ndarray:
     scale = float(np.trace(cov)) / len(cov)
     ridge = reg * (scale if scale > 0 else 1.0)
     values, vectors = np.linalg.eigh(cov + ridge * np.eye(len(cov)))
-    return (vectors / np.sqrt(values)) @ vectors.T
+    inverse_sqrt: np.ndarray = (vectors / np.sqrt(values)) @ vectors.T
+    return inverse_sqrt
 
 
 def _random_rotation(size: int, rng: np.random.Generator) -> np.ndarray:
