@@ -15,7 +15,7 @@ from index.gallery import GALLERY_FILE, Gallery, open_or_create, read_info
 from index.locks import WriterLock
 from index.mih import IndexType
 from index.pipeline import IndexReport, index_items
-from index.search import Page, check_filter, search_pages
+from index.search import Page, Rerank, check_filter, search_pages
 from index.snapshots import CURRENT, write_atomic
 from index.sources import Listing, image_listing, text_listing
 from index.store import CodeStore
@@ -153,7 +153,7 @@ def search_gallery(
     threads: int | None = None,
     milvus_token: str | None = None,
     filter: Mapping[str, Any] | None = None,
-    rerank: int | str | None = None,
+    rerank: Rerank = None,
 ) -> Page:
     """Encode one text or image query with `model_dir` and return the first `k` nearest items
     of the gallery (or, with `radius`, of those within that Hamming distance, inclusive; `found`

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -9,7 +10,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 
@@ -53,8 +54,8 @@ class ServiceState:
         self.degraded: dict[Modality, str] = {}  # configured galleries that failed to open -> short reason (no paths)
         self.ready = False
         self.batchers: dict[Modality, MicroBatcher[SearchJob, Page]] = {
-            m: MicroBatcher(lambda jobs, m=m: self.run_batch(m, jobs), settings.batch_window_ms, settings.max_batch)
-            for m in ("image", "text")
+            m: MicroBatcher(functools.partial(self.run_batch, m), settings.batch_window_ms, settings.max_batch)
+            for m in get_args(Modality)
         }
 
     def load(self) -> None:
@@ -129,7 +130,7 @@ class ServiceState:
             if path is None:
                 continue
             if kind in self.degraded:
-                out[kind] = f"degraded: {self.degraded[kind]}"  # type: ignore[index]
+                out[kind] = f"degraded: {self.degraded[kind]}"
             else:
                 out[kind] = "ok" if kind in self.galleries else "loading"
         return out

@@ -3,6 +3,8 @@ MAP (whole ranking and MAP@50), precision@k, hash-lookup P-R curves, and the run
 
 from __future__ import annotations
 
+from typing import Any
+
 import json
 from pathlib import Path
 
@@ -35,7 +37,7 @@ def encode_codes(model: CrossModalHasher, image: torch.Tensor | PixelImages, tex
     return img, txt
 
 
-def direction_metrics(query: np.ndarray, retrieval: np.ndarray, q_labels: np.ndarray, r_labels: np.ndarray) -> dict:
+def direction_metrics(query: np.ndarray, retrieval: np.ndarray, q_labels: np.ndarray, r_labels: np.ndarray) -> dict[str, Any]:
     """MAP, MAP@50, precision@k and the P-R curve of one retrieval direction."""
     ks = [k for k in PRECISION_KS if k <= len(retrieval)]
     pr = precision_recall_by_radius(query, retrieval, q_labels, r_labels)
@@ -72,7 +74,7 @@ def constant_bit_fraction(codes: np.ndarray) -> float:
     return float(np.mean(np.all(codes == codes[:1], axis=0)))
 
 
-def detect_collapse(codes: dict[str, np.ndarray], metrics: dict) -> dict:
+def detect_collapse(codes: dict[str, np.ndarray], metrics: dict[str, Any]) -> dict[str, Any]:
     """The "collapse" entry of metrics.json: collapsed when more than COLLAPSE_CONSTANT_BITS of
     the bits of either modality's retrieval codes are constant, or when either direction's MAP
     (whole ranking) is within COLLAPSE_MAP_MARGIN x (1 - chance) of chance (or below it)."""
@@ -96,8 +98,8 @@ def detect_collapse(codes: dict[str, np.ndarray], metrics: dict) -> dict:
     }
 
 
-def evaluate_codes(codes: dict[str, np.ndarray]) -> dict:
-    """Both directions over a `codes.npz`-style dict: I->T ranks retrieval texts by image
+def evaluate_codes(codes: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Both directions over a `codes.npz`-style dict[str, Any]: I->T ranks retrieval texts by image
     queries, T->I ranks retrieval images by text queries. Also the chance MAP of a random
     ranking and the "collapse" check (`detect_collapse`)."""
     q_l, r_l = codes["query_labels"], codes["retrieval_labels"]
@@ -114,7 +116,7 @@ def evaluate_codes(codes: dict[str, np.ndarray]) -> dict:
     return metrics
 
 
-def aggregate_folds(fold_metrics: list[dict]) -> dict:
+def aggregate_folds(fold_metrics: list[dict[str, Any]]) -> dict[str, Any]:
     """metrics.json of a k-fold run: per-fold MAPs, and per direction and MAP variant the mean
     over folds with a 95% confidence interval (Student t, k - 1 degrees of freedom). The
     top-level "map" values are the means, so readers of single-run metrics still work."""
@@ -122,7 +124,7 @@ def aggregate_folds(fold_metrics: list[dict]) -> dict:
 
     k = len(fold_metrics)
     first = fold_metrics[0]
-    out: dict = {
+    out: dict[str, Any] = {
         "variants": first["variants"],
         "relevance": first["relevance"],
         "folds": k,
@@ -163,7 +165,7 @@ def split_codes(model: CrossModalHasher, inputs: PreparedInputs, query_rows: np.
     out: dict[str, np.ndarray] = {}
     for part, rows in (("query", query_rows), ("retrieval", retrieval_rows)):
         r = torch.from_numpy(rows)
-        image = inputs.image[r]
+        image: torch.Tensor | PixelImages = inputs.image[r]
         if model.image_backbone is not None:
             assert inputs.pixels is not None
             image = inputs.pixels.subset(rows)
@@ -172,10 +174,10 @@ def split_codes(model: CrossModalHasher, inputs: PreparedInputs, query_rows: np.
     return out
 
 
-def write_evaluation(run_dir: Path, codes: dict[str, np.ndarray], title: str) -> dict:
+def write_evaluation(run_dir: Path, codes: dict[str, np.ndarray], title: str) -> dict[str, Any]:
     """Write codes.npz, metrics.json and pr_curve.png into `run_dir`; return the metrics."""
     run_dir = Path(run_dir)
-    np.savez_compressed(run_dir / "codes.npz", **codes)
+    np.savez_compressed(run_dir / "codes.npz", **codes)  # type: ignore[arg-type]  # numpy's stub types **kwds as its `allow_pickle`
     metrics = evaluate_codes(codes)
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     curves = {}
@@ -190,7 +192,7 @@ def write_evaluation(run_dir: Path, codes: dict[str, np.ndarray], title: str) ->
     return metrics
 
 
-def collapse_warning(metrics: dict) -> str | None:
+def collapse_warning(metrics: dict[str, Any]) -> str | None:
     """The loud warning line for a run whose codes collapsed, or None."""
     collapse = metrics.get("collapse")
     if not collapse or not collapse.get("collapsed"):
@@ -198,7 +200,7 @@ def collapse_warning(metrics: dict) -> str | None:
     return "WARNING: the codes collapsed (" + "; ".join(collapse["reasons"]) + "): retrieval is near chance"
 
 
-def summary_line(metrics: dict) -> str:
+def summary_line(metrics: dict[str, Any]) -> str:
     """Printable lines with both directions and the MAP variants named (with the 95% interval
     over folds for a k-fold run), the chance MAP, and the collapse warning when there is one."""
     k = f"map@{MAP_TOP_K}"

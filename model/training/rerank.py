@@ -12,6 +12,8 @@ RUN --rerank R|all` does. The serving side is index.search.search_pages(query_h=
 
 from __future__ import annotations
 
+from typing import Any
+
 import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -134,8 +136,8 @@ def reranked_map(query_h: np.ndarray, retrieval_codes: np.ndarray, query_labels:
     return float(ap.mean()) if len(ap) else 0.0
 
 
-def evaluate_rerank(codes: dict[str, np.ndarray], candidates: int | None) -> dict:
-    """metrics-rerank.json of a codes-rerank.npz-style dict (codes.npz plus `query_image_h` and
+def evaluate_rerank(codes: dict[str, np.ndarray], candidates: int | None) -> dict[str, Any]:
+    """metrics-rerank.json of a codes-rerank.npz-style dict[str, Any] (codes.npz plus `query_image_h` and
     `query_text_h`): metrics.json's schema with both directions' MAP, MAP@50 and precision@k over
     the re-ranked rankings (the hash-lookup P-R curve is a set, unchanged by re-ranking), the
     collapse check on those MAPs, and "rerank": {"candidates", "hamming" (the plain MAPs)}."""
@@ -184,16 +186,16 @@ def query_representations(model, inputs, query_rows: np.ndarray) -> dict[str, np
             "query_text_h": encode_rows(model, inputs.text[r], "text").numpy().astype(np.float32)}
 
 
-def write_rerank(run_dir: Path, codes: dict[str, np.ndarray], candidates: int | None) -> dict:
+def write_rerank(run_dir: Path, codes: dict[str, np.ndarray], candidates: int | None) -> dict[str, Any]:
     """Write RUN/codes-rerank.npz and RUN/metrics-rerank.json; return the metrics."""
     run_dir = Path(run_dir)
-    np.savez_compressed(run_dir / "codes-rerank.npz", **codes)
+    np.savez_compressed(run_dir / "codes-rerank.npz", **codes)  # type: ignore[arg-type]  # numpy's stub types **kwds as its `allow_pickle`
     metrics = evaluate_rerank(codes, candidates)
     (run_dir / "metrics-rerank.json").write_text(json.dumps(metrics, indent=2))
     return metrics
 
 
-def evaluate_run_rerank(run_dir: Path, candidates: int | None, progress: bool = True) -> dict:
+def evaluate_run_rerank(run_dir: Path, candidates: int | None, progress: bool = True) -> dict[str, Any]:
     """Reload RUN's checkpoint, config and split (as `run.evaluate_run`), recompute the codes and
     the queries' h, and write the re-ranked metrics (metrics.json is left as it is). A k-fold run
     gets each fold's files and the aggregate RUN/metrics-rerank.json."""

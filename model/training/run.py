@@ -7,6 +7,8 @@ confidence interval (`evaluate.aggregate_folds`)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import json
 from pathlib import Path
 
@@ -40,7 +42,7 @@ def fold_configs(cfg: TrainConfig) -> list[TrainConfig]:
     return [cfg.model_copy(update={"fold": i, "out": fold_dir(cfg.out, i)}) for i in range(cfg.folds)]
 
 
-def train_summary(cfg: TrainConfig, run: PreparedRun, history: TrainHistory) -> dict:
+def train_summary(cfg: TrainConfig, run: PreparedRun, history: TrainHistory) -> dict[str, Any]:
     """The "train" section of metrics.json: epochs, time per epoch, peak memory, what was evaluated."""
     return {
         "seconds_per_epoch_mean": sum(history.seconds_per_epoch) / max(1, len(history.seconds_per_epoch)),
@@ -52,7 +54,7 @@ def train_summary(cfg: TrainConfig, run: PreparedRun, history: TrainHistory) -> 
 
 
 def write_run_dir(cfg: TrainConfig, run: PreparedRun, model: CrossModalHasher, history: TrainHistory,
-                  codes: dict, train: dict) -> dict:
+                  codes: dict[str, Any], train: dict[str, Any]) -> dict[str, Any]:
     """Write every file of the run directory `cfg.out` for a trained model; return the metrics
     (with `train` as their "train" section)."""
     out = Path(cfg.out)
@@ -67,7 +69,7 @@ def write_run_dir(cfg: TrainConfig, run: PreparedRun, model: CrossModalHasher, h
     return metrics
 
 
-def write_fold_aggregate(cfg: TrainConfig, fold_metrics: list[dict]) -> dict:
+def write_fold_aggregate(cfg: TrainConfig, fold_metrics: list[dict[str, Any]]) -> dict[str, Any]:
     """RUN_DIR/config.json and the aggregate RUN_DIR/metrics.json of a k-fold run."""
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -78,7 +80,7 @@ def write_fold_aggregate(cfg: TrainConfig, fold_metrics: list[dict]) -> dict:
     return metrics
 
 
-def train_run(cfg: TrainConfig, progress: bool = True) -> dict:
+def train_run(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     """Train `cfg.method`, evaluate on the query/retrieval split (or the validation part of the
     training set) and write the run directory. Returns the metrics. With `cfg.folds` (and no
     `cfg.fold`), run every fold into RUN_DIR/fold-i and return the aggregate metrics."""
@@ -89,11 +91,11 @@ def train_run(cfg: TrainConfig, progress: bool = True) -> dict:
     return write_run_dir(cfg, run, model, history, _codes(model, run), train_summary(cfg, run, history))
 
 
-def _codes(model: CrossModalHasher, run: PreparedRun) -> dict:
+def _codes(model: CrossModalHasher, run: PreparedRun) -> dict[str, Any]:
     return split_codes(model, run.inputs, run.eval_split.query, run.eval_split.retrieval)
 
 
-def evaluate_run(run_dir: Path, progress: bool = True) -> dict:
+def evaluate_run(run_dir: Path, progress: bool = True) -> dict[str, Any]:
     """Reload RUN_DIR's checkpoint, config and split, recompute the codes and metrics from the
     data, and rewrite metrics.json, codes.npz and pr_curve.png."""
     run_dir = Path(run_dir)
