@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from index.search import Rerank
 from model.runtime.choices import Device
 from model.runtime.errors import UserError
 from service.cli.common import env_option, flag_option, user_errors
@@ -35,7 +36,7 @@ def parse_filter(items: list[str] | None) -> dict[str, str | int | float | bool]
     return out
 
 
-def parse_rerank(text: str | None) -> int | str | None:
+def parse_rerank(text: str | None) -> Rerank:
     """`--rerank R|all` as index.search's rerank: None, a positive int, or "all"."""
     if text is None:
         return None
