@@ -35,8 +35,8 @@ import torch
 from flags import env
 
 from model.runtime.encoder import Encoder
-from model.runtime.model_dir import read_model_info
 from model.runtime.image import load_image, to_array
+from model.runtime.model_dir import read_model_info
 from model.runtime.text import BagOfWords
 from model.training.backbones import MiniLMTextEmbedder, build_backbone
 from model.training.data import load_dataset
@@ -56,16 +56,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Parity and speed of an exported model (ONNX Runtime) against its PyTorch run.",
         epilog="Every flag can be set by the environment variable CMHASH_BENCH_<FLAG> (e.g. CMHASH_BENCH_RUN).",
     )
-    p.add_argument("--run", type=_optional_path, default=env("run", None),
-                   help="run directory (cmhash train); exported to --model (default OUT/export_parity_model)")
-    p.add_argument("--model", type=_optional_path, default=env("model", None),
-                   help="model directory (cmhash export); without --run it is used as it is")
+    p.add_argument(
+        "--run",
+        type=_optional_path,
+        default=env("run", None),
+        help="run directory (cmhash train); exported to --model (default OUT/export_parity_model)",
+    )
+    p.add_argument(
+        "--model",
+        type=_optional_path,
+        default=env("model", None),
+        help="model directory (cmhash export); without --run it is used as it is",
+    )
     p.add_argument("--items", type=int, default=env("items", "64"), help="dataset items compared")
     p.add_argument("--batch-size", type=int, default=env("batch-size", "32"), help="items per forward pass")
     p.add_argument("--repeats", type=int, default=env("repeats", "3"), help="timed passes (median kept)")
     p.add_argument("--threads", type=int, default=env("threads", None), help="torch and ONNX Runtime threads")
-    p.add_argument("--margin", type=float, default=env("margin", "1e-3"),
-                   help="a flipped bit is 'within margin' when |h_torch| <= margin x max |h_torch|")
+    p.add_argument(
+        "--margin",
+        type=float,
+        default=env("margin", "1e-3"),
+        help="a flipped bit is 'within margin' when |h_torch| <= margin x max |h_torch|",
+    )
     p.add_argument("--out", type=Path, default=env("out", str(DEFAULT_OUT)), help="output folder")
     args = p.parse_args(argv)
     if args.run is None and args.model is None:
@@ -82,7 +94,7 @@ def compare(h_onnx: np.ndarray, h_torch: np.ndarray, margin: float) -> dict[str,
     flipped = (h_onnx >= 0) != (h_torch >= 0)
     within = flipped & (np.abs(h_torch) <= margin * max(1.0, scale))
     return {
-        "items": int(len(h_torch)),
+        "items": len(h_torch),
         "bits_compared": int(flipped.size),
         "max_abs_diff": float(np.abs(h_onnx - h_torch).max()),
         "max_abs_h": scale,
@@ -128,11 +140,21 @@ def main(argv: list[str] | None = None) -> dict:
     report: dict = {
         "command": shlex.join([sys.executable, *sys.argv]),
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
-                    "torch_threads": torch.get_num_threads()},
-        "run": str(run_dir), "model": str(model_dir), "checksum": info.checksum, "bits": info.bits,
-        "image_input": info.image.kind, "text_input": info.text.kind, "opset": info.opset,
-        "export_seconds": export_seconds, "margin": args.margin,
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+        },
+        "run": str(run_dir),
+        "model": str(model_dir),
+        "checksum": info.checksum,
+        "bits": info.bits,
+        "image_input": info.image.kind,
+        "text_input": info.text.kind,
+        "opset": info.opset,
+        "export_seconds": export_seconds,
+        "margin": args.margin,
     }
 
     with torch.inference_mode():
@@ -195,11 +217,13 @@ def main(argv: list[str] | None = None) -> dict:
     (args.out / "export_parity.json").write_text(json.dumps(report, indent=2))
     for modality in ("image", "text"):
         r = report[modality]
-        print(f"{modality}: {r['items']} items, max |h| {r['max_abs_h']:.4g}, max abs diff {r['max_abs_diff']:.3g} "
-              f"(relative {r['relative_error']:.3g}); flipped bits {r['flipped_bits']} of {r['bits_compared']}, "
-              f"{r['flipped_within_margin']} within margin; ms/item torch {r['ms_per_item_torch']:.3f}, "
-              f"onnxruntime {r['ms_per_item_onnxruntime']:.3f}"
-              + (f"; decode {r['ms_per_image_decode']:.2f} ms/image" if r.get("ms_per_image_decode") else ""))
+        print(
+            f"{modality}: {r['items']} items, max |h| {r['max_abs_h']:.4g}, max abs diff {r['max_abs_diff']:.3g} "
+            f"(relative {r['relative_error']:.3g}); flipped bits {r['flipped_bits']} of {r['bits_compared']}, "
+            f"{r['flipped_within_margin']} within margin; ms/item torch {r['ms_per_item_torch']:.3f}, "
+            f"onnxruntime {r['ms_per_item_onnxruntime']:.3f}"
+            + (f"; decode {r['ms_per_image_decode']:.2f} ms/image" if r.get("ms_per_image_decode") else "")
+        )
     print(f"checksum {info.checksum}; written to {args.out / 'export_parity.json'}")
     return report
 

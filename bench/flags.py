@@ -123,14 +123,21 @@ def provenance() -> dict[str, Any]:
     was clean, the command and the UTC time. docs/results.md cites only results made clean."""
     root = Path(__file__).resolve().parents[1]
     try:
-        described = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty"],
-                                    capture_output=True, text=True, check=True).stdout.strip()
-        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"],
-                              capture_output=True, text=True, check=True).stdout.strip()
+        described = subprocess.run(
+            ["git", "-C", str(root), "describe", "--always", "--dirty"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        head = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         described, head = "unknown", "unknown"
-    return {"commit": head, "describe": described, "clean": not described.endswith("-dirty") and head != "unknown",
-            "command": command_line(), "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    return {
+        "commit": head,
+        "describe": described,
+        "clean": not described.endswith("-dirty") and head != "unknown",
+        "command": command_line(),
+        "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
 
 
 def write_result(name: str, result: dict[str, Any], out_dir: Path | None = None) -> Path:

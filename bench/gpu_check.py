@@ -53,8 +53,13 @@ def faiss_check(n: int, bits: int, nq: int, k: int, seed: int) -> dict[str, Any]
     gpu.add(codes)
     d_cpu, _ = cpu.search(queries, k)
     d_gpu, _ = gpu.search(queries, k)
-    out: dict[str, Any] = {"n": n, "bits": bits, "queries": nq, "k": k,
-                           "raw_distances_equal": bool(np.array_equal(d_cpu, d_gpu))}
+    out: dict[str, Any] = {
+        "n": n,
+        "bits": bits,
+        "queries": nq,
+        "k": k,
+        "raw_distances_equal": bool(np.array_equal(d_cpu, d_gpu)),
+    }
     for name, index in (("cpu_flat", cpu), ("gpu_flat", gpu)):
         out[f"{name}_ms_per_query_batch{nq}"] = timed(lambda index=index: index.search(queries, k), 3) * 1000 / nq
         out[f"{name}_ms_single_query"] = timed(lambda index=index: index.search(queries[:1], k), 20) * 1000
@@ -90,17 +95,23 @@ def encoder_check(model: Path, images: int, texts: int) -> dict[str, Any]:
     sample = [" ".join(rng.choice(words, size=5)) for _ in range(texts)]
     h_cpu, h_gpu = cpu.text_representations(sample), cuda.text_representations(sample)
     flipped = (h_cpu >= 0) != (h_gpu >= 0)
-    out["text"] = {"items": texts, "max_abs_diff": float(np.abs(h_cpu - h_gpu).max()),
-                   "flipped_bits": int(flipped.sum()),
-                   "max_abs_h_of_flipped": float(np.abs(h_cpu[flipped]).max()) if flipped.any() else 0.0}
+    out["text"] = {
+        "items": texts,
+        "max_abs_diff": float(np.abs(h_cpu - h_gpu).max()),
+        "flipped_bits": int(flipped.sum()),
+        "max_abs_h_of_flipped": float(np.abs(h_cpu[flipped]).max()) if flipped.any() else 0.0,
+    }
     if cpu.info.image.kind == "pixels":
         size = cpu.info.image.preprocess["size"] if cpu.info.image.preprocess else 224
         x = rng.uniform(-1, 1, (images, 3, size, size)).astype(np.float32)
         h_cpu, h_gpu = cpu.image_representations(x), cuda.image_representations(x)
         flipped = (h_cpu >= 0) != (h_gpu >= 0)
-        out["image"] = {"items": images, "max_abs_diff": float(np.abs(h_cpu - h_gpu).max()),
-                        "flipped_bits": int(flipped.sum()),
-                        "max_abs_h_of_flipped": float(np.abs(h_cpu[flipped]).max()) if flipped.any() else 0.0}
+        out["image"] = {
+            "items": images,
+            "max_abs_diff": float(np.abs(h_cpu - h_gpu).max()),
+            "flipped_bits": int(flipped.sum()),
+            "max_abs_h_of_flipped": float(np.abs(h_cpu[flipped]).max()) if flipped.any() else 0.0,
+        }
         # first call at each new batch size: with HEURISTIC algorithm search it must not re-benchmark
         first_calls = {}
         for batch in (1, 7, 32, 64):

@@ -46,14 +46,20 @@ READY_TIMEOUT_S = 300.0
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", type=Path, default=env("model", str(ROOT / "runs/demo/model")),
-                   help="exported model directory (`cmhash export`; `make demo` writes runs/demo/model)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    p.add_argument(
+        "--model",
+        type=Path,
+        default=env("model", str(ROOT / "runs/demo/model")),
+        help="exported model directory (`cmhash export`; `make demo` writes runs/demo/model)",
+    )
     p.add_argument("--out", type=Path, default=env("out", str(DEFAULT_OUT)), help="folder of the JSON report")
     p.add_argument("--timeout", type=float, default=float(env("timeout", "120")), help="seconds per request")
-    p.add_argument("--scenarios", default=env("scenarios", ""),
-                   help="comma list of scenario names to run (default: all)")
+    p.add_argument(
+        "--scenarios", default=env("scenarios", ""), help="comma list of scenario names to run (default: all)"
+    )
     return p.parse_args(argv)
 
 
@@ -132,8 +138,14 @@ def post(base: str, name: str, data: bytes, timeout: float) -> dict[str, Any]:
     except ValueError:
         body = {}
     error = body.get("error") if isinstance(body, dict) else None
-    return {"image": name, "bytes": len(data), "status": r.status_code, "seconds": round(took, 3),
-            "error_code": error.get("code") if error else None, "message": error.get("message") if error else None}
+    return {
+        "image": name,
+        "bytes": len(data),
+        "status": r.status_code,
+        "seconds": round(took, 3),
+        "error_code": error.get("code") if error else None,
+        "message": error.get("message") if error else None,
+    }
 
 
 def run_scenario(base: str, pid: int, files: dict[str, bytes], names: list[str], timeout: float) -> dict[str, Any]:
@@ -158,17 +170,23 @@ def run_scenario(base: str, pid: int, files: dict[str, bytes], names: list[str],
     sampler.join()
     hwm = status_kib(pid, "VmHWM")
     growth_kib = (hwm - before) if peak_reset else (max(sampled) - before)
-    return {"images": names, "answers": answers, "wall_s": round(wall, 3), "rss_before_mib": round(before / 1024, 1),
-            "peak_growth_mib": round(growth_kib / 1024, 1),
-            "sampled_growth_mib": round((max(sampled) - before) / 1024, 1),
-            "peak_source": "VmHWM after clear_refs" if peak_reset else "sampled VmRSS",
-            "statuses": [a["status"] for a in answers],
-            "ok": growth_kib / 1024 < GOAL_MIB and all(a["status"] == 200 or (400 <= a["status"] < 500 and a["message"])
-                                                       for a in answers)}
+    return {
+        "images": names,
+        "answers": answers,
+        "wall_s": round(wall, 3),
+        "rss_before_mib": round(before / 1024, 1),
+        "peak_growth_mib": round(growth_kib / 1024, 1),
+        "sampled_growth_mib": round((max(sampled) - before) / 1024, 1),
+        "peak_source": "VmHWM after clear_refs" if peak_reset else "sampled VmRSS",
+        "statuses": [a["status"] for a in answers],
+        "ok": growth_kib / 1024 < GOAL_MIB
+        and all(a["status"] == 200 or (400 <= a["status"] < 500 and a["message"]) for a in answers),
+    }
 
 
-def run_scenarios(base: str, pid: int, files: dict[str, bytes], wanted: list[str],
-                  timeout: float) -> dict[str, dict[str, Any]]:
+def run_scenarios(
+    base: str, pid: int, files: dict[str, bytes], wanted: list[str], timeout: float
+) -> dict[str, dict[str, Any]]:
     """A warm-up search (sessions and arenas in the baseline), then each of the `wanted` scenarios
     against the server `pid` at `base`."""
     warm = post(base, "warm.jpg", jpeg(640, 480), timeout)
@@ -182,11 +200,12 @@ def run_scenarios(base: str, pid: int, files: dict[str, bytes], wanted: list[str
 
 
 def table(results: dict[str, dict[str, Any]]) -> str:
-    lines = [f"{'scenario':30} {'statuses':16} {'peak growth MiB':>16} {'wall s':>8}  verdict",
-             "-" * 84]
+    lines = [f"{'scenario':30} {'statuses':16} {'peak growth MiB':>16} {'wall s':>8}  verdict", "-" * 84]
     for name, r in results.items():
-        lines.append(f"{name:30} {','.join(map(str, r['statuses'])):16} {r['peak_growth_mib']:16.1f} "
-                     f"{r['wall_s']:8.2f}  {'ok' if r['ok'] else 'FAIL'}")
+        lines.append(
+            f"{name:30} {','.join(map(str, r['statuses'])):16} {r['peak_growth_mib']:16.1f} "
+            f"{r['wall_s']:8.2f}  {'ok' if r['ok'] else 'FAIL'}"
+        )
     lines.append("")
     lines.append("messages:")
     seen = set()
@@ -210,9 +229,22 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="cmhash-hostile-") as tmp:
         port = free_port()
         log = Path(tmp) / "server.log"
-        command = [sys.executable, "-m", "service.cli", "serve", "--model", str(args.model), "--image-gallery",
-                   str(Path(tmp) / "images"), "--text-gallery", str(Path(tmp) / "texts"), "--port", str(port),
-                   "--device", "cpu"]
+        command = [
+            sys.executable,
+            "-m",
+            "service.cli",
+            "serve",
+            "--model",
+            str(args.model),
+            "--image-gallery",
+            str(Path(tmp) / "images"),
+            "--text-gallery",
+            str(Path(tmp) / "texts"),
+            "--port",
+            str(port),
+            "--device",
+            "cpu",
+        ]
         with log.open("wb") as out:
             proc = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
         base = f"http://127.0.0.1:{port}"
@@ -230,11 +262,20 @@ def main(argv: list[str] | None = None) -> int:
         server_log = log.read_text(errors="replace")
     report = table(results)
     print(report)
-    meta = {"benchmark": "hostile_images", "date": datetime.datetime.now(datetime.UTC).isoformat(),
-            "command": command_line(), "machine": machine_base(), "model": str(args.model), "route": ROUTE,
-            "goal_peak_growth_mib": GOAL_MIB, "image_bytes": {k: len(v) for k, v in files.items()},
-            "scenarios": results, "server": settings,
-            "server_500s": server_log.count("unhandled error"), "all_ok": all(r["ok"] for r in results.values())}
+    meta = {
+        "benchmark": "hostile_images",
+        "date": datetime.datetime.now(datetime.UTC).isoformat(),
+        "command": command_line(),
+        "machine": machine_base(),
+        "model": str(args.model),
+        "route": ROUTE,
+        "goal_peak_growth_mib": GOAL_MIB,
+        "image_bytes": {k: len(v) for k, v in files.items()},
+        "scenarios": results,
+        "server": settings,
+        "server_500s": server_log.count("unhandled error"),
+        "all_ok": all(r["ok"] for r in results.values()),
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "hostile_images.json"
     path.write_text(json.dumps(meta, indent=2) + "\n")

@@ -38,16 +38,52 @@ from model.training.config import REPO_ROOT, shared_data_root
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", type=Path, default=env("model", None), required=env("model", None) is None,
-                   help="exported model directory (cmhash export) [CMHASH_BENCH_MODEL]")
-    p.add_argument("--images", type=Path, default=Path(env("images", str(shared_data_root() / "mirflickr25k" / "images"))),
-                   help="image folder [CMHASH_BENCH_IMAGES]; default: the MIRFLICKR sample")
-    p.add_argument("--limit", type=int, default=int(env("limit", "0")), help="use the first N images (0: all) [CMHASH_BENCH_LIMIT]")
-    p.add_argument("--batch-size", type=int, default=int(env("batch_size", "32")), help="images per encoder call [CMHASH_BENCH_BATCH_SIZE]")
-    p.add_argument("--workers", type=int, default=int(env("workers", "2")), help="decoding threads of the pipeline [CMHASH_BENCH_WORKERS]")
-    p.add_argument("--threads", type=int, default=int(env("threads", "0")) or None, help="ONNX Runtime threads (default: all cores) [CMHASH_BENCH_THREADS]")
-    p.add_argument("--repeats", type=int, default=int(env("repeats", "2")), help="repetitions per stage, best kept [CMHASH_BENCH_REPEATS]")
-    p.add_argument("--out", type=Path, default=Path(env("out", str(REPO_ROOT / "bench" / "out"))), help="output folder [CMHASH_BENCH_OUT]")
+    p.add_argument(
+        "--model",
+        type=Path,
+        default=env("model", None),
+        required=env("model", None) is None,
+        help="exported model directory (cmhash export) [CMHASH_BENCH_MODEL]",
+    )
+    p.add_argument(
+        "--images",
+        type=Path,
+        default=Path(env("images", str(shared_data_root() / "mirflickr25k" / "images"))),
+        help="image folder [CMHASH_BENCH_IMAGES]; default: the MIRFLICKR sample",
+    )
+    p.add_argument(
+        "--limit", type=int, default=int(env("limit", "0")), help="use the first N images (0: all) [CMHASH_BENCH_LIMIT]"
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=int(env("batch_size", "32")),
+        help="images per encoder call [CMHASH_BENCH_BATCH_SIZE]",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=int(env("workers", "2")),
+        help="decoding threads of the pipeline [CMHASH_BENCH_WORKERS]",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=int(env("threads", "0")) or None,
+        help="ONNX Runtime threads (default: all cores) [CMHASH_BENCH_THREADS]",
+    )
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=int(env("repeats", "2")),
+        help="repetitions per stage, best kept [CMHASH_BENCH_REPEATS]",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path(env("out", str(REPO_ROOT / "bench" / "out"))),
+        help="output folder [CMHASH_BENCH_OUT]",
+    )
     return p.parse_args()
 
 
@@ -83,8 +119,15 @@ def main() -> None:
         for r in range(args.repeats):
             gallery = Path(tmp) / f"gallery{r}"
             start = time.perf_counter()
-            report = build_gallery(args.model, gallery, images=folder, batch_size=args.batch_size,
-                                   workers=args.workers, threads=args.threads, progress=False)
+            report = build_gallery(
+                args.model,
+                gallery,
+                images=folder,
+                batch_size=args.batch_size,
+                workers=args.workers,
+                threads=args.threads,
+                progress=False,
+            )
             t_pipeline.append(time.perf_counter() - start)
             shutil.rmtree(gallery)
 
@@ -93,20 +136,30 @@ def main() -> None:
     rates["serial"] = 1 / (1 / rates["decode"] + 1 / rates["encoder"])  # decode then encode, no overlap
     rates["pipeline"] = n / min(t_pipeline)
     result = {
-        "images": n, "added": report.added if report else 0, "skipped": len(report.skipped) if report else 0,
-        "batch_size": args.batch_size, "workers": args.workers, "ort_threads": args.threads or os.cpu_count(),
-        "providers": encoder.providers, "bits": encoder.bits,
-        "images_per_second": rates, "pipeline_over_encoder": rates["pipeline"] / rates["encoder"],
+        "images": n,
+        "added": report.added if report else 0,
+        "skipped": len(report.skipped) if report else 0,
+        "batch_size": args.batch_size,
+        "workers": args.workers,
+        "ort_threads": args.threads or os.cpu_count(),
+        "providers": encoder.providers,
+        "bits": encoder.bits,
+        "images_per_second": rates,
+        "pipeline_over_encoder": rates["pipeline"] / rates["encoder"],
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
         "seconds": {"decode": t_decode, "encoder": t_encode, "pipeline": t_pipeline},
     }
-    print(f"{n} images, {encoder.bits} bits, batch {args.batch_size}, {args.workers} decode workers, "
-          f"ORT threads {result['ort_threads']}, providers {encoder.providers}")
+    print(
+        f"{n} images, {encoder.bits} bits, batch {args.batch_size}, {args.workers} decode workers, "
+        f"ORT threads {result['ort_threads']}, providers {encoder.providers}"
+    )
     print(f"{'stage':<10}{'images/s':>10}{'ms/image':>10}")
     for stage, rate in rates.items():
         print(f"{stage:<10}{rate:>10.1f}{1000 / rate:>10.2f}")
-    print(f"pipeline / bare encoder = {result['pipeline_over_encoder']:.2f} (goal >= 0.8); "
-          f"pipeline / serial decode+encode = {rates['pipeline'] / rates['serial']:.2f}")
+    print(
+        f"pipeline / bare encoder = {result['pipeline_over_encoder']:.2f} (goal >= 0.8); "
+        f"pipeline / serial decode+encode = {rates['pipeline'] / rates['serial']:.2f}"
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "index_throughput.json").write_text(json.dumps(result, indent=1))
 

@@ -53,25 +53,65 @@ KINDS = ("text", "image")  # the galleries; "add-<kind>" / "delete-<kind>" route
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", type=Path, default=Path(env("model", str(ROOT / "runs/demo/model"))),
-                   help="exported model directory [CMHASH_BENCH_MODEL]")
-    p.add_argument("--image-gallery", type=Path, default=Path(env("image_gallery", str(ROOT / "runs/demo/gallery-images"))),
-                   help="image gallery, copied before the run [CMHASH_BENCH_IMAGE_GALLERY]")
-    p.add_argument("--text-gallery", type=Path, default=Path(env("text_gallery", str(ROOT / "runs/demo/gallery-texts"))),
-                   help="text gallery, copied before the run [CMHASH_BENCH_TEXT_GALLERY]")
-    p.add_argument("--queries", type=Path, default=Path(env("queries", str(ROOT / "runs/demo/sources/images.jsonl"))),
-                   help="JSONL with 'image' paths and 'text' fields: the query images and texts [CMHASH_BENCH_QUERIES]")
-    p.add_argument("--duration", type=float, default=float(env("duration", "60")), help="seconds of load [CMHASH_BENCH_DURATION]")
-    p.add_argument("--clients", type=int, default=int(env("clients", "16")), help="concurrent clients [CMHASH_BENCH_CLIENTS]")
-    p.add_argument("--max-requests", type=int, default=int(env("max_requests", "20000")),
-                   help="most requests per client [CMHASH_BENCH_MAX_REQUESTS]")
-    p.add_argument("--mix", default=env("mix", "text-to-image=4,image-to-text=2,add-text=2,delete-text=1,add-image=1,delete-image=1"),
-                   help="relative weights of the request kinds [CMHASH_BENCH_MIX]")
-    p.add_argument("--device", default=env("device", "auto"), help="server device: auto, cpu or cuda [CMHASH_BENCH_DEVICE]")
-    p.add_argument("--threads", type=int, default=int(env("threads", "0")) or None,
-                   help="server ONNX Runtime threads (default: all cores) [CMHASH_BENCH_THREADS]")
-    p.add_argument("--seed", type=int, default=int(env("seed", "0")), help="random seed of the clients [CMHASH_BENCH_SEED]")
-    p.add_argument("--out", type=Path, default=Path(env("out", str(ROOT / "bench" / "out"))), help="output folder [CMHASH_BENCH_OUT]")
+    p.add_argument(
+        "--model",
+        type=Path,
+        default=Path(env("model", str(ROOT / "runs/demo/model"))),
+        help="exported model directory [CMHASH_BENCH_MODEL]",
+    )
+    p.add_argument(
+        "--image-gallery",
+        type=Path,
+        default=Path(env("image_gallery", str(ROOT / "runs/demo/gallery-images"))),
+        help="image gallery, copied before the run [CMHASH_BENCH_IMAGE_GALLERY]",
+    )
+    p.add_argument(
+        "--text-gallery",
+        type=Path,
+        default=Path(env("text_gallery", str(ROOT / "runs/demo/gallery-texts"))),
+        help="text gallery, copied before the run [CMHASH_BENCH_TEXT_GALLERY]",
+    )
+    p.add_argument(
+        "--queries",
+        type=Path,
+        default=Path(env("queries", str(ROOT / "runs/demo/sources/images.jsonl"))),
+        help="JSONL with 'image' paths and 'text' fields: the query images and texts [CMHASH_BENCH_QUERIES]",
+    )
+    p.add_argument(
+        "--duration", type=float, default=float(env("duration", "60")), help="seconds of load [CMHASH_BENCH_DURATION]"
+    )
+    p.add_argument(
+        "--clients", type=int, default=int(env("clients", "16")), help="concurrent clients [CMHASH_BENCH_CLIENTS]"
+    )
+    p.add_argument(
+        "--max-requests",
+        type=int,
+        default=int(env("max_requests", "20000")),
+        help="most requests per client [CMHASH_BENCH_MAX_REQUESTS]",
+    )
+    p.add_argument(
+        "--mix",
+        default=env("mix", "text-to-image=4,image-to-text=2,add-text=2,delete-text=1,add-image=1,delete-image=1"),
+        help="relative weights of the request kinds [CMHASH_BENCH_MIX]",
+    )
+    p.add_argument(
+        "--device", default=env("device", "auto"), help="server device: auto, cpu or cuda [CMHASH_BENCH_DEVICE]"
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=int(env("threads", "0")) or None,
+        help="server ONNX Runtime threads (default: all cores) [CMHASH_BENCH_THREADS]",
+    )
+    p.add_argument(
+        "--seed", type=int, default=int(env("seed", "0")), help="random seed of the clients [CMHASH_BENCH_SEED]"
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path(env("out", str(ROOT / "bench" / "out"))),
+        help="output folder [CMHASH_BENCH_OUT]",
+    )
     args = p.parse_args()
     try:
         args.mix = {name: float(w) for name, w in (part.split("=") for part in args.mix.split(","))}
@@ -96,13 +136,30 @@ class Record:
     errors: list[str] = field(default_factory=list)
 
 
-def start_server(args: argparse.Namespace, images: Path, texts: Path, log: Path,
-                 extra_env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], str]:
+def start_server(
+    args: argparse.Namespace, images: Path, texts: Path, log: Path, extra_env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
     """`cmhash serve` on a free port of 127.0.0.1 (with the CMHASH_* variables of `extra_env`
     only; the log is appended to), once /readyz answers 200."""
     port = free_port()
-    cmd = [sys.executable, "-m", "service.cli", "serve", "--model", str(args.model), "--image-gallery", str(images),
-           "--text-gallery", str(texts), "--host", HOST, "--port", str(port), "--device", args.device]
+    cmd = [
+        sys.executable,
+        "-m",
+        "service.cli",
+        "serve",
+        "--model",
+        str(args.model),
+        "--image-gallery",
+        str(images),
+        "--text-gallery",
+        str(texts),
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--device",
+        args.device,
+    ]
     if args.threads:
         cmd += ["--encoder-threads", str(args.threads)]
     environ = {k: v for k, v in os.environ.items() if not k.startswith("CMHASH_")} | (extra_env or {})
@@ -126,8 +183,17 @@ def sample_rss(pid: int, stop: threading.Event, samples: list[float]) -> None:
         stop.wait(1.0)
 
 
-def client(cid: int, base: str, args: argparse.Namespace, images: list[bytes], texts: list[str],
-           deadline: float, rec: Record, stop: threading.Event | None = None, prefix: str = "load") -> None:
+def client(
+    cid: int,
+    base: str,
+    args: argparse.Namespace,
+    images: list[bytes],
+    texts: list[str],
+    deadline: float,
+    rec: Record,
+    stop: threading.Event | None = None,
+    prefix: str = "load",
+) -> None:
     """Send requests from the mix until the deadline, --max-requests or `stop` (ids
     `<prefix>-c<cid>-<n>`); a write without an answer is recorded as unsure."""
     rng = random.Random(args.seed * 1000 + cid)
@@ -147,15 +213,21 @@ def client(cid: int, base: str, args: argparse.Namespace, images: list[bytes], t
                 if kind == "text-to-image":
                     r = http.post("/search/text-to-image", json={"text": rng.choice(texts), "k": 10})
                 elif kind == "image-to-text":
-                    r = http.post("/search/image-to-text", files={"file": ("q.jpg", rng.choice(images), "image/jpeg")},
-                                  data={"k": "10"})
+                    r = http.post(
+                        "/search/image-to-text",
+                        files={"file": ("q.jpg", rng.choice(images), "image/jpeg")},
+                        data={"k": "10"},
+                    )
                 elif kind == "add-text":
                     rec.sent[item_id] = f"{rng.choice(texts)} {n}"
                     r = http.post("/gallery/texts", json={"items": [{"id": item_id, "text": rec.sent[item_id]}]})
                 elif kind == "add-image":
                     rec.sent[item_id] = index = rng.randrange(len(images))
-                    r = http.post("/gallery/images", files={"files": ("q.jpg", images[index], "image/jpeg")},
-                                  data={"ids": item_id})
+                    r = http.post(
+                        "/gallery/images",
+                        files={"files": ("q.jpg", images[index], "image/jpeg")},
+                        data={"ids": item_id},
+                    )
                 else:
                     item_id = live[gallery].pop(rng.randrange(len(live[gallery])))
                     r = http.delete(f"/gallery/{gallery}s/{item_id}")
@@ -212,8 +284,10 @@ def check_gallery(http: httpx.Client, kind: str, initial: list[str], recs: list[
         problems.append(f"{len(extra)} unexpected items, e.g. {sorted(extra)[:5]}")
     count = http.get(f"/gallery/{kind}s").json()["count"]
     if count != len(expected):
-        problems.append(f"gallery count {count}, expected {len(expected)} (initial {len(initial)} + "
-                        f"{len(added)} added - {len(deleted)} deleted)")
+        problems.append(
+            f"gallery count {count}, expected {len(expected)} (initial {len(initial)} + "
+            f"{len(added)} added - {len(deleted)} deleted)"
+        )
     for item_id in sorted(added - deleted)[:200]:
         if http.get(f"/gallery/{kind}s/{item_id}").status_code != 200:
             problems.append(f"acknowledged add {item_id} not readable")
@@ -243,8 +317,10 @@ def check_uploads(http: httpx.Client, folder: Path, recs: list[Record]) -> tuple
             expected[path.name] = item_id
     files = {p.name for p in folder.iterdir() if p.is_file()} if folder.is_dir() else set()
     if missing := set(expected) - files:
-        problems.append(f"{len(missing)} files of live images missing from the upload folder, e.g. "
-                        f"{[(expected[name], name) for name in sorted(missing)[:5]]}")
+        problems.append(
+            f"{len(missing)} files of live images missing from the upload folder, e.g. "
+            f"{[(expected[name], name) for name in sorted(missing)[:5]]}"
+        )
     if orphans := files - set(expected):
         problems.append(f"{len(orphans)} orphan files in the upload folder, e.g. {sorted(orphans)[:5]}")
     for item_id in live[:200]:
@@ -273,9 +349,13 @@ def summarize(recs: list[Record], wall: float) -> dict[str, dict[str, Any]]:
             for code, n in r.status.get(kind, {}).items():
                 status[code] += n
         if lat or status:
-            routes[kind] = {"requests": sum(status.values()), "status": dict(status), "per_s": sum(status.values()) / wall,
-                            "p50_ms": float(np.percentile(lat, 50)) * 1000 if lat else None,
-                            "p95_ms": float(np.percentile(lat, 95)) * 1000 if lat else None}
+            routes[kind] = {
+                "requests": sum(status.values()),
+                "status": dict(status),
+                "per_s": sum(status.values()) / wall,
+                "p50_ms": float(np.percentile(lat, 50)) * 1000 if lat else None,
+                "p95_ms": float(np.percentile(lat, 95)) * 1000 if lat else None,
+            }
     return routes
 
 
@@ -297,8 +377,10 @@ def main() -> None:
                 sampler.start()
                 recs = [Record() for _ in range(args.clients)]
                 started = time.monotonic()
-                threads = [threading.Thread(target=client, args=(i, base, args, images, texts, started + args.duration, rec))
-                           for i, rec in enumerate(recs)]
+                threads = [
+                    threading.Thread(target=client, args=(i, base, args, images, texts, started + args.duration, rec))
+                    for i, rec in enumerate(recs)
+                ]
                 for t in threads:
                     t.start()
                 for t in threads:
@@ -325,31 +407,61 @@ def main() -> None:
     n5xx = sum(r["status"].get("5xx", 0) for r in routes.values())
     if n5xx or errors:
         problems.append(f"{n5xx} responses 5xx, {len(errors)} failed requests, e.g. {errors[:3]}")
-    gallery: dict[str, Any] = {kind: {"initial": len(initial[kind]), "added": sum(len(r.added[kind]) for r in recs),
-                                      "deleted": sum(len(r.deleted[kind]) for r in recs)} for kind in KINDS}
+    gallery: dict[str, Any] = {
+        kind: {
+            "initial": len(initial[kind]),
+            "added": sum(len(r.added[kind]) for r in recs),
+            "deleted": sum(len(r.deleted[kind]) for r in recs),
+        }
+        for kind in KINDS
+    }
     gallery["upload_files"] = upload_files
     result = {
         "machine": {"cpu": proc_field("/proc/cpuinfo", "model name"), "cores": os.cpu_count()},
-        "model": str(args.model), "duration_s": args.duration, "wall_s": wall, "clients": args.clients, "mix": args.mix,
-        "routes": routes, "responses_5xx": n5xx, "errors": errors[:50],
+        "model": str(args.model),
+        "duration_s": args.duration,
+        "wall_s": wall,
+        "clients": args.clients,
+        "mix": args.mix,
+        "routes": routes,
+        "responses_5xx": n5xx,
+        "errors": errors[:50],
         "gallery": gallery,
-        "rss_mib": {"first": rss[0], "last": rss[-1], "max": max(rss), "second_half_growth": rss[-1] - rss[len(rss) // 2],
-                    "samples": rss} if rss else None,
+        "rss_mib": {
+            "first": rss[0],
+            "last": rss[-1],
+            "max": max(rss),
+            "second_half_growth": rss[-1] - rss[len(rss) // 2],
+            "samples": rss,
+        }
+        if rss
+        else None,
         "problems": problems,
     }
     print(f"{args.clients} clients, {wall:.1f} s, {result['machine']['cpu']} ({result['machine']['cores']} cores)")
-    print(f"{'route':<15}{'requests':>9}{'req/s':>8}{'2xx':>7}{'4xx':>6}{'5xx':>6}{'error':>6}{'p50 ms':>9}{'p95 ms':>9}")
+    print(
+        f"{'route':<15}{'requests':>9}{'req/s':>8}{'2xx':>7}{'4xx':>6}{'5xx':>6}{'error':>6}{'p50 ms':>9}{'p95 ms':>9}"
+    )
     for kind, r in routes.items():
         s = r["status"]
-        print(f"{kind:<15}{r['requests']:>9}{r['per_s']:>8.1f}{s.get('2xx', 0):>7}{s.get('4xx', 0):>6}{s.get('5xx', 0):>6}"
-              f"{s.get('error', 0):>6}{r['p50_ms'] or 0:>9.1f}{r['p95_ms'] or 0:>9.1f}")
-    kinds = "; ".join(f"{kind} gallery: {gallery[kind]['initial']} initial + {gallery[kind]['added']} added - "
-                      f"{gallery[kind]['deleted']} deleted" for kind in KINDS)
-    print(f"{kinds}; upload files: {upload_files}, checked against the clients' records: "
-          f"{'ok' if not problems else 'FAILED'}")
+        print(
+            f"{kind:<15}{r['requests']:>9}{r['per_s']:>8.1f}{s.get('2xx', 0):>7}{s.get('4xx', 0):>6}{s.get('5xx', 0):>6}"
+            f"{s.get('error', 0):>6}{r['p50_ms'] or 0:>9.1f}{r['p95_ms'] or 0:>9.1f}"
+        )
+    kinds = "; ".join(
+        f"{kind} gallery: {gallery[kind]['initial']} initial + {gallery[kind]['added']} added - "
+        f"{gallery[kind]['deleted']} deleted"
+        for kind in KINDS
+    )
+    print(
+        f"{kinds}; upload files: {upload_files}, checked against the clients' records: "
+        f"{'ok' if not problems else 'FAILED'}"
+    )
     if rss:
-        print(f"server RSS MiB: first {rss[0]:.0f}, last {rss[-1]:.0f}, max {max(rss):.0f}, growth over the second "
-              f"half {rss[-1] - rss[len(rss) // 2]:+.0f} ({len(rss)} samples, one per second)")
+        print(
+            f"server RSS MiB: first {rss[0]:.0f}, last {rss[-1]:.0f}, max {max(rss):.0f}, growth over the second "
+            f"half {rss[-1] - rss[len(rss) // 2]:+.0f} ({len(rss)} samples, one per second)"
+        )
     for problem in problems:
         print(f"PROBLEM: {problem}")
     (args.out / "load.json").write_text(json.dumps(result, indent=1))

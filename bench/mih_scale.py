@@ -52,8 +52,9 @@ def _radii(text: str) -> list[int]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--sizes", type=ints, default=env("sizes", "1000000,10000000"), help="gallery sizes N")
     p.add_argument("--bits", type=ints, default=env("bits", "32,64,128"), help="code lengths L (multiples of 8)")
     p.add_argument("--data", type=_kinds, default=env("data", "clustered,random"), help="random and/or clustered codes")
@@ -61,8 +62,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--radii", type=_radii, default=env("radii", "0,2,4,6,8"), help="radii of the range queries")
     p.add_argument("--queries", type=positive, default=env("queries", "30"), help="timed queries per setting")
     p.add_argument("--centres", type=positive, default=env("centres", "24"), help="class centres of clustered codes")
-    p.add_argument("--flip", type=float, default=env("flip", "0.08"),
-                   help="per-bit flip probability of clustered codes around their centre")
+    p.add_argument(
+        "--flip",
+        type=float,
+        default=env("flip", "0.08"),
+        help="per-bit flip probability of clustered codes around their centre",
+    )
     p.add_argument("--seed", type=int, default=env("seed", "0"))
     p.add_argument("--out", type=Path, default=env("out", str(DEFAULT_OUT)), help="output folder")
     p.add_argument("--quick", action="store_true", default=boolean(env("quick", "") or ""), help="smoke run")
@@ -113,10 +118,20 @@ def run_gallery(args: argparse.Namespace, n: int, bits: int, kind: str) -> tuple
     assert store.mih is not None
     start = time.perf_counter()
     store.mih.prepare()
-    info = {"n": n, "bits": bits, "data": kind, "add_s": add_s, "build_s": time.perf_counter() - start,
-            "substring_bits": store.mih._tables.lengths if store.mih._tables else None}
-    print(f"N={n:,} {bits} bits {kind}: added in {add_s:.1f} s, tables {info['substring_bits']} built in "
-          f"{info['build_s']:.1f} s", file=sys.stderr, flush=True)
+    info = {
+        "n": n,
+        "bits": bits,
+        "data": kind,
+        "add_s": add_s,
+        "build_s": time.perf_counter() - start,
+        "substring_bits": store.mih._tables.lengths if store.mih._tables else None,
+    }
+    print(
+        f"N={n:,} {bits} bits {kind}: added in {add_s:.1f} s, tables {info['substring_bits']} built in "
+        f"{info['build_s']:.1f} s",
+        file=sys.stderr,
+        flush=True,
+    )
     rows = []
     for op, params in (("knn", args.ks), ("range", args.radii)):
         for param in params:
@@ -131,19 +146,35 @@ def run_gallery(args: argparse.Namespace, n: int, bits: int, kind: str) -> tuple
             mid = dict(store.mih.stats)
             mih_ms, mih_res = timed(store, queries, op, param)
             if repr(flat_res) != repr(mih_res):
-                raise SystemExit(f"error: MIH results differ from the flat scan at N={n}, {bits} bits, {kind}, {op} {param}")
+                raise SystemExit(
+                    f"error: MIH results differ from the flat scan at N={n}, {bits} bits, {kind}, {op} {param}"
+                )
             answered = store.mih.stats["mih"] - mid["mih"]
             del before
-            row = {"n": n, "bits": bits, "data": kind, "op": op, "param": param, "queries": len(queries),
-                   "flat_ms_median": float(np.median(flat_ms)), "mih_ms_median": float(np.median(mih_ms)),
-                   "flat_ms_mean": float(np.mean(flat_ms)), "mih_ms_mean": float(np.mean(mih_ms)),
-                   "mih_answered": answered / len(queries),
-                   "found_mean": float(np.mean([len(r[0][0]) for r in mih_res])),
-                   "flat_ms": flat_ms, "mih_ms": mih_ms}
+            row = {
+                "n": n,
+                "bits": bits,
+                "data": kind,
+                "op": op,
+                "param": param,
+                "queries": len(queries),
+                "flat_ms_median": float(np.median(flat_ms)),
+                "mih_ms_median": float(np.median(mih_ms)),
+                "flat_ms_mean": float(np.mean(flat_ms)),
+                "mih_ms_mean": float(np.mean(mih_ms)),
+                "mih_answered": answered / len(queries),
+                "found_mean": float(np.mean([len(r[0][0]) for r in mih_res])),
+                "flat_ms": flat_ms,
+                "mih_ms": mih_ms,
+            }
             row["speedup"] = row["flat_ms_median"] / row["mih_ms_median"]
             rows.append(row)
-            print(f"  {op} {param}: flat {row['flat_ms_median']:.3f} ms, mih {row['mih_ms_median']:.3f} ms "
-                  f"(x{row['speedup']:.1f}, {100 * row['mih_answered']:.0f}% by MIH)", file=sys.stderr, flush=True)
+            print(
+                f"  {op} {param}: flat {row['flat_ms_median']:.3f} ms, mih {row['mih_ms_median']:.3f} ms "
+                f"(x{row['speedup']:.1f}, {100 * row['mih_answered']:.0f}% by MIH)",
+                file=sys.stderr,
+                flush=True,
+            )
     return info, rows
 
 
@@ -152,9 +183,11 @@ def table(rows: list[dict]) -> str:
     lines = [head, "|" + "---|" * 9]
     for r in rows:
         q = f"k={r['param']}" if r["op"] == "knn" else f"r<={r['param']}"
-        lines.append(f"| {r['n']:,} | {r['bits']} | {r['data']} | {q} | {r['flat_ms_median']:.3f} | "
-                     f"{r['mih_ms_median']:.3f} | {r['speedup']:.2f}x | {100 * r['mih_answered']:.0f}% | "
-                     f"{r['found_mean']:.0f} |")
+        lines.append(
+            f"| {r['n']:,} | {r['bits']} | {r['data']} | {q} | {r['flat_ms_median']:.3f} | "
+            f"{r['mih_ms_median']:.3f} | {r['speedup']:.2f}x | {100 * r['mih_answered']:.0f}% | "
+            f"{r['found_mean']:.0f} |"
+        )
     return "\n".join(lines)
 
 
@@ -170,10 +203,18 @@ def plot(rows: list[dict], path: Path) -> None:
         picked = [r for r in rows if r["data"] == kind]
         labels = list(dict.fromkeys((f"k={r['param']}" if r["op"] == "knn" else f"r<={r['param']}") for r in picked))
         for color, (n, bits) in enumerate(sorted({(r["n"], r["bits"]) for r in picked})):
-            line = {(f"k={r['param']}" if r["op"] == "knn" else f"r<={r['param']}"): r["speedup"]
-                    for r in picked if (r["n"], r["bits"]) == (n, bits)}
-            ax.semilogy(range(len(labels)), [line.get(lab, np.nan) for lab in labels], "o-", color=f"C{color}",
-                        label=f"{n / 1e6:g}M x {bits} bits")
+            line = {
+                (f"k={r['param']}" if r["op"] == "knn" else f"r<={r['param']}"): r["speedup"]
+                for r in picked
+                if (r["n"], r["bits"]) == (n, bits)
+            }
+            ax.semilogy(
+                range(len(labels)),
+                [line.get(lab, np.nan) for lab in labels],
+                "o-",
+                color=f"C{color}",
+                label=f"{n / 1e6:g}M x {bits} bits",
+            )
         ax.axhline(1.0, color="k", lw=0.8)
         ax.axhline(1 / 1.2, color="r", ls="--", lw=0.8, label="20% slower than flat")
         ax.set_xticks(range(len(labels)), labels)
@@ -196,18 +237,28 @@ def main() -> None:
                 info, gallery_rows = run_gallery(args, n, bits, kind)
                 galleries.append(info)
                 rows += gallery_rows
-    meta = {"command": command_line(), "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-            "machine": {**machine_base(), "faiss": faiss.__version__, "numpy": np.__version__,
-                        "loadavg_end": os.getloadavg()},
-            "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
-    path = write_result("mih_scale", {**meta, "galleries": galleries, "results": rows},
-                        None if args.out == DEFAULT_OUT else args.out)
+    meta = {
+        "command": command_line(),
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "machine": {
+            **machine_base(),
+            "faiss": faiss.__version__,
+            "numpy": np.__version__,
+            "loadavg_end": os.getloadavg(),
+        },
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+    }
+    path = write_result(
+        "mih_scale", {**meta, "galleries": galleries, "results": rows}, None if args.out == DEFAULT_OUT else args.out
+    )
     plot(rows, path.with_suffix(".png"))
     print(f"command: {meta['command']}\n")
     print(table(rows))
-    print(f"\nms: median per query over {args.queries} single-query calls, FAISS on 1 thread; clustered codes: "
-          f"{args.centres} centres, flip probability {args.flip}. by MIH: queries the tables answered (the rest took "
-          f"the flat scan). found: results per query. Written to {path} and {path.with_suffix('.png')}")
+    print(
+        f"\nms: median per query over {args.queries} single-query calls, FAISS on 1 thread; clustered codes: "
+        f"{args.centres} centres, flip probability {args.flip}. by MIH: queries the tables answered (the rest took "
+        f"the flat scan). found: results per query. Written to {path} and {path.with_suffix('.png')}"
+    )
 
 
 if __name__ == "__main__":

@@ -59,120 +59,245 @@ HOSTILE = "tests/service/test_hostile.py"
 _ROOM_AND_STORED = (  # the two lines of add_images between its metadata checks
     """    room = str(folder / f"{'0' * 24}-{'0' * 12}.webp")  """
     """# as long as any stored path (checked before storing)\n"""
-    """    stored = [{**m, "path": room, "filename": f.filename or ""} for m, f in zip(metas, files, strict=True)]\n""")
+    """    stored = [{**m, "path": room, "filename": f.filename or ""} for m, f in zip(metas, files, strict=True)]\n"""
+)
 NO_FUZZ = ("-k", "not fuzzed")  # the schemathesis part of test_hostile.py: slow, and not what these target
 
 MUTANTS: list[Mutant] = [
     # ---- index/faiss_store.py
-    Mutant("faiss: range search exclusive", "index/faiss_store.py",
-           "raw = self._range_raw(q, int(radius) + 1)", "raw = self._range_raw(q, int(radius))",
-           (FAISS,), "radius lookups drop the items at exactly the radius"),
-    Mutant("faiss: radius == bits refused", "index/faiss_store.py",
-           "if isinstance(radius, bool) or int(radius) != radius or radius < 0:",
-           "if isinstance(radius, bool) or int(radius) != radius or radius < 0 or radius >= self.bits:",
-           (FAISS,), "(b) a radius equal to the code length is refused"),
-    Mutant("faiss: range ties reversed", "index/faiss_store.py",
-           "order = np.lexsort((i, d))", "order = np.lexsort((-i, d))",
-           (FAISS,), "ties of a radius lookup in reverse insertion order"),
-    Mutant("faiss: straddling tie group ignored", "index/faiss_store.py",
-           "if fetch < n and D[j, kk - 1] == D[j, fetch - 1]:",
-           "if fetch < n and D[j, kk - 1] == D[j, fetch - 1] and False:",
-           (FAISS,), "k-NN keeps FAISS' arbitrary tie order when the tie group extends past the fetch"),
-    Mutant("faiss: get returns padded code", "index/faiss_store.py",
-           'return {"id": id, "code": code[: self.code_bytes].copy()',
-           'return {"id": id, "code": code[: self.padded_bytes].copy()',
-           (FAISS,), "get() returns the FAISS padding bytes with the code"),
+    Mutant(
+        "faiss: range search exclusive",
+        "index/faiss_store.py",
+        "raw = self._range_raw(q, int(radius) + 1)",
+        "raw = self._range_raw(q, int(radius))",
+        (FAISS,),
+        "radius lookups drop the items at exactly the radius",
+    ),
+    Mutant(
+        "faiss: radius == bits refused",
+        "index/faiss_store.py",
+        "if isinstance(radius, bool) or int(radius) != radius or radius < 0:",
+        "if isinstance(radius, bool) or int(radius) != radius or radius < 0 or radius >= self.bits:",
+        (FAISS,),
+        "(b) a radius equal to the code length is refused",
+    ),
+    Mutant(
+        "faiss: range ties reversed",
+        "index/faiss_store.py",
+        "order = np.lexsort((i, d))",
+        "order = np.lexsort((-i, d))",
+        (FAISS,),
+        "ties of a radius lookup in reverse insertion order",
+    ),
+    Mutant(
+        "faiss: straddling tie group ignored",
+        "index/faiss_store.py",
+        "if fetch < n and D[j, kk - 1] == D[j, fetch - 1]:",
+        "if fetch < n and D[j, kk - 1] == D[j, fetch - 1] and False:",
+        (FAISS,),
+        "k-NN keeps FAISS' arbitrary tie order when the tie group extends past the fetch",
+    ),
+    Mutant(
+        "faiss: get returns padded code",
+        "index/faiss_store.py",
+        'return {"id": id, "code": code[: self.code_bytes].copy()',
+        'return {"id": id, "code": code[: self.padded_bytes].copy()',
+        (FAISS,),
+        "get() returns the FAISS padding bytes with the code",
+    ),
     # ---- index/journal.py
-    Mutant("journal: marker test inverted", "index/journal.py",
-           'if _current_snapshot(self.path) != state["before"]:', 'if _current_snapshot(self.path) == state["before"]:',
-           (JOURNAL,), "after a crash inside compaction, records are skipped when the save did not complete"),
-    Mutant("journal: torn line kept", "index/journal.py",
-           "if good < len(data):  # drop a torn last line", "if False:  # drop a torn last line",
-           (JOURNAL,), "a torn last line is not cut off: the next append lands after it"),
-    Mutant("journal: compaction one late", "index/journal.py",
-           "if self._pending < self._compact_at:", "if self._pending <= self._compact_at:",
-           (JOURNAL,), "compaction runs one write after compact_every"),
-    Mutant("journal: failed append kept in the store", "index/journal.py",
-           "            except BaseException:\n                self.gallery.store.remove(ids)\n                raise",
-           "            except BaseException:\n                raise",
-           (JOURNAL,), "an add whose journal write failed stays visible (not durable, yet served)"),
+    Mutant(
+        "journal: marker test inverted",
+        "index/journal.py",
+        'if _current_snapshot(self.path) != state["before"]:',
+        'if _current_snapshot(self.path) == state["before"]:',
+        (JOURNAL,),
+        "after a crash inside compaction, records are skipped when the save did not complete",
+    ),
+    Mutant(
+        "journal: torn line kept",
+        "index/journal.py",
+        "if good < len(data):  # drop a torn last line",
+        "if False:  # drop a torn last line",
+        (JOURNAL,),
+        "a torn last line is not cut off: the next append lands after it",
+    ),
+    Mutant(
+        "journal: compaction one late",
+        "index/journal.py",
+        "if self._pending < self._compact_at:",
+        "if self._pending <= self._compact_at:",
+        (JOURNAL,),
+        "compaction runs one write after compact_every",
+    ),
+    Mutant(
+        "journal: failed append kept in the store",
+        "index/journal.py",
+        "            except BaseException:\n                self.gallery.store.remove(ids)\n                raise",
+        "            except BaseException:\n                raise",
+        (JOURNAL,),
+        "an add whose journal write failed stays visible (not durable, yet served)",
+    ),
     # ---- index/search.py
-    Mutant("search: rank ignores offset", "index/search.py",
-           "hits.append(Hit(rank=offset + position + 1,", "hits.append(Hit(rank=position + 1,",
-           (SEARCH, RADIUS), "ranks restart at 1 on every page"),
-    Mutant("search: k-NN window ignores offset", "index/search.py",
-           "found = [(ids[row][: offset + k], dists[row][: offset + k])",
-           "found = [(ids[row][:k], dists[row][:k])",
-           (SEARCH,), "pages after the first come back short or empty"),
-    Mutant("search: radius total counts the page", "index/search.py",
-           "pages.append(Page(hits, len(all_ids), nearest))", "pages.append(Page(hits, len(hits), nearest))",
-           (SEARCH, RADIUS), "a radius search's total is the page size"),
+    Mutant(
+        "search: rank ignores offset",
+        "index/search.py",
+        "hits.append(Hit(rank=offset + position + 1,",
+        "hits.append(Hit(rank=position + 1,",
+        (SEARCH, RADIUS),
+        "ranks restart at 1 on every page",
+    ),
+    Mutant(
+        "search: k-NN window ignores offset",
+        "index/search.py",
+        "found = [(ids[row][: offset + k], dists[row][: offset + k])",
+        "found = [(ids[row][:k], dists[row][:k])",
+        (SEARCH,),
+        "pages after the first come back short or empty",
+    ),
+    Mutant(
+        "search: radius total counts the page",
+        "index/search.py",
+        "pages.append(Page(hits, len(all_ids), nearest))",
+        "pages.append(Page(hits, len(hits), nearest))",
+        (SEARCH, RADIUS),
+        "a radius search's total is the page size",
+    ),
     # ---- service/deps.py (the route-level radius check)
-    Mutant("routes: radius == bits refused", "service/deps.py",
-           "if radius is not None and not 0 <= radius <= bits:", "if radius is not None and not 0 <= radius < bits:",
-           (SEARCH, RADIUS), "(b) the search routes refuse radius == bits"),
+    Mutant(
+        "routes: radius == bits refused",
+        "service/deps.py",
+        "if radius is not None and not 0 <= radius <= bits:",
+        "if radius is not None and not 0 <= radius < bits:",
+        (SEARCH, RADIUS),
+        "(b) the search routes refuse radius == bits",
+    ),
     # ---- service/routers/gallery.py
-    Mutant("gallery: codes of a multi-file upload reversed", "service/routers/gallery.py",
-           'codes = await asyncio.to_thread(state.encode, "image", arrays)',
-           'codes = (await asyncio.to_thread(state.encode, "image", arrays))[::-1]',
-           (GALLERY_API, UPLOAD_IDS), "(a) a multi-file upload assigns codes to the wrong ids"),
-    Mutant("gallery: metadata checks removed", "service/routers/gallery.py",
-           "    _check_metadata(metas, state.settings)\n    folder = upload_dir(state)\n" + _ROOM_AND_STORED
-           + "    _check_metadata(stored, state.settings)  # with the path and file name the server adds\n",
-           "    folder = upload_dir(state)\n" + _ROOM_AND_STORED,
-           (HOSTILE,), "(g) NaN image metadata is no longer a 400 (it becomes a 409 conflict)", NO_FUZZ),
-    Mutant("gallery: user metadata dropped", "service/routers/gallery.py",
-           'stored = [{**m, "path": room, "filename": f.filename or ""}',
-           'stored = [{"path": room, "filename": f.filename or ""}',
-           (GALLERY_API, UPLOAD_IDS), "an image's metadata is not stored"),
-    Mutant("gallery: file names of a multi-file upload reversed", "service/routers/gallery.py",
-           "for m, f in zip(metas, files, strict=True)]", "for m, f in zip(metas, files[::-1], strict=True)]",
-           (GALLERY_API, UPLOAD_IDS), "each item records another file's name"),
-    Mutant("gallery: stored files of a multi-file upload reversed", "service/routers/gallery.py",
-           "for m, p in zip(stored, paths, strict=True)]", "for m, p in zip(stored, paths[::-1], strict=True)]",
-           (GALLERY_API, UPLOAD_IDS), "each item points at another item's uploaded file"),
-    Mutant("gallery: id length limit off by one", "service/routers/gallery.py",
-           "len(item_id) > MAX_ID_CHARS or", "len(item_id) > MAX_ID_CHARS + 1 or",
-           (HOSTILE,), "a 257-character id is accepted", NO_FUZZ),
-    Mutant("gallery: delete keeps the upload", "service/routers/gallery.py",
-           "                await asyncio.to_thread(_unlink_quietly, path)\n    return Deleted(",
-           "                pass\n    return Deleted(",
-           (GALLERY_API,), "deleting an image leaves its uploaded file behind"),
-    Mutant("gallery: text metadata loses the text", "service/routers/gallery.py",
-           'metas = [{**(item.metadata or {}), "text": item.text} for item in body.items]',
-           "metas = [dict(item.metadata or {}) for item in body.items]",
-           (GALLERY_API, SEARCH), "a text item's metadata no longer holds its text"),
+    Mutant(
+        "gallery: codes of a multi-file upload reversed",
+        "service/routers/gallery.py",
+        'codes = await asyncio.to_thread(state.encode, "image", arrays)',
+        'codes = (await asyncio.to_thread(state.encode, "image", arrays))[::-1]',
+        (GALLERY_API, UPLOAD_IDS),
+        "(a) a multi-file upload assigns codes to the wrong ids",
+    ),
+    Mutant(
+        "gallery: metadata checks removed",
+        "service/routers/gallery.py",
+        "    _check_metadata(metas, state.settings)\n    folder = upload_dir(state)\n"
+        + _ROOM_AND_STORED
+        + "    _check_metadata(stored, state.settings)  # with the path and file name the server adds\n",
+        "    folder = upload_dir(state)\n" + _ROOM_AND_STORED,
+        (HOSTILE,),
+        "(g) NaN image metadata is no longer a 400 (it becomes a 409 conflict)",
+        NO_FUZZ,
+    ),
+    Mutant(
+        "gallery: user metadata dropped",
+        "service/routers/gallery.py",
+        'stored = [{**m, "path": room, "filename": f.filename or ""}',
+        'stored = [{"path": room, "filename": f.filename or ""}',
+        (GALLERY_API, UPLOAD_IDS),
+        "an image's metadata is not stored",
+    ),
+    Mutant(
+        "gallery: file names of a multi-file upload reversed",
+        "service/routers/gallery.py",
+        "for m, f in zip(metas, files, strict=True)]",
+        "for m, f in zip(metas, files[::-1], strict=True)]",
+        (GALLERY_API, UPLOAD_IDS),
+        "each item records another file's name",
+    ),
+    Mutant(
+        "gallery: stored files of a multi-file upload reversed",
+        "service/routers/gallery.py",
+        "for m, p in zip(stored, paths, strict=True)]",
+        "for m, p in zip(stored, paths[::-1], strict=True)]",
+        (GALLERY_API, UPLOAD_IDS),
+        "each item points at another item's uploaded file",
+    ),
+    Mutant(
+        "gallery: id length limit off by one",
+        "service/routers/gallery.py",
+        "len(item_id) > MAX_ID_CHARS or",
+        "len(item_id) > MAX_ID_CHARS + 1 or",
+        (HOSTILE,),
+        "a 257-character id is accepted",
+        NO_FUZZ,
+    ),
+    Mutant(
+        "gallery: delete keeps the upload",
+        "service/routers/gallery.py",
+        "                await asyncio.to_thread(_unlink_quietly, path)\n    return Deleted(",
+        "                pass\n    return Deleted(",
+        (GALLERY_API,),
+        "deleting an image leaves its uploaded file behind",
+    ),
+    Mutant(
+        "gallery: text metadata loses the text",
+        "service/routers/gallery.py",
+        'metas = [{**(item.metadata or {}), "text": item.text} for item in body.items]',
+        "metas = [dict(item.metadata or {}) for item in body.items]",
+        (GALLERY_API, SEARCH),
+        "a text item's metadata no longer holds its text",
+    ),
     # ---- model/training/metrics.py
-    Mutant("metrics: signed 8-bit sort key", "model/training/metrics.py",
-           "key_type = np.uint8 if bits <= np.iinfo(np.uint8).max else np.uint16", "key_type = np.int8",
-           (METRICS,), "(d) distances above 127 wrap: shows only with long codes"),
-    Mutant("metrics: 8-bit sort key at any length", "model/training/metrics.py",
-           "key_type = np.uint8 if bits <= np.iinfo(np.uint8).max else np.uint16", "key_type = np.uint8",
-           (METRICS,), "(d) distances above 255 wrap: shows only above 255 bits"),
-    Mutant("metrics: precision off by one position", "model/training/metrics.py",
-           "summed = np.where(rel, hits / positions, 0.0).sum(axis=1)",
-           "summed = np.where(rel, hits / (positions + 1), 0.0).sum(axis=1)",
-           (METRICS,), "AP divides by position + 1"),
-    Mutant("metrics: top-k cut one too long", "model/training/metrics.py",
-           "cut = len(r) if top_k is None else min(top_k, len(r))",
-           "cut = len(r) if top_k is None else min(top_k + 1, len(r))",
-           (METRICS,), "MAP@k reads k + 1 items"),
-    Mutant("metrics: pooled precision denominator", "model/training/metrics.py",
-           '"precision": ratio(relevant_retrieved.sum(axis=0), retrieved.sum(axis=0)),',
-           '"precision": ratio(relevant_retrieved.sum(axis=0), retrieved.sum(axis=0) + 1),',
-           (METRICS,), "pooled precision divides by one more item"),
+    Mutant(
+        "metrics: signed 8-bit sort key",
+        "model/training/metrics.py",
+        "key_type = np.uint8 if bits <= np.iinfo(np.uint8).max else np.uint16",
+        "key_type = np.int8",
+        (METRICS,),
+        "(d) distances above 127 wrap: shows only with long codes",
+    ),
+    Mutant(
+        "metrics: 8-bit sort key at any length",
+        "model/training/metrics.py",
+        "key_type = np.uint8 if bits <= np.iinfo(np.uint8).max else np.uint16",
+        "key_type = np.uint8",
+        (METRICS,),
+        "(d) distances above 255 wrap: shows only above 255 bits",
+    ),
+    Mutant(
+        "metrics: precision off by one position",
+        "model/training/metrics.py",
+        "summed = np.where(rel, hits / positions, 0.0).sum(axis=1)",
+        "summed = np.where(rel, hits / (positions + 1), 0.0).sum(axis=1)",
+        (METRICS,),
+        "AP divides by position + 1",
+    ),
+    Mutant(
+        "metrics: top-k cut one too long",
+        "model/training/metrics.py",
+        "cut = len(r) if top_k is None else min(top_k, len(r))",
+        "cut = len(r) if top_k is None else min(top_k + 1, len(r))",
+        (METRICS,),
+        "MAP@k reads k + 1 items",
+    ),
+    Mutant(
+        "metrics: pooled precision denominator",
+        "model/training/metrics.py",
+        '"precision": ratio(relevant_retrieved.sum(axis=0), retrieved.sum(axis=0)),',
+        '"precision": ratio(relevant_retrieved.sum(axis=0), retrieved.sum(axis=0) + 1),',
+        (METRICS,),
+        "pooled precision divides by one more item",
+    ),
     # ---- model/training/methods/djsrh.py
-    Mutant("djsrh: rescale flags swapped", "model/training/methods/djsrh.py",
-           "rescale_image=bool((batch.image_features >= 0).all()),\n"
-           "            rescale_text=bool((batch.text_features >= 0).all()),",
-           "rescale_image=bool((batch.text_features >= 0).all()),\n"
-           "            rescale_text=bool((batch.image_features >= 0).all()),",
-           ("tests/model/training/methods/test_djsrh.py",), "(c) each modality rescaled by the other's sign test"),
+    Mutant(
+        "djsrh: rescale flags swapped",
+        "model/training/methods/djsrh.py",
+        "rescale_image=bool((batch.image_features >= 0).all()),\n"
+        "            rescale_text=bool((batch.text_features >= 0).all()),",
+        "rescale_image=bool((batch.text_features >= 0).all()),\n"
+        "            rescale_text=bool((batch.image_features >= 0).all()),",
+        ("tests/model/training/methods/test_djsrh.py",),
+        "(c) each modality rescaled by the other's sign test",
+    ),
 ]
 
 # A pytest plugin written into each copy: tiny_run and tiny_model_dir (session fixtures of
 # tests/conftest.py) are built once, by the baseline, and then served from a cache.
-PLUGIN = '''
+PLUGIN = """
 import os, shutil
 from pathlib import Path
 
@@ -202,13 +327,16 @@ def pytest_collection_modifyitems(items):
                 if id(fixturedef) not in seen:
                     seen.add(id(fixturedef))
                     fixturedef.func = _cached(name, fixturedef.func)
-'''
+"""
 
 
 def tracked_files() -> list[str]:
     """Files of the working tree git knows of or would add (tracked, and untracked not ignored)."""
-    out = subprocess.run(["git", "-C", str(REPO), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                         check=True, capture_output=True).stdout.decode()
+    out = subprocess.run(
+        ["git", "-C", str(REPO), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        check=True,
+        capture_output=True,
+    ).stdout.decode()
     return sorted({f for f in out.split("\0") if f and (REPO / f).is_file()})
 
 
@@ -231,13 +359,25 @@ def apply(root: Path, mutant: Mutant) -> None:
 
 def run_tests(root: Path, tests: tuple[str, ...], env: dict[str, str], timeout: float) -> tuple[str, float, str]:
     """('passed' | 'failed' | 'timeout', seconds, output tail) of `pytest -x -q tests` in `root`."""
-    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-p", "_mutation_plugin",
-           "-p", "no:randomly", *tests]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-x",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-p",
+        "_mutation_plugin",
+        "-p",
+        "no:randomly",
+        *tests,
+    ]
     started = time.monotonic()
     try:
         done = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as exc:
-        out = (exc.stdout or b"")
+        out = exc.stdout or b""
         return "timeout", time.monotonic() - started, (out.decode() if isinstance(out, bytes) else out)[-2000:]
     outcome = "passed" if done.returncode == 0 else "failed"
     return outcome, time.monotonic() - started, (done.stdout + done.stderr)[-2000:]
@@ -248,8 +388,11 @@ def main() -> int:
     p.add_argument("--only", default="", help="run the mutants whose name contains this text")
     p.add_argument("--list", action="store_true", help="list the mutants and exit")
     p.add_argument("--timeout", type=float, default=900, help="seconds per test run (a run past it counts as killed)")
-    p.add_argument("--out", type=Path, help="JSON output (default: docs/results/mutation.json from a clean tree, "
-                                            "bench/out/ otherwise)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="JSON output (default: docs/results/mutation.json from a clean tree, bench/out/ otherwise)",
+    )
     args = p.parse_args()
     mutants = [m for m in MUTANTS if args.only in m.name]
     if args.list:
@@ -270,9 +413,18 @@ def main() -> int:
             if count != 1:
                 print(f"{m.name}: the original snippet occurs {count} times in {m.file}", file=sys.stderr)
                 return 2
-        check = subprocess.run([sys.executable, "-c", "import index.search, model.training.metrics; "
-                                "print(index.search.__file__); print(model.training.metrics.__file__)"],
-                               cwd=base, env=env, capture_output=True, text=True)
+        check = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import index.search, model.training.metrics; "
+                "print(index.search.__file__); print(model.training.metrics.__file__)",
+            ],
+            cwd=base,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
         if not all(line.startswith(str(base)) for line in check.stdout.split()):
             print(f"the copy's code is not what gets imported:\n{check.stdout}{check.stderr}", file=sys.stderr)
             return 2
@@ -291,10 +443,20 @@ def main() -> int:
             apply(root, m)
             outcome, seconds, tail = run_tests(root, (*m.args, *m.tests), env, args.timeout)
             verdict = "survived" if outcome == "passed" else "killed"
-            print(f"[{n:2d}/{len(mutants)}] {verdict:8s} {seconds:5.0f} s  {m.name}"
-                  + (" (timeout)" if outcome == "timeout" else ""), flush=True)
-            results.append({**asdict(m), "verdict": verdict, "outcome": outcome, "seconds": round(seconds, 1),
-                            "tail": tail if verdict == "survived" else ""})
+            print(
+                f"[{n:2d}/{len(mutants)}] {verdict:8s} {seconds:5.0f} s  {m.name}"
+                + (" (timeout)" if outcome == "timeout" else ""),
+                flush=True,
+            )
+            results.append(
+                {
+                    **asdict(m),
+                    "verdict": verdict,
+                    "outcome": outcome,
+                    "seconds": round(seconds, 1),
+                    "tail": tail if verdict == "survived" else "",
+                }
+            )
             shutil.rmtree(root)
     killed = sum(r["verdict"] == "killed" for r in results)
     score = killed / len(results) if results else 0.0

@@ -37,32 +37,79 @@ class Published:
     t2i: tuple[float | None, ...]  # text -> image at BITS
 
 
-BI_NCMH_MIR = ("MIRFLICKR-25K, 20,015 pairs with >= 20 tags, 2,000 queries against the other 18,015, "
-               "10,000 training; CNN-F fine-tuned end to end; 1,386-tag BoW")
+BI_NCMH_MIR = (
+    "MIRFLICKR-25K, 20,015 pairs with >= 20 tags, 2,000 queries against the other 18,015, "
+    "10,000 training; CNN-F fine-tuned end to end; 1,386-tag BoW"
+)
 DCMH_MIR = "MIRFLICKR-25K, 2,000 queries, 10,000 training; CNN-F (ImageNet-initialised) trained end to end; tag BoW"
-DJSRH_MIR = ("MIRFLICKR, 2,000 queries against the rest, 5,000 training; AlexNet fc7 features, "
-             "fc layers trained; tag occurrence")
-DJSRH_WIKI = ("Wiki official split, 693 queries against 2,173 (also the training set); AlexNet fc7 "
-              "image features (not the 128-d SIFT we use); 10-d LDA text")
+DJSRH_MIR = (
+    "MIRFLICKR, 2,000 queries against the rest, 5,000 training; AlexNet fc7 features, fc layers trained; tag occurrence"
+)
+DJSRH_WIKI = (
+    "Wiki official split, 693 queries against 2,173 (also the training set); AlexNet fc7 "
+    "image features (not the 128-d SIFT we use); 10-d LDA text"
+)
 
 PUBLISHED = (
-    Published("mirflickr", "bi_ncmh", "MAP", "Bi_NCMH paper, Table 1", BI_NCMH_MIR,
-              (0.770, 0.781, 0.796, 0.780), (0.760, 0.776, 0.780, 0.781)),
-    Published("mirflickr", "dcmh", "MAP", "Bi_NCMH paper, Table 1 (DCMH row)", BI_NCMH_MIR,
-              (0.730, 0.741, 0.748, 0.726), (0.759, 0.767, 0.775, 0.749)),
-    Published("mirflickr", "dcmh", "MAP", "DCMH paper (poster table)", DCMH_MIR,
-              (0.741, 0.747, 0.749, None), (0.783, 0.790, 0.793, None)),
-    Published("mirflickr", "cca_itq", "MAP", "Bi_NCMH paper, Table 1 (CCA row, CNN-F features)", BI_NCMH_MIR,
-              (0.553, 0.545, 0.548, 0.547), (0.554, 0.583, 0.549, 0.548)),
-    Published("mirflickr", "djsrh", "MAP@50", "DJSRH paper, Table 1", DJSRH_MIR,
-              (0.810, 0.843, 0.862, 0.876), (0.786, 0.822, 0.835, 0.847)),
-    Published("wikipedia-lda", "djsrh", "MAP@50", "DJSRH paper, Table 1", DJSRH_WIKI,
-              (0.388, 0.403, 0.412, 0.421), (0.611, 0.635, 0.646, 0.658)),
+    Published(
+        "mirflickr",
+        "bi_ncmh",
+        "MAP",
+        "Bi_NCMH paper, Table 1",
+        BI_NCMH_MIR,
+        (0.770, 0.781, 0.796, 0.780),
+        (0.760, 0.776, 0.780, 0.781),
+    ),
+    Published(
+        "mirflickr",
+        "dcmh",
+        "MAP",
+        "Bi_NCMH paper, Table 1 (DCMH row)",
+        BI_NCMH_MIR,
+        (0.730, 0.741, 0.748, 0.726),
+        (0.759, 0.767, 0.775, 0.749),
+    ),
+    Published(
+        "mirflickr",
+        "dcmh",
+        "MAP",
+        "DCMH paper (poster table)",
+        DCMH_MIR,
+        (0.741, 0.747, 0.749, None),
+        (0.783, 0.790, 0.793, None),
+    ),
+    Published(
+        "mirflickr",
+        "cca_itq",
+        "MAP",
+        "Bi_NCMH paper, Table 1 (CCA row, CNN-F features)",
+        BI_NCMH_MIR,
+        (0.553, 0.545, 0.548, 0.547),
+        (0.554, 0.583, 0.549, 0.548),
+    ),
+    Published(
+        "mirflickr",
+        "djsrh",
+        "MAP@50",
+        "DJSRH paper, Table 1",
+        DJSRH_MIR,
+        (0.810, 0.843, 0.862, 0.876),
+        (0.786, 0.822, 0.835, 0.847),
+    ),
+    Published(
+        "wikipedia-lda",
+        "djsrh",
+        "MAP@50",
+        "DJSRH paper, Table 1",
+        DJSRH_WIKI,
+        (0.388, 0.403, 0.412, 0.421),
+        (0.611, 0.635, 0.646, 0.658),
+    ),
 )
 
 OUR_PROTOCOL = {
     "mirflickr": "730-pair sample, 100 queries against 630 (also the training set), 3 seeded splits; "
-                 "frozen EfficientNet-Lite0; 1,386-tag BoW",
+    "frozen EfficientNet-Lite0; 1,386-tag BoW",
     "wikipedia-lda": "official split, 693 queries against 2,173 (also the training set); 128-d SIFT; 10-d LDA",
 }
 
@@ -73,10 +120,16 @@ MEAN = re.compile(r"\(([0-9.]+) ± [0-9.]+\)")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Flags, each defaulting to its CMHASH_BENCH_<FLAG> environment variable when set."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("tables", type=Path, nargs="*", default=[Path(env("tables", str(ROOT / "docs/results.md")))],
-                   help="markdown files holding bench/quality.py tables [CMHASH_BENCH_TABLES]")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    p.add_argument(
+        "tables",
+        type=Path,
+        nargs="*",
+        default=[Path(env("tables", str(ROOT / "docs/results.md")))],
+        help="markdown files holding bench/quality.py tables [CMHASH_BENCH_TABLES]",
+    )
     return p.parse_args(argv)
 
 
@@ -108,18 +161,27 @@ def cells(values: tuple[float | None, ...]) -> list[str]:
 def table(dataset: str, ours: dict[tuple[str, str, str, int], tuple[float, float]]) -> list[str]:
     """Markdown lines: each published row of `dataset`, then ours for the same method and metric."""
     head = [f"{d} {b}" for d in ("I->T", "T->I") for b in BITS]
-    lines = [f"**{dataset}** (ours: {OUR_PROTOCOL[dataset]}; mean of 3 seeds)", "",
-             "| Method | Metric | Source | " + " | ".join(head) + " |", "|---|---|---|" + "---:|" * len(head)]
+    lines = [
+        f"**{dataset}** (ours: {OUR_PROTOCOL[dataset]}; mean of 3 seeds)",
+        "",
+        "| Method | Metric | Source | " + " | ".join(head) + " |",
+        "|---|---|---|" + "---:|" * len(head),
+    ]
     shown: set[tuple[str, str]] = set()
     for pub in (p for p in PUBLISHED if p.dataset == dataset):
-        lines.append(f"| {pub.method} | {pub.metric} | {pub.source} | " + " | ".join(cells(pub.i2t) + cells(pub.t2i)) + " |")
+        lines.append(
+            f"| {pub.method} | {pub.metric} | {pub.source} | " + " | ".join(cells(pub.i2t) + cells(pub.t2i)) + " |"
+        )
         key = (pub.method, pub.metric)
         if key in shown or not all((dataset, *key, b) in ours for b in BITS):
             continue
         shown.add(key)
         mine = [ours[(dataset, *key, b)] for b in BITS]
-        lines.append(f"| {pub.method} | {pub.metric} | **cmhash** | "
-                     + " | ".join(cells(tuple(m[0] for m in mine)) + cells(tuple(m[1] for m in mine))) + " |")
+        lines.append(
+            f"| {pub.method} | {pub.metric} | **cmhash** | "
+            + " | ".join(cells(tuple(m[0] for m in mine)) + cells(tuple(m[1] for m in mine)))
+            + " |"
+        )
     return lines
 
 

@@ -35,17 +35,17 @@ from tune import PROTOCOLS, tuning_rows
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from tqdm.auto import tqdm
 
-from model.training.config import REPO_ROOT, TrainConfig  # noqa: E402
-from model.training.data import load_dataset  # noqa: E402
-from model.training.evaluate import MAP_TOP_K, aggregate_folds, evaluate_codes, split_codes  # noqa: E402
-from model.training.metrics import map_variant_name  # noqa: E402
-from model.training.run import train_summary, write_run_dir  # noqa: E402
-from model.training.train import (  # noqa: E402
+from model.training.config import REPO_ROOT, TrainConfig
+from model.training.data import load_dataset
+from model.training.evaluate import MAP_TOP_K, aggregate_folds, evaluate_codes, split_codes
+from model.training.metrics import map_variant_name
+from model.training.run import train_summary, write_run_dir
+from model.training.train import (
     PreparedRun,
     TrainHistory,
     check_hyper_parameters,
@@ -62,11 +62,38 @@ DATASETS: dict[str, tuple[str, dict[str, str]]] = {
 }
 METHODS = ("bi_ncmh", "dcmh", "djsrh", "cca_itq")
 # TrainConfig fields the benchmark sets itself; bench/settings.json may not set them.
-BENCH_FIELDS = frozenset({"dataset", "out", "method", "bits", "seed", "text_features", "device", "threads",
-                          "folds", "fold", "query_size", "train_size", "validation_fraction"})
+BENCH_FIELDS = frozenset(
+    {
+        "dataset",
+        "out",
+        "method",
+        "bits",
+        "seed",
+        "text_features",
+        "device",
+        "threads",
+        "folds",
+        "fold",
+        "query_size",
+        "train_size",
+        "validation_fraction",
+    }
+)
 # TrainConfig fields `prepare_run` reads: runs that agree on them share one PreparedRun.
-PREPARE_FIELDS = ("dataset", "data", "text_features", "text_encoder", "min_word_count", "image_backbone",
-                  "cache_dir", "query_size", "train_size", "validation_fraction", "folds", "fold")
+PREPARE_FIELDS = (
+    "dataset",
+    "data",
+    "text_features",
+    "text_encoder",
+    "min_word_count",
+    "image_backbone",
+    "cache_dir",
+    "query_size",
+    "train_size",
+    "validation_fraction",
+    "folds",
+    "fold",
+)
 MAP_KEYS = ("map", f"map@{MAP_TOP_K}")
 DIRECTIONS = (("i2t", "I->T"), ("t2i", "T->I"))
 PLOT_BITS = 64  # P-R curves and the training-cost table use this code length when it ran
@@ -129,23 +156,48 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "start with '_' are comments.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--datasets", type=_choices(tuple(DATASETS)), default=env("datasets", ",".join(DATASETS)),
-                   help="comma list of benchmark datasets")
-    p.add_argument("--methods", type=_choices(METHODS), default=env("methods", ",".join(METHODS)),
-                   help="comma list of methods")
+    p.add_argument(
+        "--datasets",
+        type=_choices(tuple(DATASETS)),
+        default=env("datasets", ",".join(DATASETS)),
+        help="comma list of benchmark datasets",
+    )
+    p.add_argument(
+        "--methods", type=_choices(METHODS), default=env("methods", ",".join(METHODS)), help="comma list of methods"
+    )
     p.add_argument("--bits", type=_ints, default=env("bits", "16,32,64,128"), help="comma list of code lengths")
-    p.add_argument("--seeds", type=_ints, default=env("seeds", "0,1,2"),
-                   help="comma list of seeds of the preset-split datasets (Wikipedia); the first is the fixed "
-                        "seed of the tables and plots. k-fold datasets run every fold at their protocol's seed")
-    p.add_argument("--epochs", type=int, default=env("epochs", None),
-                   help="override the epochs of every deep method (smoke tests only)")
-    p.add_argument("--settings", type=Path, default=env("settings", str(DEFAULT_SETTINGS)),
-                   help="JSON {dataset-key: {method: {TrainConfig fields}}}")
+    p.add_argument(
+        "--seeds",
+        type=_ints,
+        default=env("seeds", "0,1,2"),
+        help="comma list of seeds of the preset-split datasets (Wikipedia); the first is the fixed "
+        "seed of the tables and plots. k-fold datasets run every fold at their protocol's seed",
+    )
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=env("epochs", None),
+        help="override the epochs of every deep method (smoke tests only)",
+    )
+    p.add_argument(
+        "--settings",
+        type=Path,
+        default=env("settings", str(DEFAULT_SETTINGS)),
+        help="JSON {dataset-key: {method: {TrainConfig fields}}}",
+    )
     p.add_argument("--out", type=Path, default=env("out", str(DEFAULT_OUT)), help="output folder")
-    p.add_argument("--keep-runs", action="store_true", default=boolean(env("keep-runs", "") or ""),
-                   help="also write every run directory under OUT/runs/<dataset>/<method>-<bits>-s<seed>")
-    p.add_argument("--threads", type=int, default=env("threads", None),
-                   help="torch CPU threads; None: every CPU this process may use")
+    p.add_argument(
+        "--keep-runs",
+        action="store_true",
+        default=boolean(env("keep-runs", "") or ""),
+        help="also write every run directory under OUT/runs/<dataset>/<method>-<bits>-s<seed>",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=env("threads", None),
+        help="torch CPU threads; None: every CPU this process may use",
+    )
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=env("device", "auto"), help="torch device")
     args = p.parse_args(argv)
     if args.epochs is not None and args.epochs < 1:
@@ -185,14 +237,18 @@ def load_settings(path: Path) -> dict[str, dict[str, dict[str, dict]]]:
         if key not in DATASETS:
             raise SystemExit(f"error: {path}: unknown dataset key {key!r}; expected one of {list(DATASETS)}")
         if entries.get("_protocol", PROTOCOLS[key]) != PROTOCOLS[key]:
-            raise SystemExit(f"error: {path}: {key} was tuned for protocol {entries['_protocol']}, the benchmark "
-                             f"runs {PROTOCOLS[key]}: re-run bench/tune.py --datasets {key}")
+            raise SystemExit(
+                f"error: {path}: {key} was tuned for protocol {entries['_protocol']}, the benchmark "
+                f"runs {PROTOCOLS[key]}: re-run bench/tune.py --datasets {key}"
+            )
         settings[key] = {}
         for part, methods in _split_entries(key, entries).items():
             settings[key][part] = {}
             for method, entry in _public(methods).items():
                 if method not in METHODS:
-                    raise SystemExit(f"error: {path}: {key}: unknown method {method!r}; expected one of {list(METHODS)}")
+                    raise SystemExit(
+                        f"error: {path}: {key}: unknown method {method!r}; expected one of {list(METHODS)}"
+                    )
                 fixed = sorted(BENCH_FIELDS & _public(entry).keys())
                 if fixed:
                     raise SystemExit(f"error: {path}: {key}.{method} sets {fixed}, which the benchmark sets itself")
@@ -211,8 +267,10 @@ def check_no_tuning_leak(jobs: list[Job]) -> list[str]:
     for job in jobs:
         cfg = job.cfg
         if not job.validation.get("split"):
-            problems.append(f"{job.label()}: its settings do not record the split they were tuned on "
-                            f"(re-run bench/tune.py --datasets {job.key})")
+            problems.append(
+                f"{job.label()}: its settings do not record the split they were tuned on "
+                f"(re-run bench/tune.py --datasets {job.key})"
+            )
             continue
         data_key = (cfg.dataset, str(cfg.data_path()), cfg.text_features)
         if data_key not in datasets:
@@ -231,8 +289,10 @@ def replicas(key: str, args: argparse.Namespace) -> list[tuple[str, dict]]:
     preset split, each fold (at the protocol's seed) on a k-fold dataset."""
     protocol = PROTOCOLS[key]
     if protocol["kind"] == "folds":
-        return [(f"fold-{i}", {"folds": protocol["folds"], "fold": i, "seed": protocol["seed"]})
-                for i in range(protocol["folds"])]
+        return [
+            (f"fold-{i}", {"folds": protocol["folds"], "fold": i, "seed": protocol["seed"]})
+            for i in range(protocol["folds"])
+        ]
     return [("", {"seed": seed}) for seed in args.seeds]
 
 
@@ -246,16 +306,26 @@ def make_jobs(args: argparse.Namespace, settings: dict[str, dict[str, dict[str, 
                 for part, split_fields in replicas(key, args):
                     entry = settings.get(key, {}).get(part, {}).get(method)
                     if entry is None:
-                        raise SystemExit(f"error: {args.settings}: no tuned settings for {key} {part or ''} {method}: "
-                                         f"run bench/tune.py --datasets {key} --methods {method}")
+                        raise SystemExit(
+                            f"error: {args.settings}: no tuned settings for {key} {part or ''} {method}: "
+                            f"run bench/tune.py --datasets {key} --methods {method}"
+                        )
                     fields = _public(entry)
                     if args.epochs is not None and method != "cca_itq":
                         fields["epochs"] = args.epochs
                     name = f"{method}-{bits}-" + (part if part else f"s{split_fields['seed']}")
                     try:
-                        cfg = TrainConfig(dataset=dataset, out=args.out / "runs" / key / name, method=method,
-                                          bits=bits, device=args.device, threads=threads, **split_fields,
-                                          **variant, **fields)
+                        cfg = TrainConfig(
+                            dataset=dataset,
+                            out=args.out / "runs" / key / name,
+                            method=method,
+                            bits=bits,
+                            device=args.device,
+                            threads=threads,
+                            **split_fields,
+                            **variant,
+                            **fields,
+                        )
                         check_hyper_parameters(cfg)
                     except ValueError as exc:  # pydantic's ValidationError is a ValueError
                         raise SystemExit(f"error: {key} {method} {bits} bits: {exc}") from None
@@ -283,10 +353,17 @@ class PreparedRuns:
         run = prepare_run(cfg, progress=False)
         seeded = run.split.seed is not None or cfg.validation_fraction > 0
         self._runs[(base, cfg.seed if seeded else None)] = run
-        what = (f"fold {cfg.fold} of {cfg.folds}" if cfg.fold is not None
-                else f"seed {cfg.seed}" if seeded else "preset split")
-        tqdm.write(f"prepared {cfg.dataset} ({cfg.text_features if cfg.dataset == 'wikipedia' else 'tags'}, "
-                   f"{what}) in {time.perf_counter() - start:.1f} s")
+        what = (
+            f"fold {cfg.fold} of {cfg.folds}"
+            if cfg.fold is not None
+            else f"seed {cfg.seed}"
+            if seeded
+            else "preset split"
+        )
+        tqdm.write(
+            f"prepared {cfg.dataset} ({cfg.text_features if cfg.dataset == 'wikipedia' else 'tags'}, "
+            f"{what}) in {time.perf_counter() - start:.1f} s"
+        )
         return run
 
 
@@ -325,7 +402,9 @@ def run_job(job: Job, run: PreparedRun, keep: bool) -> dict:
     }
     inp, split = run.inputs, run.eval_split
     codes = split_codes(model, inp, split.query, split.retrieval)
-    metrics = write_run_dir(cfg, run, model, history, codes, train) if keep else {**evaluate_codes(codes), "train": train}
+    metrics = (
+        write_run_dir(cfg, run, model, history, codes, train) if keep else {**evaluate_codes(codes), "train": train}
+    )
     return {
         "dataset": job.key,
         "method": cfg.method,
@@ -344,14 +423,19 @@ def run_job(job: Job, run: PreparedRun, keep: bool) -> dict:
 def progress_line(record: dict) -> str:
     """One printable line per finished run."""
     m, t = record["metrics"], record["metrics"]["train"]
-    scores = "  ".join(f"{name} {label} {m[d][k]:.4f}" for k, label in zip(MAP_KEYS, ("MAP", f"MAP@{MAP_TOP_K}"))
-                       for d, name in DIRECTIONS)
+    scores = "  ".join(
+        f"{name} {label} {m[d][k]:.4f}"
+        for k, label in zip(MAP_KEYS, ("MAP", f"MAP@{MAP_TOP_K}"))
+        for d, name in DIRECTIONS
+    )
     what = f"fold {record['fold']}" if record.get("fold") is not None else f"seed {record['seed']}"
     warn = "  COLLAPSED" if m.get("collapse", {}).get("collapsed") else ""
-    return (f"{record['dataset']} {record['method']} {record['bits']} bits {what}: {scores}  "
-            f"chance {m['chance_map']:.4f}{warn}  | "
-            f"{t['seconds_per_epoch_mean']:.2f} s/epoch x {t['epochs']}, peak {t['peak_rss_mib']:.0f} MiB, "
-            f"{record['wall_seconds']:.1f} s")
+    return (
+        f"{record['dataset']} {record['method']} {record['bits']} bits {what}: {scores}  "
+        f"chance {m['chance_map']:.4f}{warn}  | "
+        f"{t['seconds_per_epoch_mean']:.2f} s/epoch x {t['epochs']}, peak {t['peak_rss_mib']:.0f} MiB, "
+        f"{record['wall_seconds']:.1f} s"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -372,8 +456,9 @@ def machine_info(threads: int, device: torch.device) -> dict:
 def git_commit() -> str | None:
     """`git describe --always --dirty` of the repository, or None outside a git checkout."""
     try:
-        done = subprocess.run(["git", "-C", str(REPO_ROOT), "describe", "--always", "--dirty"],
-                              capture_output=True, text=True, check=True)
+        done = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "describe", "--always", "--dirty"], capture_output=True, text=True, check=True
+        )
     except (OSError, subprocess.CalledProcessError):
         return None
     return done.stdout.strip()
@@ -438,8 +523,9 @@ def cost_bits(bits: list[int]) -> int:
     return PLOT_BITS if PLOT_BITS in bits else max(bits)
 
 
-def quality_table(runs: dict, key: str, methods: list[str], bits: list[int], seeds: list[int],
-                  folds: bool = False) -> list[str]:
+def quality_table(
+    runs: dict, key: str, methods: list[str], bits: list[int], seeds: list[int], folds: bool = False
+) -> list[str]:
     """Markdown rows: method x bits, I->T / T->I MAP and MAP@50, and the chance MAP (a random
     ranking's); `folds`: cells are the mean over the folds `seeds` with a 95% CI."""
     head = [f"{name} {label}" for label in ("MAP", f"MAP@{MAP_TOP_K}") for _, name in DIRECTIONS] + ["chance MAP"]
@@ -451,7 +537,9 @@ def quality_table(runs: dict, key: str, methods: list[str], bits: list[int], see
             cells = [cell([per_seed[s]["metrics"][d][k] for s in seeds]) for k in MAP_KEYS for d, _ in DIRECTIONS]
             cells.append(f"{np.mean([per_seed[s]['metrics']['chance_map'] for s in seeds]):.4f}")
             collapsed = [s for s in seeds if per_seed[s]["metrics"].get("collapse", {}).get("collapsed")]
-            flag = f" (collapsed: {'folds' if folds else 'seeds'} {', '.join(map(str, collapsed))})" if collapsed else ""
+            flag = (
+                f" (collapsed: {'folds' if folds else 'seeds'} {', '.join(map(str, collapsed))})" if collapsed else ""
+            )
             lines.append(f"| {method}{flag} | {b} | " + " | ".join(cells) + " |")
     return lines
 
@@ -460,12 +548,19 @@ def cost_table(runs: dict, key: str, methods: list[str], bits: int, seeds: list[
     """Markdown rows: training seconds per epoch (mean over seeds) and peak memory (max over seeds)."""
     trains = {m: [runs[(key, m, bits)][s]["metrics"]["train"] for s in seeds] for m in methods}
     gpu = any(t["peak_gpu_mib"] is not None for ts in trains.values() for t in ts)
-    lines = ["| Method | Epochs | Training items | s / epoch | Peak RSS (MiB)" + (" | Peak GPU (MiB)" if gpu else "") + " |",
-             "|---|---:|---:|---:|---:|" + ("---:|" if gpu else "")]
+    lines = [
+        "| Method | Epochs | Training items | s / epoch | Peak RSS (MiB)" + (" | Peak GPU (MiB)" if gpu else "") + " |",
+        "|---|---:|---:|---:|---:|" + ("---:|" if gpu else ""),
+    ]
     for method, ts in trains.items():
         per_epoch = f"{np.mean([t['seconds_per_epoch_mean'] for t in ts]):.2f}"
-        row = [method, "closed form" if method == "cca_itq" else str(ts[0]["epochs"]), str(ts[0]["n_train"]),
-               per_epoch + (" (fit)" if method == "cca_itq" else ""), f"{max(t['peak_rss_mib'] for t in ts):.0f}"]
+        row = [
+            method,
+            "closed form" if method == "cca_itq" else str(ts[0]["epochs"]),
+            str(ts[0]["n_train"]),
+            per_epoch + (" (fit)" if method == "cca_itq" else ""),
+            f"{max(t['peak_rss_mib'] for t in ts):.0f}",
+        ]
         if gpu:
             row.append(f"{max(t['peak_gpu_mib'] or 0.0 for t in ts):.0f}")
         lines.append("| " + " | ".join(row) + " |")
@@ -474,8 +569,10 @@ def cost_table(runs: dict, key: str, methods: list[str], bits: int, seeds: list[
 
 def settings_table(runs: dict, key: str, methods: list[str], bits: int, seed: int) -> list[str]:
     """Markdown rows: the training settings each method ran with (no training loop for cca_itq)."""
-    lines = ["| Method | Epochs | Batch | Optimizer | LR | Weight decay | Hidden | Dropout | hp |",
-             "|---|---:|---:|---|---:|---:|---|---:|---|"]
+    lines = [
+        "| Method | Epochs | Batch | Optimizer | LR | Weight decay | Hidden | Dropout | hp |",
+        "|---|---:|---:|---|---:|---:|---|---:|---|",
+    ]
     for method in methods:
         c = runs[(key, method, bits)][seed]["settings"]
         hp = ", ".join(f"{k}={v:g}" for k, v in sorted(c["hp"].items())) or "defaults"
@@ -483,8 +580,17 @@ def settings_table(runs: dict, key: str, methods: list[str], bits: int, seed: in
             row = [method, "–", "–", "–", "–", "–", "linear", "–", hp]
         else:
             hidden = ",".join(map(str, c["hidden"])) or "linear"
-            row = [method, str(c["epochs"]), str(c["batch_size"]), c["optimizer"], f"{c['lr']:g}",
-                   f"{c['weight_decay']:g}", hidden, f"{c['dropout']:g}", hp]
+            row = [
+                method,
+                str(c["epochs"]),
+                str(c["batch_size"]),
+                c["optimizer"],
+                f"{c['lr']:g}",
+                f"{c['weight_decay']:g}",
+                hidden,
+                f"{c['dropout']:g}",
+                hp,
+            ]
         lines.append("| " + " | ".join(row) + " |")
     return lines
 
@@ -499,7 +605,9 @@ def plot_dataset_pr(runs: dict, key: str, methods: list[str], bits: int, seed: i
             recall = np.asarray(pr["recall"], dtype=np.float64)
             keep = np.isfinite(precision) & np.isfinite(recall)
             ax.plot(recall[keep], precision[keep], marker="o", markersize=3, label=method)
-        ax.set(xlabel="recall", ylabel="precision", title=f"{name}, P-R by Hamming radius", xlim=(0, 1.02), ylim=(0, 1.02))
+        ax.set(
+            xlabel="recall", ylabel="precision", title=f"{name}, P-R by Hamming radius", xlim=(0, 1.02), ylim=(0, 1.02)
+        )
         ax.grid(True, alpha=0.4)
         ax.legend()
     fig.suptitle(f"{key}, {bits} bits, seed {seed}")
@@ -514,9 +622,12 @@ def report(records: list[dict], args: argparse.Namespace, meta: dict) -> str:
     cbits = cost_bits(args.bits)
     m = meta["machine"]
     fixed = args.seeds[0]
-    cell = (f"preset splits: seed {fixed}" + (f" (mean ± sample std over seeds {', '.join(map(str, args.seeds))})"
-            if len(args.seeds) > 1 else "") + "; k-fold datasets: mean over the folds [95% confidence interval, "
-            "Student t]")
+    cell = (
+        f"preset splits: seed {fixed}"
+        + (f" (mean ± sample std over seeds {', '.join(map(str, args.seeds))})" if len(args.seeds) > 1 else "")
+        + "; k-fold datasets: mean over the folds [95% confidence interval, "
+        "Student t]"
+    )
     lines = [
         "# Retrieval quality",
         "",
@@ -526,7 +637,8 @@ def report(records: list[dict], args: argparse.Namespace, meta: dict) -> str:
         "",
         f"Machine: {m['nproc']} usable CPUs (nproc; {m['cpu_count']} in all), {m['cpu_model']}, "
         f"{m['memory_gib']} GiB RAM; torch {m['torch']} with {m['torch_threads']} threads on {m['device']}"
-        + (f" ({m['gpu']})" if m["gpu"] else "") + f"; commit {meta['commit'] or 'unknown'}.",
+        + (f" ({m['gpu']})" if m["gpu"] else "")
+        + f"; commit {meta['commit'] or 'unknown'}.",
         "",
         f"Metrics: **MAP** = {map_variant_name(None)}; **MAP@{MAP_TOP_K}** = {map_variant_name(MAP_TOP_K)}. "
         f"Relevant: {records[0]['metrics']['relevance']}. I->T: image queries rank retrieval texts; T->I: text queries "
@@ -539,19 +651,28 @@ def report(records: list[dict], args: argparse.Namespace, meta: dict) -> str:
         fixed = seeds[0]
         folds = PROTOCOLS[key]["kind"] == "folds"
         fm = runs[(key, args.methods[0], args.bits[0])][fixed]["metrics"]
-        what = (f"{len(seeds)}-fold evaluation (split seed {PROTOCOLS[key]['seed']}): each fold "
-                f"{fm['n_query']} queries against {fm['n_retrieval']} retrieval items, which are also the "
-                f"{fm['train']['n_train']} training items; every item is a query exactly once"
-                if folds else
-                f"{fm['n_query']} queries, {fm['n_retrieval']} retrieval items, {fm['train']['n_train']} training "
-                f"items (evaluated on {fm['train']['evaluated_on']})")
+        what = (
+            f"{len(seeds)}-fold evaluation (split seed {PROTOCOLS[key]['seed']}): each fold "
+            f"{fm['n_query']} queries against {fm['n_retrieval']} retrieval items, which are also the "
+            f"{fm['train']['n_train']} training items; every item is a query exactly once"
+            if folds
+            else f"{fm['n_query']} queries, {fm['n_retrieval']} retrieval items, {fm['train']['n_train']} training "
+            f"items (evaluated on {fm['train']['evaluated_on']})"
+        )
         lines += ["", f"## {key}", "", what + ".", ""]
         lines += quality_table(runs, key, args.methods, args.bits, seeds, folds)
-        lines += ["", f"Training cost at {cbits} bits (s / epoch: mean over seeds; peak resident memory of the "
-                  "benchmark process during training, loaded data included: max over seeds).", ""]
+        lines += [
+            "",
+            f"Training cost at {cbits} bits (s / epoch: mean over seeds; peak resident memory of the "
+            "benchmark process during training, loaded data included: max over seeds).",
+            "",
+        ]
         lines += cost_table(runs, key, args.methods, cbits, seeds)
-        lines += ["", f"Settings ({args.settings.name}" + (f", epochs overridden to {args.epochs}" if args.epochs else "")
-                  + ").", ""]
+        lines += [
+            "",
+            f"Settings ({args.settings.name}" + (f", epochs overridden to {args.epochs}" if args.epochs else "") + ").",
+            "",
+        ]
         lines += settings_table(runs, key, args.methods, cbits, fixed)
         lines += ["", f"P-R curves: `pr_{key}_{cbits}bits.png` ({cbits} bits, {'fold' if folds else 'seed'} {fixed})."]
     return "\n".join(lines) + "\n"
@@ -588,8 +709,9 @@ def main() -> None:
         tqdm.write(progress_line(records[-1]))
         write_results(args.out / "results.json", meta, records, complete=False)
     bar.close()
-    write_results(args.out / "results.json", {**meta, "fold_aggregates": fold_aggregates(records)}, records,
-                  complete=True)
+    write_results(
+        args.out / "results.json", {**meta, "fold_aggregates": fold_aggregates(records)}, records, complete=True
+    )
     runs, cbits = by_run(records), cost_bits(args.bits)
     for key in args.datasets:
         first = replica_ids(key, args)[0]

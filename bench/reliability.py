@@ -65,28 +65,61 @@ DISK_MIB = 5
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", type=Path, default=Path(env("model", str(ROOT / "runs/demo/model"))),
-                   help="exported model directory [CMHASH_BENCH_MODEL]")
-    p.add_argument("--image-gallery", type=Path,
-                   default=Path(env("image_gallery", str(ROOT / "runs/demo/gallery-images"))),
-                   help="image gallery, copied before each scenario [CMHASH_BENCH_IMAGE_GALLERY]")
-    p.add_argument("--text-gallery", type=Path,
-                   default=Path(env("text_gallery", str(ROOT / "runs/demo/gallery-texts"))),
-                   help="text gallery, copied before each scenario [CMHASH_BENCH_TEXT_GALLERY]")
-    p.add_argument("--queries", type=Path, default=Path(env("queries", str(ROOT / "runs/demo/sources/images.jsonl"))),
-                   help="JSONL with 'image' paths and 'text' fields [CMHASH_BENCH_QUERIES]")
-    p.add_argument("--duration", type=float, default=float(env("duration", "60")),
-                   help="seconds of mixed load [CMHASH_BENCH_DURATION]")
+    p.add_argument(
+        "--model",
+        type=Path,
+        default=Path(env("model", str(ROOT / "runs/demo/model"))),
+        help="exported model directory [CMHASH_BENCH_MODEL]",
+    )
+    p.add_argument(
+        "--image-gallery",
+        type=Path,
+        default=Path(env("image_gallery", str(ROOT / "runs/demo/gallery-images"))),
+        help="image gallery, copied before each scenario [CMHASH_BENCH_IMAGE_GALLERY]",
+    )
+    p.add_argument(
+        "--text-gallery",
+        type=Path,
+        default=Path(env("text_gallery", str(ROOT / "runs/demo/gallery-texts"))),
+        help="text gallery, copied before each scenario [CMHASH_BENCH_TEXT_GALLERY]",
+    )
+    p.add_argument(
+        "--queries",
+        type=Path,
+        default=Path(env("queries", str(ROOT / "runs/demo/sources/images.jsonl"))),
+        help="JSONL with 'image' paths and 'text' fields [CMHASH_BENCH_QUERIES]",
+    )
+    p.add_argument(
+        "--duration",
+        type=float,
+        default=float(env("duration", "60")),
+        help="seconds of mixed load [CMHASH_BENCH_DURATION]",
+    )
     p.add_argument("--clients", type=int, default=int(env("clients", "16")), help="load clients [CMHASH_BENCH_CLIENTS]")
-    p.add_argument("--contenders", type=int, default=int(env("contenders", "4")),
-                   help="threads writing the same ids at once during the load [CMHASH_BENCH_CONTENDERS]")
+    p.add_argument(
+        "--contenders",
+        type=int,
+        default=int(env("contenders", "4")),
+        help="threads writing the same ids at once during the load [CMHASH_BENCH_CONTENDERS]",
+    )
     p.add_argument("--kills", type=int, default=int(env("kills", "10")), help="SIGKILL rounds [CMHASH_BENCH_KILLS]")
-    p.add_argument("--kill-clients", type=int, default=int(env("kill_clients", "6")),
-                   help="writing clients during the kill rounds [CMHASH_BENCH_KILL_CLIENTS]")
-    p.add_argument("--scenarios", default=env("scenarios", "load,kills,disk,hostile"),
-                   help="comma list of the scenarios to run [CMHASH_BENCH_SCENARIOS]")
-    p.add_argument("--threads", type=int, default=int(env("threads", "1")),
-                   help="server ONNX Runtime threads [CMHASH_BENCH_THREADS]")
+    p.add_argument(
+        "--kill-clients",
+        type=int,
+        default=int(env("kill_clients", "6")),
+        help="writing clients during the kill rounds [CMHASH_BENCH_KILL_CLIENTS]",
+    )
+    p.add_argument(
+        "--scenarios",
+        default=env("scenarios", "load,kills,disk,hostile"),
+        help="comma list of the scenarios to run [CMHASH_BENCH_SCENARIOS]",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=int(env("threads", "1")),
+        help="server ONNX Runtime threads [CMHASH_BENCH_THREADS]",
+    )
     p.add_argument("--seed", type=int, default=int(env("seed", "0")), help="random seed [CMHASH_BENCH_SEED]")
     args = p.parse_args()
     args.scenarios = [s for s in args.scenarios.split(",") if s]
@@ -94,8 +127,14 @@ def parse_args() -> argparse.Namespace:
         p.error(f"unknown scenarios {sorted(unknown)}")
     # what bench/load.py's start_server and client read
     args.device, args.max_requests = "cpu", 100_000
-    args.mix = {"text-to-image": 4, "image-to-text": 2, "add-text": 2, "delete-text": 1, "add-image": 1,
-                "delete-image": 1}
+    args.mix = {
+        "text-to-image": 4,
+        "image-to-text": 2,
+        "add-text": 2,
+        "delete-text": 1,
+        "add-image": 1,
+        "delete-image": 1,
+    }
     return args
 
 
@@ -106,8 +145,14 @@ def parse_args() -> argparse.Namespace:
 class Server:
     """A `cmhash serve` process over copies of the galleries (or given folders), restartable."""
 
-    def __init__(self, args: argparse.Namespace, workdir: Path, images: Path | None = None, texts: Path | None = None,
-                 extra_env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        workdir: Path,
+        images: Path | None = None,
+        texts: Path | None = None,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         self.args, self.extra_env = args, extra_env or {}
         self.images, self.texts = images or workdir / "images", texts or workdir / "texts"
         if images is None:
@@ -216,8 +261,10 @@ def audit(http: httpx.Client, ledger: Ledger, codes: Codes | None, query: str) -
             if kind == "text":
                 ok = item["metadata"] == {"text": content}
             else:
-                ok = item["metadata"].get("filename") == "q.jpg" and \
-                    http.get(f"/gallery/images/{item_id}/file").content == codes.images[content]
+                ok = (
+                    item["metadata"].get("filename") == "q.jpg"
+                    and http.get(f"/gallery/images/{item_id}/file").content == codes.images[content]
+                )
             if not ok or item["code"] != codes(http, kind, content):
                 wrong.append(item_id)
         elif kind == "image" and http.get(f"/gallery/images/{item_id}/file").status_code != 200:
@@ -280,8 +327,11 @@ def contenders(base: str, n: int, deadline: float, texts: list[str], images: lis
                         r = http.post("/gallery/texts", json={"items": [{"id": item_id, "text": content}]})
                     else:
                         content = (j + t) % len(images)
-                        r = http.post("/gallery/images", files={"files": ("q.jpg", images[content], "image/jpeg")},
-                                      data={"ids": item_id})
+                        r = http.post(
+                            "/gallery/images",
+                            files={"files": ("q.jpg", images[content], "image/jpeg")},
+                            data={"ids": item_id},
+                        )
                     status = r.status_code
                 except httpx.TransportError:
                     status, content = -1, None
@@ -322,8 +372,14 @@ def contenders(base: str, n: int, deadline: float, texts: list[str], images: lis
             deleted[f"same-{j:04d}"] = kind
         else:
             present[f"same-{j:04d}"] = (kind, winners[0][3])
-    out.update(rounds=len(results), requests=sum(len(e) for e in results.values()), statuses=statuses,
-               anomalies=anomalies, present=present, deleted=deleted)
+    out.update(
+        rounds=len(results),
+        requests=sum(len(e) for e in results.values()),
+        statuses=statuses,
+        anomalies=anomalies,
+        present=present,
+        deleted=deleted,
+    )
 
 
 def scenario_load(args: argparse.Namespace, images: list[bytes], texts: list[str], codes: Codes) -> dict[str, Any]:
@@ -337,10 +393,15 @@ def scenario_load(args: argparse.Namespace, images: list[bytes], texts: list[str
                 contention: dict[str, Any] = {}
                 started = time.monotonic()
                 deadline = started + args.duration
-                threads = [threading.Thread(target=load.client, args=(i, srv.base, args, images, texts, deadline, rec))
-                           for i, rec in enumerate(recs)]
-                threads.append(threading.Thread(target=contenders, args=(srv.base, args.contenders, deadline, texts,
-                                                                        images, contention)))
+                threads = [
+                    threading.Thread(target=load.client, args=(i, srv.base, args, images, texts, deadline, rec))
+                    for i, rec in enumerate(recs)
+                ]
+                threads.append(
+                    threading.Thread(
+                        target=contenders, args=(srv.base, args.contenders, deadline, texts, images, contention)
+                    )
+                )
                 for t in threads:
                     t.start()
                 for t in threads:
@@ -360,8 +421,11 @@ def scenario_load(args: argparse.Namespace, images: list[bytes], texts: list[str
                     shared.added[kind] |= anomalous & set(load.all_ids(http, kind, texts[0]))
                 shared.deleted["text"] = {i for i, k in contention["deleted"].items() if k == "text"}
                 shared.deleted["image"] = {i for i, k in contention["deleted"].items() if k == "image"}
-                problems = [p for kind in load.KINDS
-                            for p in load.check_gallery(http, kind, initial[kind], [*recs, shared], texts[0])]
+                problems = [
+                    p
+                    for kind in load.KINDS
+                    for p in load.check_gallery(http, kind, initial[kind], [*recs, shared], texts[0])
+                ]
                 upload_problems, upload_files = load.check_uploads(http, srv.images / "uploads", [*recs, shared])
                 orphans = orphan_uploads(http, srv.images / "uploads")
                 tmps = tmp_files(srv.images, srv.texts)
@@ -376,13 +440,19 @@ def scenario_load(args: argparse.Namespace, images: list[bytes], texts: list[str
         if errors:
             problems.append(f"{len(errors)} failed requests, e.g. {errors[:3]}")
         return {
-            "cases": sum(statuses.values()) + contention["requests"], "wall_s": round(wall, 1),
-            "responses_5xx": client_5xx + fives(contention["statuses"]), "server_unhandled": srv.unhandled(),
-            "lost": result["lost"], "came_back": result["came_back"], "orphans": len(orphans), "tmp_files": len(tmps),
+            "cases": sum(statuses.values()) + contention["requests"],
+            "wall_s": round(wall, 1),
+            "responses_5xx": client_5xx + fives(contention["statuses"]),
+            "server_unhandled": srv.unhandled(),
+            "lost": result["lost"],
+            "came_back": result["came_back"],
+            "orphans": len(orphans),
+            "tmp_files": len(tmps),
             "routes": load.summarize(recs, wall),
             "contention": {k: contention[k] for k in ("rounds", "requests", "anomalies")}
             | {"statuses": {str(k): v for k, v in contention["statuses"].items()}},
-            "acknowledged": {"adds": len(ledger.added), "deletes": len(ledger.deleted)}, "upload_files": upload_files,
+            "acknowledged": {"adds": len(ledger.added), "deletes": len(ledger.deleted)},
+            "upload_files": upload_files,
             "problems": problems,
         }
 
@@ -404,9 +474,13 @@ def scenario_kills(args: argparse.Namespace, images: list[bytes], texts: list[st
                 recs = [load.Record() for _ in range(args.kill_clients)]
                 stop = threading.Event()
                 kill_args.seed = args.seed * 1000 + r
-                threads = [threading.Thread(target=load.client, args=(i, srv.base, kill_args, images, texts,
-                                                                      time.monotonic() + 120, rec, stop, f"k{r:02d}"))
-                           for i, rec in enumerate(recs)]
+                threads = [
+                    threading.Thread(
+                        target=load.client,
+                        args=(i, srv.base, kill_args, images, texts, time.monotonic() + 120, rec, stop, f"k{r:02d}"),
+                    )
+                    for i, rec in enumerate(recs)
+                ]
                 for t in threads:
                     t.start()
                 delay = rng.uniform(1.0, 5.0)
@@ -420,10 +494,13 @@ def scenario_kills(args: argparse.Namespace, images: list[bytes], texts: list[st
                     t.join(120)
                 ledger.take(recs)
                 all_recs += recs
-                round_ = {"round": r, "killed_after_s": round(delay, 2), "in_compaction": in_compaction,
-                          "acknowledged": sum(len(rec.added[k]) + len(rec.deleted[k])
-                                              for rec in recs for k in load.KINDS),
-                          "unanswered": sum(len(rec.unsure[k]) for rec in recs for k in load.KINDS)}
+                round_ = {
+                    "round": r,
+                    "killed_after_s": round(delay, 2),
+                    "in_compaction": in_compaction,
+                    "acknowledged": sum(len(rec.added[k]) + len(rec.deleted[k]) for rec in recs for k in load.KINDS),
+                    "unanswered": sum(len(rec.unsure[k]) for rec in recs for k in load.KINDS),
+                }
                 try:
                     round_["restart_s"] = round(srv.start(), 1)
                 except SystemExit as exc:
@@ -434,15 +511,23 @@ def scenario_kills(args: argparse.Namespace, images: list[bytes], texts: list[st
                     result = audit(http, ledger, codes, texts[0])
                     orphans = orphan_uploads(http, srv.images / "uploads")
                 tmps = tmp_files(srv.images, srv.texts)
-                round_.update(lost=result["lost"], came_back=result["came_back"], orphans=len(orphans),
-                              tmp_files=len(tmps),
-                              problems=result["problems"] + ([f"orphans {orphans[:5]}"] if orphans else [])
-                              + ([f"tmp files {tmps[:5]}"] if tmps else []))
+                round_.update(
+                    lost=result["lost"],
+                    came_back=result["came_back"],
+                    orphans=len(orphans),
+                    tmp_files=len(tmps),
+                    problems=result["problems"]
+                    + ([f"orphans {orphans[:5]}"] if orphans else [])
+                    + ([f"tmp files {tmps[:5]}"] if tmps else []),
+                )
                 round_["survived"] = not round_["problems"]
                 rounds.append(round_)
-                print(f"  kill {r}: after {delay:.1f} s{' (in a compaction)' if in_compaction else ''}, "
-                      f"{round_['acknowledged']} acknowledged writes, restart {round_['restart_s']} s: "
-                      f"{'survived' if round_['survived'] else round_['problems']}", flush=True)
+                print(
+                    f"  kill {r}: after {delay:.1f} s{' (in a compaction)' if in_compaction else ''}, "
+                    f"{round_['acknowledged']} acknowledged writes, restart {round_['restart_s']} s: "
+                    f"{'survived' if round_['survived'] else round_['problems']}",
+                    flush=True,
+                )
         finally:
             exit_code = srv.stop()
         if exit_code != 0:
@@ -450,14 +535,19 @@ def scenario_kills(args: argparse.Namespace, images: list[bytes], texts: list[st
     statuses = route_statuses(all_recs)
     problems += [f"round {x['round']}: {p}" for x in rounds for p in x["problems"]]
     return {
-        "cases": sum(statuses.values()), "kills": len(rounds), "kills_survived": sum(x["survived"] for x in rounds),
+        "cases": sum(statuses.values()),
+        "kills": len(rounds),
+        "kills_survived": sum(x["survived"] for x in rounds),
         "kills_in_compaction": sum(x["in_compaction"] for x in rounds),
-        "responses_5xx": statuses.get("5xx", 0), "server_unhandled": srv.unhandled(),
-        "lost": sum(x.get("lost", 0) for x in rounds), "came_back": sum(x.get("came_back", 0) for x in rounds),
+        "responses_5xx": statuses.get("5xx", 0),
+        "server_unhandled": srv.unhandled(),
+        "lost": sum(x.get("lost", 0) for x in rounds),
+        "came_back": sum(x.get("came_back", 0) for x in rounds),
         "orphans": max((x.get("orphans", 0) for x in rounds), default=0),
         "tmp_files": max((x.get("tmp_files", 0) for x in rounds), default=0),
         "acknowledged": {"adds": len(ledger.added), "deletes": len(ledger.deleted), "unanswered": len(ledger.unsure)},
-        "rounds": rounds, "problems": problems,
+        "rounds": rounds,
+        "problems": problems,
     }
 
 
@@ -484,8 +574,13 @@ def scenario_disk(args: argparse.Namespace, images: list[bytes], texts: list[str
     with tempfile.TemporaryDirectory(prefix="cmhash-rel-disk-") as tmp:
         where = Path(tmp) / "tmpfs"
         where.mkdir()
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={DISK_MIB}m", "tmpfs", str(where)],
-                              capture_output=True, text=True, timeout=20, check=False)
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={DISK_MIB}m", "tmpfs", str(where)],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
+        )
         if done.returncode != 0:
             return {"skipped": f"cannot mount a tmpfs: {done.stderr.strip()}"}
         try:
@@ -495,8 +590,9 @@ def scenario_disk(args: argparse.Namespace, images: list[bytes], texts: list[str
                 subprocess.run(["umount", "-l", str(where)], capture_output=True, timeout=20, check=False)
 
 
-def full_disk(args: argparse.Namespace, tmp: Path, where: Path, images: list[bytes], texts: list[str],
-              codes: Codes) -> dict[str, Any]:
+def full_disk(
+    args: argparse.Namespace, tmp: Path, where: Path, images: list[bytes], texts: list[str], codes: Codes
+) -> dict[str, Any]:
     shutil.copytree(args.image_gallery, where / "images")
     shutil.copytree(args.text_gallery, where / "texts")
     srv = Server(args, tmp, where / "images", where / "texts", extra_env={"CMHASH_COMPACT_EVERY": "4"})
@@ -514,21 +610,26 @@ def full_disk(args: argparse.Namespace, tmp: Path, where: Path, images: list[byt
                     if n % 3 == 0:
                         content: Any = n % len(images)
                         kind = "image"
-                        r = http.post("/gallery/images", files={"files": ("q.jpg", images[content], "image/jpeg")},
-                                      data={"ids": item_id})
+                        r = http.post(
+                            "/gallery/images",
+                            files={"files": ("q.jpg", images[content], "image/jpeg")},
+                            data={"ids": item_id},
+                        )
                     else:
                         content, kind = f"{texts[n % len(texts)]} disk {round_} {n}", "text"
-                        r = http.post("/gallery/texts", json={"items": [{"id": item_id, "text": content,
-                                                                         "metadata": {"pad": "p" * 2000}}]})
+                        r = http.post(
+                            "/gallery/texts",
+                            json={"items": [{"id": item_id, "text": content, "metadata": {"pad": "p" * 2000}}]},
+                        )
                     statuses[r.status_code] += 1
                     if r.status_code == 201:
                         ledger.added[item_id] = (kind, None)
                     elif r.status_code >= 500:
                         ledger.refused_adds[item_id] = kind
                     if n % 5 == 4:  # a delete of an acknowledged text (or an initial one) now and then
-                        victims = sorted(i for i, (k, _) in ledger.added.items()
-                                         if k == "text" and i not in ledger.deleted) \
-                            or [i for i in initial_texts if i not in ledger.deleted and i not in ledger.refused_deletes]
+                        victims = sorted(
+                            i for i, (k, _) in ledger.added.items() if k == "text" and i not in ledger.deleted
+                        ) or [i for i in initial_texts if i not in ledger.deleted and i not in ledger.refused_deletes]
                         d = http.delete(f"/gallery/texts/{victims[0]}")
                         statuses[d.status_code] += 1
                         if d.status_code == 200:
@@ -557,13 +658,20 @@ def full_disk(args: argparse.Namespace, tmp: Path, where: Path, images: list[byt
         problems.append(f"the server exited with {exit_code} on SIGINT on the full disk")
     problems += result["problems"]
     return {
-        "cases": sum(statuses.values()), "statuses": {str(k): v for k, v in sorted(statuses.items())},
-        "responses_5xx": fives(statuses, ignore=(507,)), "responses_500": statuses.get(500, 0),
-        "responses_507": statuses.get(507, 0), "server_unhandled": srv.unhandled(),
-        "lost": result["lost"], "came_back": result["came_back"], "orphans": len(orphans),
-        "tmp_files": len(tmps) + len(tmps_before_restart), "tmp_files_seen_while_writing": tmp_seen,
+        "cases": sum(statuses.values()),
+        "statuses": {str(k): v for k, v in sorted(statuses.items())},
+        "responses_5xx": fives(statuses, ignore=(507,)),
+        "responses_500": statuses.get(500, 0),
+        "responses_507": statuses.get(507, 0),
+        "server_unhandled": srv.unhandled(),
+        "lost": result["lost"],
+        "came_back": result["came_back"],
+        "orphans": len(orphans),
+        "tmp_files": len(tmps) + len(tmps_before_restart),
+        "tmp_files_seen_while_writing": tmp_seen,
         "acknowledged": {"adds": len(ledger.added), "deletes": len(ledger.deleted)},
-        "refused": {"adds": len(ledger.refused_adds), "deletes": len(ledger.refused_deletes)}, "problems": problems,
+        "refused": {"adds": len(ledger.refused_adds), "deletes": len(ledger.refused_deletes)},
+        "problems": problems,
     }
 
 
@@ -590,12 +698,24 @@ def hostile_requests(image: bytes) -> list[tuple[str, str, str, dict[str, Any]]]
             (f"{route} empty body", "POST", route, {"content": b"", "headers": js}),
             (f"{route} array body", "POST", route, {"content": b"[]", "headers": js}),
             (f"{route} NaN", "POST", route, {"content": b'{"text": "a", "k": NaN}', "headers": js}),
-            (f"{route} 11 MB body", "POST", route,
-             {"content": b'{"text": "' + b"b" * (11 * 2**20) + b'"}', "headers": js}),
-            (f"{route} 12 MB chunked body", "POST", route,
-             {"content": (b"x" * 2**20 for _ in range(12)), "headers": js}),
-            (f"{route} text/plain", "POST", route,
-             {"content": b'{"text": "a"}', "headers": {"Content-Type": "text/plain"}}),
+            (
+                f"{route} 11 MB body",
+                "POST",
+                route,
+                {"content": b'{"text": "' + b"b" * (11 * 2**20) + b'"}', "headers": js},
+            ),
+            (
+                f"{route} 12 MB chunked body",
+                "POST",
+                route,
+                {"content": (b"x" * 2**20 for _ in range(12)), "headers": js},
+            ),
+            (
+                f"{route} text/plain",
+                "POST",
+                route,
+                {"content": b'{"text": "a"}', "headers": {"Content-Type": "text/plain"}},
+            ),
         ]
     meta = lambda m: {"json": {"items": [{"id": "hostile-1", "text": "a red square", "metadata": m}]}}  # noqa: E731
     nested: dict[str, Any] = {}
@@ -608,38 +728,88 @@ def hostile_requests(image: bytes) -> list[tuple[str, str, str, dict[str, Any]]]
         ("texts metadata 2^70 integer", "POST", "/gallery/texts", meta({"n": 2**70})),
         ("texts 300 items", "POST", "/gallery/texts", {"json": {"items": [{"text": f"t {i}"} for i in range(300)]}}),
         ("texts id with NUL", "POST", "/gallery/texts", {"json": {"items": [{"id": "a\x00", "text": "a red square"}]}}),
-        ("texts extra field path", "POST", "/gallery/texts",
-         {"json": {"items": [{"id": "h", "text": "a", "path": "/etc/passwd"}]}}),
-        ("images metadata 100000 brackets", "POST", "/gallery/images",
-         {"files": {"files": ("h.jpg", image, "image/jpeg")}, "data": {"metadata": "[" * 100_000}}),
-        ("images metadata NaN", "POST", "/gallery/images",
-         {"files": {"files": ("h.jpg", image, "image/jpeg")}, "data": {"metadata": '{"s": NaN}'}}),
-        ("images metadata 100 KB", "POST", "/gallery/images",
-         {"files": {"files": ("h.jpg", image, "image/jpeg")}, "data": {"metadata": json.dumps({"p": "x" * 100_000})}}),
-        ("images two ids one file", "POST", "/gallery/images",
-         {"files": {"files": ("h.jpg", image, "image/jpeg")}, "data": {"ids": ["a", "b"]}}),
+        (
+            "texts extra field path",
+            "POST",
+            "/gallery/texts",
+            {"json": {"items": [{"id": "h", "text": "a", "path": "/etc/passwd"}]}},
+        ),
+        (
+            "images metadata 100000 brackets",
+            "POST",
+            "/gallery/images",
+            {"files": {"files": ("h.jpg", image, "image/jpeg")}, "data": {"metadata": "[" * 100_000}},
+        ),
+        (
+            "images metadata NaN",
+            "POST",
+            "/gallery/images",
+            {"files": {"files": ("h.jpg", image, "image/jpeg")}, "data": {"metadata": '{"s": NaN}'}},
+        ),
+        (
+            "images metadata 100 KB",
+            "POST",
+            "/gallery/images",
+            {
+                "files": {"files": ("h.jpg", image, "image/jpeg")},
+                "data": {"metadata": json.dumps({"p": "x" * 100_000})},
+            },
+        ),
+        (
+            "images two ids one file",
+            "POST",
+            "/gallery/images",
+            {"files": {"files": ("h.jpg", image, "image/jpeg")}, "data": {"ids": ["a", "b"]}},
+        ),
         ("images 11 MB upload", "POST", "/gallery/images", up("h.jpg", b"\xff" * (11 * 2**20))),
         ("images 10^10-pixel header", "POST", "/gallery/images", up("h.png", big_png)),
         ("images truncated JPEG", "POST", "/gallery/images", up("h.jpg", image[: len(image) // 2])),
         ("images zero bytes", "POST", "/gallery/images", up("h.jpg", b"")),
         ("images PDF as JPEG", "POST", "/gallery/images", up("h.jpg", b"%PDF-1.7\n%%EOF\n")),
         ("search image 10^10-pixel header", "POST", "/search/image-to-text", up("h.png", big_png, "file")),
-        ("search image k=10^30", "POST", "/search/image-to-text",
-         {"files": {"file": ("h.jpg", image, "image/jpeg")}, "data": {"k": str(10**30)}}),
-        ("search image k non-UTF-8", "POST", "/search/image-to-image",
-         {"files": {"file": ("h.jpg", image, "image/jpeg")}, "data": {"k": b"\xff\xfe"}}),
-        ("search text radius -10^30", "POST", "/search/text-to-image", {"json": {"text": "red", "radius": -10**30}}),
+        (
+            "search image k=10^30",
+            "POST",
+            "/search/image-to-text",
+            {"files": {"file": ("h.jpg", image, "image/jpeg")}, "data": {"k": str(10**30)}},
+        ),
+        (
+            "search image k non-UTF-8",
+            "POST",
+            "/search/image-to-image",
+            {"files": {"file": ("h.jpg", image, "image/jpeg")}, "data": {"k": b"\xff\xfe"}},
+        ),
+        ("search text radius -10^30", "POST", "/search/text-to-image", {"json": {"text": "red", "radius": -(10**30)}}),
         ("search text offset 10^30", "POST", "/search/text-to-image", {"json": {"text": "red", "offset": 10**30}}),
         ("Host evil.example", "GET", "/gallery/texts", {"headers": {"Host": "evil.example"}}),
-        ("Host evil.example on a write", "POST", "/gallery/texts",
-         {"json": {"items": [{"id": "hostile-2", "text": "a red square"}]}, "headers": {"Host": "evil.example"}}),
+        (
+            "Host evil.example on a write",
+            "POST",
+            "/gallery/texts",
+            {"json": {"items": [{"id": "hostile-2", "text": "a red square"}]}, "headers": {"Host": "evil.example"}},
+        ),
         ("Host with bad characters", "GET", "/readyz", {"headers": {"Host": "a b"}}),
-        ("Origin evil.example on a write", "POST", "/gallery/texts",
-         {"json": {"items": [{"id": "hostile-3", "text": "a red square"}]}, "headers": {"Origin": "http://evil.example"}}),
-        ("Origin evil.example on a delete", "DELETE", "/gallery/texts/hostile-4",
-         {"headers": {"Origin": "http://evil.example"}}),
-        ("Origin null on an upload", "POST", "/gallery/images",
-         {**up("h.jpg", image, ids="hostile-5"), "headers": {"Origin": "null"}}),
+        (
+            "Origin evil.example on a write",
+            "POST",
+            "/gallery/texts",
+            {
+                "json": {"items": [{"id": "hostile-3", "text": "a red square"}]},
+                "headers": {"Origin": "http://evil.example"},
+            },
+        ),
+        (
+            "Origin evil.example on a delete",
+            "DELETE",
+            "/gallery/texts/hostile-4",
+            {"headers": {"Origin": "http://evil.example"}},
+        ),
+        (
+            "Origin null on an upload",
+            "POST",
+            "/gallery/images",
+            {**up("h.jpg", image, ids="hostile-5"), "headers": {"Origin": "null"}},
+        ),
         ("1 MB header", "GET", "/gallery/texts", {"headers": {"X-Pad": "p" * 2**20}}),
         ("GET id ..%2f..%2fetc%2fpasswd", "GET", "/gallery/images/..%2f..%2fetc%2fpasswd/file", {}),
         ("GET id %00", "GET", "/gallery/texts/%00", {}),
@@ -674,8 +844,10 @@ def scenario_hostile(args: argparse.Namespace, images: list[bytes], texts: list[
                     statuses[status] += 1
                     if not (isinstance(status, int) and 400 <= status < 500):
                         failures.append(f"{name}: {status}")
-                healthy = http.get("/readyz").status_code == 200 and http.post(
-                    "/search/text-to-image", json={"text": texts[0], "k": 3}).status_code == 200
+                healthy = (
+                    http.get("/readyz").status_code == 200
+                    and http.post("/search/text-to-image", json={"text": texts[0], "k": 3}).status_code == 200
+                )
                 unchanged = {kind: listed(http, kind) for kind in load.KINDS} == before
                 orphans = orphan_uploads(http, srv.images / "uploads")
                 rss_after = status_kib(srv.proc.pid, "VmRSS") / 1024
@@ -684,20 +856,31 @@ def scenario_hostile(args: argparse.Namespace, images: list[bytes], texts: list[
         tmps = tmp_files(srv.images, srv.texts)
     image_5xx = sum(s >= 500 for r in image_results.values() for s in r["statuses"])
     problems = [f"hostile request {f}" for f in failures if f.split(": ")[-1].startswith("5")]
-    problems += [f"hostile images {n}: {r['statuses']}, +{r['peak_growth_mib']} MiB"
-                 for n, r in image_results.items() if not r["ok"]]
+    problems += [
+        f"hostile images {n}: {r['statuses']}, +{r['peak_growth_mib']} MiB"
+        for n, r in image_results.items()
+        if not r["ok"]
+    ]
     if not healthy:
         problems.append("the server was not healthy after the sweep")
     if not unchanged:
         problems.append("a refused request changed a gallery")
     return {
         "cases": sum(statuses.values()) + sum(len(r["statuses"]) for r in image_results.values()),
-        "responses_5xx": fives(statuses) + image_5xx, "server_unhandled": srv.unhandled(),
-        "lost": 0 if unchanged else 1, "came_back": 0, "orphans": len(orphans), "tmp_files": len(tmps),
+        "responses_5xx": fives(statuses) + image_5xx,
+        "server_unhandled": srv.unhandled(),
+        "lost": 0 if unchanged else 1,
+        "came_back": 0,
+        "orphans": len(orphans),
+        "tmp_files": len(tmps),
         "peak_rss_growth_mib": max(r["peak_growth_mib"] for r in image_results.values()),
         "rss_mib": {"start": round(rss_before, 1), "end": round(rss_after, 1)},
-        "hostile_images": image_results, "sweep_statuses": {str(k): v for k, v in statuses.items()},
-        "sweep_not_4xx": failures, "healthy_after": healthy, "galleries_unchanged": unchanged, "problems": problems,
+        "hostile_images": image_results,
+        "sweep_statuses": {str(k): v for k, v in statuses.items()},
+        "sweep_not_4xx": failures,
+        "healthy_after": healthy,
+        "galleries_unchanged": unchanged,
+        "problems": problems,
     }
 
 
@@ -705,10 +888,17 @@ def scenario_hostile(args: argparse.Namespace, images: list[bytes], texts: list[
 
 
 def table(results: dict[str, dict[str, Any]]) -> str:
-    rows = ["| scenario | cases | 5xx | acknowledged writes lost | refused/deleted writes back | orphans + tmp files "
-            "| peak RSS growth | kills survived |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    names = {"load": "mixed load", "kills": "SIGKILL rounds", "disk": "full disk (5 MB tmpfs)",
-             "hostile": "hostile input"}
+    rows = [
+        "| scenario | cases | 5xx | acknowledged writes lost | refused/deleted writes back | orphans + tmp files "
+        "| peak RSS growth | kills survived |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    names = {
+        "load": "mixed load",
+        "kills": "SIGKILL rounds",
+        "disk": "full disk (5 MB tmpfs)",
+        "hostile": "hostile input",
+    }
     for name, r in results.items():
         if "skipped" in r:
             rows.append(f"| {names[name]} | skipped: {r['skipped']} | | | | | | |")
@@ -718,8 +908,10 @@ def table(results: dict[str, dict[str, Any]]) -> str:
             five += f" (507: {r['responses_507']}, 500: {r['responses_500']})"
         rss = f"{r['peak_rss_growth_mib']:.0f} MiB" if "peak_rss_growth_mib" in r else "-"
         kills = f"{r['kills_survived']} / {r['kills']}" if "kills" in r else "-"
-        rows.append(f"| {names[name]} | {r['cases']} | {five} | {r['lost']} | {r['came_back']} | "
-                    f"{r['orphans']} + {r['tmp_files']} | {rss} | {kills} |")
+        rows.append(
+            f"| {names[name]} | {r['cases']} | {five} | {r['lost']} | {r['came_back']} | "
+            f"{r['orphans']} + {r['tmp_files']} | {rss} | {kills} |"
+        )
     return "\n".join(rows)
 
 
@@ -736,18 +928,35 @@ def main() -> None:
         try:
             results[name] = run[name](args, images, texts, codes)
         except (Exception, SystemExit) as exc:  # a scenario that could not run is a failed goal, not a stop
-            results[name] = {"cases": 0, "responses_5xx": 0, "lost": 0, "came_back": 0, "orphans": 0, "tmp_files": 0,
-                             "problems": [f"the scenario failed: {type(exc).__name__}: {str(exc)[-1500:]}"]}
+            results[name] = {
+                "cases": 0,
+                "responses_5xx": 0,
+                "lost": 0,
+                "came_back": 0,
+                "orphans": 0,
+                "tmp_files": 0,
+                "problems": [f"the scenario failed: {type(exc).__name__}: {str(exc)[-1500:]}"],
+            }
         results[name]["seconds"] = round(time.monotonic() - t0, 1)
         print(f"{name}: {results[name]['seconds']} s, problems: {results[name].get('problems') or 'none'}", flush=True)
     problems = [f"{name}: {p}" for name, r in results.items() for p in r.get("problems", [])]
     markdown = table(results)
-    path = write_result("reliability", {
-        "benchmark": "reliability", "model": str(args.model), "seconds": round(time.monotonic() - started, 1),
-        "settings": {k: getattr(args, k) for k in ("duration", "clients", "contenders", "kills", "kill_clients",
-                                                   "threads", "seed", "scenarios")},
-        "scenarios": results, "table": markdown, "problems": problems, "all_ok": not problems,
-    })
+    path = write_result(
+        "reliability",
+        {
+            "benchmark": "reliability",
+            "model": str(args.model),
+            "seconds": round(time.monotonic() - started, 1),
+            "settings": {
+                k: getattr(args, k)
+                for k in ("duration", "clients", "contenders", "kills", "kill_clients", "threads", "seed", "scenarios")
+            },
+            "scenarios": results,
+            "table": markdown,
+            "problems": problems,
+            "all_ok": not problems,
+        },
+    )
     print()
     print(markdown)
     for problem in problems:

@@ -38,21 +38,26 @@ from model.training.train import load_checkpoint, train_model
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "out" / "rerank"
 DEFAULT_SETTINGS = Path(__file__).resolve().parent / "settings.json"
-DIRECTIONS = (("i2t", "I->T", "query_image_h", "retrieval_text_codes"),
-              ("t2i", "T->I", "query_text_h", "retrieval_image_codes"))
+DIRECTIONS = (
+    ("i2t", "I->T", "query_image_h", "retrieval_text_codes"),
+    ("t2i", "T->I", "query_text_h", "retrieval_image_codes"),
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--datasets", type=_choices(tuple(DATASETS)), default=env("datasets", ",".join(DATASETS)))
-    p.add_argument("--methods", type=_choices(("bi_ncmh", "dcmh", "djsrh", "cca_itq")),
-                   default=env("methods", "bi_ncmh,dcmh"))
+    p.add_argument(
+        "--methods", type=_choices(("bi_ncmh", "dcmh", "djsrh", "cca_itq")), default=env("methods", "bi_ncmh,dcmh")
+    )
     p.add_argument("--bits", type=_ints, default=env("bits", "16,32,64,128"))
     p.add_argument("--seed", type=int, default=int(env("seed", "0") or 0), help="seed of the Wikipedia runs")
     p.add_argument("--folds", type=_ints, default=env("folds", "0"), help="MIRFLICKR-sample folds to run")
-    p.add_argument("--candidates", type=int, default=int(env("candidates", "100") or 100),
-                   help="R of the top-R re-ranking")
+    p.add_argument(
+        "--candidates", type=int, default=int(env("candidates", "100") or 100), help="R of the top-R re-ranking"
+    )
     p.add_argument("--timing-queries", type=int, default=int(env("timing-queries", "200") or 200))
     p.add_argument("--epochs", type=int, default=env("epochs", None), help="override (smoke tests only)")
     p.add_argument("--settings", type=Path, default=env("settings", str(DEFAULT_SETTINGS)))
@@ -86,8 +91,9 @@ def search_cost_ms(h: np.ndarray, retrieval: np.ndarray, rerank: int | str | Non
     search_pages(store, codes[:1], [(0, 10)], query_h=h[:1] if rerank is not None else None, rerank=rerank)  # warm
     start = time.perf_counter()
     for i in rows:
-        search_pages(store, codes[i : i + 1], [(0, 10)], query_h=h[i : i + 1] if rerank is not None else None,
-                     rerank=rerank)
+        search_pages(
+            store, codes[i : i + 1], [(0, 10)], query_h=h[i : i + 1] if rerank is not None else None, rerank=rerank
+        )
     return (time.perf_counter() - start) * 1000.0 / max(1, len(rows))
 
 
@@ -99,8 +105,10 @@ def measure(codes: dict[str, np.ndarray], candidates: int, timing_queries: int) 
         q = np.where(h >= 0, 1, -1)
         out[d] = {
             "hamming": {"map": mean_average_precision(q, r, ql, rl), "ms": search_cost_ms(h, r, None, timing_queries)},
-            f"top{candidates}": {"map": reranked_map(h, r, ql, rl, candidates),
-                                 "ms": search_cost_ms(h, r, candidates, timing_queries)},
+            f"top{candidates}": {
+                "map": reranked_map(h, r, ql, rl, candidates),
+                "ms": search_cost_ms(h, r, candidates, timing_queries),
+            },
             "all": {"map": reranked_map(h, r, ql, rl, None), "ms": search_cost_ms(h, r, "all", timing_queries)},
         }
     return out
@@ -108,16 +116,22 @@ def measure(codes: dict[str, np.ndarray], candidates: int, timing_queries: int) 
 
 def table(records: list[dict], candidates: int) -> str:
     variants = ("hamming", f"top{candidates}", "all")
-    head = ("| dataset | method | bits | " + " | ".join(f"{n} {v}" for n in ("I->T", "T->I") for v in variants)
-            + " | ms/query " + " / ".join(variants) + " |")
+    head = (
+        "| dataset | method | bits | "
+        + " | ".join(f"{n} {v}" for n in ("I->T", "T->I") for v in variants)
+        + " | ms/query "
+        + " / ".join(variants)
+        + " |"
+    )
     lines = [head, "|" + "---|" * (4 + 2 * len(variants))]
     for rec in records:
         m = rec["map"]
         cells = [f"{m[d][v]['map']:.4f}" for d in ("i2t", "t2i") for v in variants]
         ms = " / ".join(f"{(m['i2t'][v]['ms'] + m['t2i'][v]['ms']) / 2:.2f}" for v in variants)
         fold = f" f{rec['fold']}" if rec["fold"] is not None else ""
-        lines.append(f"| {rec['dataset']}{fold} | {rec['method']} | {rec['bits']} | " + " | ".join(cells)
-                     + f" | {ms} |")
+        lines.append(
+            f"| {rec['dataset']}{fold} | {rec['method']} | {rec['bits']} | " + " | ".join(cells) + f" | {ms} |"
+        )
     return "\n".join(lines)
 
 
@@ -147,28 +161,47 @@ def main(argv: list[str] | None = None) -> int:
         split = run.eval_split
         codes = split_codes(model, run.inputs, split.query, split.retrieval)
         codes.update(query_representations(model, run.inputs, split.query))
-        record = {"dataset": job.key, "method": cfg.method, "bits": cfg.bits, "seed": cfg.seed, "fold": cfg.fold,
-                  "model": how, "n_query": len(split.query), "n_retrieval": len(split.retrieval),
-                  "map": measure(codes, args.candidates, args.timing_queries),
-                  "wall_seconds": time.perf_counter() - start}
+        record = {
+            "dataset": job.key,
+            "method": cfg.method,
+            "bits": cfg.bits,
+            "seed": cfg.seed,
+            "fold": cfg.fold,
+            "model": how,
+            "n_query": len(split.query),
+            "n_retrieval": len(split.retrieval),
+            "map": measure(codes, args.candidates, args.timing_queries),
+            "wall_seconds": time.perf_counter() - start,
+        }
         records.append(record)
         m = record["map"]
-        print(f"{job.label()} ({how}): " + "  ".join(
-            f"{name} {m[d]['hamming']['map']:.4f} -> top{args.candidates} {m[d][f'top{args.candidates}']['map']:.4f}"
-            f" / all {m[d]['all']['map']:.4f}" for d, name, _, _ in DIRECTIONS), flush=True)
+        print(
+            f"{job.label()} ({how}): "
+            + "  ".join(
+                f"{name} {m[d]['hamming']['map']:.4f} -> top{args.candidates} {m[d][f'top{args.candidates}']['map']:.4f}"
+                f" / all {m[d]['all']['map']:.4f}"
+                for d, name, _, _ in DIRECTIONS
+            ),
+            flush=True,
+        )
     md = table(records, args.candidates)
-    path = write_result("rerank", {
-        "command": command_line(),
-        "variants": {"hamming": map_variant_name(None),
-                     f"top{args.candidates}": rerank_variant_name(None, args.candidates),
-                     "all": rerank_variant_name(None, None)},
-        "cost": "ms per query of index.search.search_pages (one query, page k=10, FAISS flat store, h given)",
-        "threads": threads,
-        "untuned": defaults,
-        "records": records,
-        "table": md,
-        "machine_threads": machine_base()["nproc"],
-    })
+    path = write_result(
+        "rerank",
+        {
+            "command": command_line(),
+            "variants": {
+                "hamming": map_variant_name(None),
+                f"top{args.candidates}": rerank_variant_name(None, args.candidates),
+                "all": rerank_variant_name(None, None),
+            },
+            "cost": "ms per query of index.search.search_pages (one query, page k=10, FAISS flat store, h given)",
+            "threads": threads,
+            "untuned": defaults,
+            "records": records,
+            "table": md,
+            "machine_threads": machine_base()["nproc"],
+        },
+    )
     print(md)
     print(f"wrote {path}")
     return 0

@@ -65,28 +65,50 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         + " unless given on the command line or in the environment.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--sizes", type=ints, default=env("sizes", "10000,100000,1000000,10000000"),
-                   help="comma list of gallery sizes N")
-    p.add_argument("--bits", type=ints, default=env("bits", "16,32,64,128"),
-                   help="comma list of code lengths L (multiples of 8)")
-    p.add_argument("--threads", type=ints, default=env("threads", "1,2"),
-                   help="comma list of FAISS OpenMP thread counts")
-    p.add_argument("--methods", type=_methods, default=env("methods", ",".join(METHODS)),
-                   help="comma list of methods: faiss (IndexBinaryFlat), store (FaissCodeStore), numpy")
-    p.add_argument("--queries", type=positive, default=env("queries", "100"),
-                   help="timed single-query calls (nq=1) per configuration")
+    p.add_argument(
+        "--sizes",
+        type=ints,
+        default=env("sizes", "10000,100000,1000000,10000000"),
+        help="comma list of gallery sizes N",
+    )
+    p.add_argument(
+        "--bits", type=ints, default=env("bits", "16,32,64,128"), help="comma list of code lengths L (multiples of 8)"
+    )
+    p.add_argument(
+        "--threads", type=ints, default=env("threads", "1,2"), help="comma list of FAISS OpenMP thread counts"
+    )
+    p.add_argument(
+        "--methods",
+        type=_methods,
+        default=env("methods", ",".join(METHODS)),
+        help="comma list of methods: faiss (IndexBinaryFlat), store (FaissCodeStore), numpy",
+    )
+    p.add_argument(
+        "--queries",
+        type=positive,
+        default=env("queries", "100"),
+        help="timed single-query calls (nq=1) per configuration",
+    )
     p.add_argument("--batch", type=positive, default=env("batch", "64"), help="queries per batched call")
-    p.add_argument("--batch-calls", type=positive, default=env("batch-calls", "10"),
-                   help="timed batched calls per configuration")
+    p.add_argument(
+        "--batch-calls", type=positive, default=env("batch-calls", "10"), help="timed batched calls per configuration"
+    )
     p.add_argument("--k", type=positive, default=env("k", "10"), help="neighbours per query")
     p.add_argument("--warmup", type=int, default=env("warmup", "3"), help="untimed calls before each timing")
     p.add_argument("--seed", type=int, default=env("seed", "0"), help="seed of the random codes")
-    p.add_argument("--bandwidth-mib", type=positive, default=env("bandwidth-mib", "1024"),
-                   help="array size of the memory bandwidth measurement (MiB; many times the LLC)")
-    p.add_argument("--out", type=Path, default=env("out", str(DEFAULT_OUT)),
-                   help="output folder of search_scale.json")
-    p.add_argument("--quick", action="store_true", default=boolean(env("quick", "") or ""),
-                   help="smoke run: small gallery, few repetitions")
+    p.add_argument(
+        "--bandwidth-mib",
+        type=positive,
+        default=env("bandwidth-mib", "1024"),
+        help="array size of the memory bandwidth measurement (MiB; many times the LLC)",
+    )
+    p.add_argument("--out", type=Path, default=env("out", str(DEFAULT_OUT)), help="output folder of search_scale.json")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        default=boolean(env("quick", "") or ""),
+        help="smoke run: small gallery, few repetitions",
+    )
     quick = p.parse_known_args(argv)[0].quick
     if quick:
         p.set_defaults(**{k: v for k, v in QUICK.items() if env(k, None) is None})
@@ -236,14 +258,20 @@ def time_calls(search: Callable, batches: list[np.ndarray], k: int, warmup: int)
     return times
 
 
-def result_row(n: int, bits: int, threads: int, method: str, mode: str, nq: int, times: np.ndarray,
-               bandwidth: float) -> dict:
+def result_row(
+    n: int, bits: int, threads: int, method: str, mode: str, nq: int, times: np.ndarray, bandwidth: float
+) -> dict:
     """One table/JSON row: per-query latency, throughput and the fraction of the flat-scan limit."""
     med, p95 = float(np.median(times)), float(np.percentile(times, 95))
     gallery_bytes = n * bits // 8
     limit = gallery_bytes / bandwidth  # seconds to stream the gallery once, i.e. per query
     return {
-        "n": n, "bits": bits, "threads": threads, "method": method, "mode": mode, "nq_per_call": nq,
+        "n": n,
+        "bits": bits,
+        "threads": threads,
+        "method": method,
+        "mode": mode,
+        "nq_per_call": nq,
         "calls": len(times),
         "ms_per_query_median": 1e3 * med / nq,
         "ms_per_query_p95": 1e3 * p95 / nq,
@@ -267,8 +295,13 @@ def run_gallery(args: argparse.Namespace, n: int, bits: int, bandwidth: dict[int
         "batch": [pool[j : j + args.batch] for j in range(0, len(pool), args.batch)],
     }
     methods, build = build_methods(gallery, bits, args.methods)
-    info = {"n": n, "bits": bits, "gallery_mb": gallery.nbytes / 1e6, "build_s": build,
-            "straddle_fraction": straddle_fraction(gallery, singles, bits, args.k)}
+    info = {
+        "n": n,
+        "bits": bits,
+        "gallery_mb": gallery.nbytes / 1e6,
+        "build_s": build,
+        "straddle_fraction": straddle_fraction(gallery, singles, bits, args.k),
+    }
     # Every method must return the same distances (ties may pick different items).
     check = {name: search(modes["batch"][0], args.k) for name, search in methods.items()}
     for name, d in check.items():
@@ -281,8 +314,12 @@ def run_gallery(args: argparse.Namespace, n: int, bits: int, bandwidth: dict[int
             for mode, batches in modes.items():
                 times = time_calls(search, batches, args.k, args.warmup)
                 rows.append(result_row(n, bits, threads, name, mode, len(batches[0]), times, bandwidth[threads]))
-                print(f"  N={n:,} {bits} bits {name} {threads} thr {mode}: "
-                      f"{rows[-1]['ms_per_query_median']:.3f} ms/query", file=sys.stderr, flush=True)
+                print(
+                    f"  N={n:,} {bits} bits {name} {threads} thr {mode}: "
+                    f"{rows[-1]['ms_per_query_median']:.3f} ms/query",
+                    file=sys.stderr,
+                    flush=True,
+                )
     return info, rows
 
 
@@ -292,15 +329,44 @@ def run_gallery(args: argparse.Namespace, n: int, bits: int, bandwidth: dict[int
 
 def table(rows: list[dict]) -> str:
     """The results as an aligned text table."""
-    head = ("N", "bits", "thr", "method", "mode", "nq/call", "ms/q med", "ms/q p95", "ms/call",
-            "Mcodes/s", "GB/s", "limit ms/q", "% limit")
-    body = [(f"{r['n']:,}", str(r["bits"]), str(r["threads"]), r["method"], r["mode"], str(r["nq_per_call"]),
-             f"{r['ms_per_query_median']:.3f}", f"{r['ms_per_query_p95']:.3f}", f"{r['ms_per_call_median']:.2f}",
-             f"{r['codes_per_s'] / 1e6:,.0f}", f"{r['gb_per_s']:.2f}", f"{r['limit_ms_per_query']:.3f}",
-             f"{100 * r['limit_fraction']:.0f}%") for r in rows]
+    head = (
+        "N",
+        "bits",
+        "thr",
+        "method",
+        "mode",
+        "nq/call",
+        "ms/q med",
+        "ms/q p95",
+        "ms/call",
+        "Mcodes/s",
+        "GB/s",
+        "limit ms/q",
+        "% limit",
+    )
+    body = [
+        (
+            f"{r['n']:,}",
+            str(r["bits"]),
+            str(r["threads"]),
+            r["method"],
+            r["mode"],
+            str(r["nq_per_call"]),
+            f"{r['ms_per_query_median']:.3f}",
+            f"{r['ms_per_query_p95']:.3f}",
+            f"{r['ms_per_call_median']:.2f}",
+            f"{r['codes_per_s'] / 1e6:,.0f}",
+            f"{r['gb_per_s']:.2f}",
+            f"{r['limit_ms_per_query']:.3f}",
+            f"{100 * r['limit_fraction']:.0f}%",
+        )
+        for r in rows
+    ]
     widths = [max(len(c) for c in col) for col in zip(head, *body)]
-    lines = ["  ".join(c.rjust(w) if j not in (3, 4) else c.ljust(w) for j, (c, w) in enumerate(zip(line, widths)))
-             for line in (head, *body)]
+    lines = [
+        "  ".join(c.rjust(w) if j not in (3, 4) else c.ljust(w) for j, (c, w) in enumerate(zip(line, widths)))
+        for line in (head, *body)
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
@@ -308,17 +374,28 @@ def table(rows: list[dict]) -> str:
 def pivot(rows: list[dict], method: str, mode: str, threads: int) -> str:
     """ms per query by gallery size (rows) and code length (columns) for one method, mode and
     thread count, each cell with its fraction of the flat-scan limit: the scale table."""
-    picked = {(r["n"], r["bits"]): r for r in rows
-              if (r["method"], r["mode"], r["threads"]) == (method, mode, threads)}
+    picked = {(r["n"], r["bits"]): r for r in rows if (r["method"], r["mode"], r["threads"]) == (method, mode, threads)}
     if not picked:
         return ""
     sizes, bits = sorted({n for n, _ in picked}), sorted({b for _, b in picked})
     head = ("N", *(f"{b} bits" for b in bits))
-    body = [(f"{n:,}", *(f"{picked[n, b]['ms_per_query_median']:.3f} ({100 * picked[n, b]['limit_fraction']:.0f}%)"
-                         if (n, b) in picked else "-" for b in bits)) for n in sizes]
+    body = [
+        (
+            f"{n:,}",
+            *(
+                f"{picked[n, b]['ms_per_query_median']:.3f} ({100 * picked[n, b]['limit_fraction']:.0f}%)"
+                if (n, b) in picked
+                else "-"
+                for b in bits
+            ),
+        )
+        for n in sizes
+    ]
     widths = [max(len(c) for c in col) for col in zip(head, *body)]
-    lines = [f"{method}, {mode} ({picked[next(iter(picked))]['nq_per_call']} per call), {threads} thread"
-             f"{'s' * (threads > 1)}: ms per query (% of the flat-scan limit)"]
+    lines = [
+        f"{method}, {mode} ({picked[next(iter(picked))]['nq_per_call']} per call), {threads} thread"
+        f"{'s' * (threads > 1)}: ms per query (% of the flat-scan limit)"
+    ]
     lines += ["  ".join(c.rjust(w) for c, w in zip(line, widths)) for line in (head, *body)]
     lines.insert(2, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
@@ -364,20 +441,33 @@ def report(meta: dict, galleries: list[dict], rows: list[dict]) -> str:
         f"faiss {m['faiss']} ({m['faiss_compile_options']}; IndexBinaryFlat.query_batch_size "
         f"{m['faiss_query_batch_size']}), numpy {m['numpy']} (numpy scan single-threaded), python {m['python']}",
         "read bandwidth (int64 sum, best of {}, {} MiB): {}".format(
-            BANDWIDTH_REPEATS, meta["settings"]["bandwidth_mib"],
-            ", ".join(f"{bw / 1e9:.1f} GB/s at {t} thread{'s' * (t > 1)}" for t, bw in meta["bandwidth_bytes_per_s"].items())),
+            BANDWIDTH_REPEATS,
+            meta["settings"]["bandwidth_mib"],
+            ", ".join(
+                f"{bw / 1e9:.1f} GB/s at {t} thread{'s' * (t > 1)}" for t, bw in meta["bandwidth_bytes_per_s"].items()
+            ),
+        ),
     ]
     for g in galleries:
         build = ", ".join(f"{k} {v:.2f} s" for k, v in g["build_s"].items())
-        lines.append(f"N={g['n']:,} x {g['bits']} bits: {g['gallery_mb']:.1f} MB of codes; build {build or '-'}; "
-                     f"{100 * g['straddle_fraction']:.0f}% of queries tie across the k-th distance")
+        lines.append(
+            f"N={g['n']:,} x {g['bits']} bits: {g['gallery_mb']:.1f} MB of codes; build {build or '-'}; "
+            f"{100 * g['straddle_fraction']:.0f}% of queries tie across the k-th distance"
+        )
     lines += [
         "",
         table(rows),
         "",
-        *(block + "\n" for block in (pivot(rows, method, mode, threads) for method in ("faiss", "store")
-                                    for mode in ("single", "batch") for threads in sorted({r["threads"] for r in rows}))
-          if block),
+        *(
+            block + "\n"
+            for block in (
+                pivot(rows, method, mode, threads)
+                for method in ("faiss", "store")
+                for mode in ("single", "batch")
+                for threads in sorted({r["threads"] for r in rows})
+            )
+            if block
+        ),
         f"k={meta['settings']['k']}. ms/q: milliseconds per query (batch: call time / nq), median and p95 over calls. "
         "Mcodes/s = N * nq / median call time; GB/s = N * nq * L/8 bytes / median call time. limit ms/q: the "
         "flat-scan limit, the time to read the gallery once (N * L/8 bytes) at the read bandwidth of that many "

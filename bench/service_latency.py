@@ -55,12 +55,66 @@ BUILD_CHUNK = 100_000  # codes per store.add call while building the gallery
 READY_TIMEOUT_S = 600.0
 STOP_TIMEOUT_S = 120.0  # shutdown folds the journal into a snapshot
 WORDS = (
-    "dog", "cat", "beach", "sunset", "sky", "clouds", "water", "lake", "river", "sea", "mountain", "snow",
-    "tree", "forest", "flower", "garden", "city", "street", "night", "lights", "bridge", "building", "church",
-    "car", "train", "boat", "bird", "horse", "cow", "child", "girl", "boy", "woman", "man", "portrait",
-    "family", "friends", "party", "wedding", "food", "red", "blue", "green", "yellow", "white", "black",
-    "bw", "macro", "nature", "landscape", "travel", "summer", "winter", "autumn", "spring", "park", "sand",
-    "rock", "road", "window",
+    "dog",
+    "cat",
+    "beach",
+    "sunset",
+    "sky",
+    "clouds",
+    "water",
+    "lake",
+    "river",
+    "sea",
+    "mountain",
+    "snow",
+    "tree",
+    "forest",
+    "flower",
+    "garden",
+    "city",
+    "street",
+    "night",
+    "lights",
+    "bridge",
+    "building",
+    "church",
+    "car",
+    "train",
+    "boat",
+    "bird",
+    "horse",
+    "cow",
+    "child",
+    "girl",
+    "boy",
+    "woman",
+    "man",
+    "portrait",
+    "family",
+    "friends",
+    "party",
+    "wedding",
+    "food",
+    "red",
+    "blue",
+    "green",
+    "yellow",
+    "white",
+    "black",
+    "bw",
+    "macro",
+    "nature",
+    "landscape",
+    "travel",
+    "summer",
+    "winter",
+    "autumn",
+    "spring",
+    "park",
+    "sand",
+    "rock",
+    "road",
+    "window",
 )
 
 
@@ -76,25 +130,47 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "(upper case, '-' as '_'), e.g. CMHASH_BENCH_SIZE=100000.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--model", type=Path, default=env("model", str(ROOT / "runs/demo/model")),
-                   help="exported model directory (`cmhash export`; `make demo` writes runs/demo/model)")
+    p.add_argument(
+        "--model",
+        type=Path,
+        default=env("model", str(ROOT / "runs/demo/model")),
+        help="exported model directory (`cmhash export`; `make demo` writes runs/demo/model)",
+    )
     p.add_argument("--size", type=positive, default=env("size", "1000000"), help="gallery size N (random codes)")
-    p.add_argument("--requests", type=positive, default=env("requests", "200"),
-                   help="timed requests per client and client count")
-    p.add_argument("--clients", type=ints, default=env("clients", "1,16"),
-                   help="comma list of concurrent client counts (1 is always run: the ratios need it)")
-    p.add_argument("--duration-limit", type=float, default=env("duration-limit", "120"),
-                   help="seconds after which a client count's clients stop sending")
+    p.add_argument(
+        "--requests", type=positive, default=env("requests", "200"), help="timed requests per client and client count"
+    )
+    p.add_argument(
+        "--clients",
+        type=ints,
+        default=env("clients", "1,16"),
+        help="comma list of concurrent client counts (1 is always run: the ratios need it)",
+    )
+    p.add_argument(
+        "--duration-limit",
+        type=float,
+        default=env("duration-limit", "120"),
+        help="seconds after which a client count's clients stop sending",
+    )
     p.add_argument("--port", type=int, default=env("port", "0"), help="server port on 127.0.0.1 (0: a free one)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=env("device", "auto"),
-                   help="encoder and FAISS device, of the server and of the bare timings alike")
+    p.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default=env("device", "auto"),
+        help="encoder and FAISS device, of the server and of the bare timings alike",
+    )
     p.add_argument("--queries", type=positive, default=env("queries", "200"), help="distinct query texts")
     p.add_argument("--k", type=positive, default=env("k", "10"), help="results per search")
-    p.add_argument("--warmup", type=int, default=env("warmup", "20"),
-                   help="untimed calls before the bare timings and untimed requests before the load")
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=env("warmup", "20"),
+        help="untimed calls before the bare timings and untimed requests before the load",
+    )
     p.add_argument("--seed", type=int, default=env("seed", "0"), help="seed of the codes and query texts")
-    p.add_argument("--out", type=Path, default=env("out", str(DEFAULT_OUT)),
-                   help="output folder of service_latency.json")
+    p.add_argument(
+        "--out", type=Path, default=env("out", str(DEFAULT_OUT)), help="output folder of service_latency.json"
+    )
     args = p.parse_args(argv)
     args.clients = sorted({1, *args.clients})
     if args.warmup < 0 or args.duration_limit <= 0 or not 0 <= args.port <= 65535:
@@ -126,8 +202,9 @@ def make_queries(n: int, seed: int) -> list[str]:
 def build_gallery(path: Path, encoder: Encoder, size: int, seed: int) -> float:
     """Write a FAISS image gallery of `size` random codes for `encoder`'s model at `path`; seconds taken."""
     start = time.perf_counter()
-    info = GalleryInfo(kind="image", bits=encoder.bits, model_checksum=encoder.checksum,
-                       model_method=encoder.info.method)
+    info = GalleryInfo(
+        kind="image", bits=encoder.bits, model_checksum=encoder.checksum, model_method=encoder.info.method
+    )
     gallery = Gallery.create(path, info)
     rng = np.random.default_rng(seed)
     for lo in range(0, size, BUILD_CHUNK):
@@ -157,14 +234,23 @@ def bare_pass(encoder: Encoder, gallery_path: Path, queries: list[str], args: ar
     codes = encoder.encode_texts(queries)
     encode = time_each(lambda q: encoder.encode_texts([q]), queries, args.warmup)
     search = time_each(lambda c: store.search(c[None], args.k), list(codes), args.warmup)
-    return {"store_device": device, "encode_s": encode.tolist(), "search_s": search.tolist(),
-            "encode_p50_ms": 1e3 * float(np.median(encode)), "search_p50_ms": 1e3 * float(np.median(search))}
+    return {
+        "store_device": device,
+        "encode_s": encode.tolist(),
+        "search_s": search.tolist(),
+        "encode_p50_ms": 1e3 * float(np.median(encode)),
+        "search_p50_ms": 1e3 * float(np.median(search)),
+    }
 
 
 def bare_summary(encoder: Encoder, passes: list[dict]) -> dict:
     """The passes and the lower p50 of each step over them (the pass least disturbed by other load)."""
-    return {"providers": encoder.providers, "store_device": passes[0]["store_device"], "passes": passes,
-            **{key: min(p[key] for p in passes) for key in ("encode_p50_ms", "search_p50_ms")}}
+    return {
+        "providers": encoder.providers,
+        "store_device": passes[0]["store_device"],
+        "passes": passes,
+        **{key: min(p[key] for p in passes) for key in ("encode_p50_ms", "search_p50_ms")},
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -175,8 +261,22 @@ def bare_summary(encoder: Encoder, passes: list[dict]) -> dict:
 def running_server(args: argparse.Namespace, gallery: Path, port: int, log: Path) -> Iterator[tuple[str, int]]:
     """`cmhash serve` in a subprocess until the block ends (stopped also on error); yields its base URL
     and process id once /readyz answers 200."""
-    command = [sys.executable, "-m", "service.cli", "serve", "--model", str(args.model), "--image-gallery",
-               str(gallery), "--host", "127.0.0.1", "--port", str(port), "--device", args.device]
+    command = [
+        sys.executable,
+        "-m",
+        "service.cli",
+        "serve",
+        "--model",
+        str(args.model),
+        "--image-gallery",
+        str(gallery),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--device",
+        args.device,
+    ]
     base = f"http://127.0.0.1:{port}"
     with log.open("wb") as out:
         proc = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
@@ -203,8 +303,11 @@ def server_snapshot(base: str, pid: int) -> dict[str, float]:
     CPU seconds used so far by the server and by this (the client) process."""
     text = httpx.get(f"{base}/metrics", timeout=30).text
     out = {"server_cpu_s": process_cpu_s(pid), "client_cpu_s": time.process_time()}
-    for name, label in (("batch_queries", 'modality="text"'), ("encode_seconds", 'modality="text"'),
-                        ("search_seconds", 'gallery="image"')):
+    for name, label in (
+        ("batch_queries", 'modality="text"'),
+        ("encode_seconds", 'modality="text"'),
+        ("search_seconds", 'gallery="image"'),
+    ):
         for part in ("sum", "count"):
             match = re.search(rf"^cmhash_{name}_{part}{{{label}}} (\S+)$", text, re.MULTILINE)
             out[f"{name}_{part}"] = float(match.group(1)) if match else 0.0
@@ -252,8 +355,12 @@ def run_clients(base: str, queries: list[str], clients: int, requests: int, k: i
     for t in threads:
         t.join()
     wall = time.perf_counter() - start
-    return {"latency_s": [x for xs in latency for x in xs], "took_ms": [x for xs in took for x in xs],
-            "errors": errors, "wall_s": wall}
+    return {
+        "latency_s": [x for xs in latency for x in xs],
+        "took_ms": [x for xs in took for x in xs],
+        "errors": errors,
+        "wall_s": wall,
+    }
 
 
 def http_floor(base: str, requests: int) -> float:
@@ -270,8 +377,12 @@ def load_row(clients: int, run: dict, before: dict[str, float], after: dict[str,
     delta = {key: after[key] - before[key] for key in after}
     batches = delta["batch_queries_count"]
     return {
-        "clients": clients, "ok": ok, "errors": len(run["errors"]), "error_samples": run["errors"][:5],
-        "wall_s": run["wall_s"], "qps": ok / run["wall_s"],
+        "clients": clients,
+        "ok": ok,
+        "errors": len(run["errors"]),
+        "error_samples": run["errors"][:5],
+        "wall_s": run["wall_s"],
+        "qps": ok / run["wall_s"],
         **{f"p{q}_ms": float(np.percentile(lat, q)) if ok else float("nan") for q in (50, 95, 99)},
         "took_ms_p50": float(np.median(run["took_ms"])) if ok else float("nan"),
         "batches": int(batches),
@@ -291,14 +402,43 @@ def load_row(clients: int, run: dict, before: dict[str, float], after: dict[str,
 
 def table(rows: list[dict]) -> str:
     """The load results as an aligned text table."""
-    head = ("clients", "ok", "err", "p50 ms", "p95 ms", "p99 ms", "QPS", "took_ms p50", "batches", "mean batch",
-            "enc ms/batch", "search ms/batch", "srv CPU ms/req", "cli CPU ms/req", "CPU busy")
-    body = [(str(r["clients"]), str(r["ok"]), str(r["errors"]), f"{r['p50_ms']:.2f}", f"{r['p95_ms']:.2f}",
-             f"{r['p99_ms']:.2f}", f"{r['qps']:.1f}", f"{r['took_ms_p50']:.2f}", str(r["batches"]),
-             f"{r['mean_batch']:.2f}", f"{r['encode_ms_per_batch']:.2f}", f"{r['search_ms_per_batch']:.2f}",
-             f"{r['server_cpu_ms_per_request']:.2f}", f"{r['client_cpu_ms_per_request']:.2f}",
-             f"{100 * r['cpu_busy']:.0f}%")
-            for r in rows]
+    head = (
+        "clients",
+        "ok",
+        "err",
+        "p50 ms",
+        "p95 ms",
+        "p99 ms",
+        "QPS",
+        "took_ms p50",
+        "batches",
+        "mean batch",
+        "enc ms/batch",
+        "search ms/batch",
+        "srv CPU ms/req",
+        "cli CPU ms/req",
+        "CPU busy",
+    )
+    body = [
+        (
+            str(r["clients"]),
+            str(r["ok"]),
+            str(r["errors"]),
+            f"{r['p50_ms']:.2f}",
+            f"{r['p95_ms']:.2f}",
+            f"{r['p99_ms']:.2f}",
+            f"{r['qps']:.1f}",
+            f"{r['took_ms_p50']:.2f}",
+            str(r["batches"]),
+            f"{r['mean_batch']:.2f}",
+            f"{r['encode_ms_per_batch']:.2f}",
+            f"{r['search_ms_per_batch']:.2f}",
+            f"{r['server_cpu_ms_per_request']:.2f}",
+            f"{r['client_cpu_ms_per_request']:.2f}",
+            f"{100 * r['cpu_busy']:.0f}%",
+        )
+        for r in rows
+    ]
     widths = [max(len(c) for c in col) for col in zip(head, *body)]
     lines = ["  ".join(c.rjust(w) for c, w in zip(line, widths)) for line in (head, *body)]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -328,8 +468,10 @@ def report(meta: dict) -> str:
         f"bare, one query per call, lower p50 of the passes before and after the server ran: encoder "
         f"{b['encode_p50_ms']:.3f} ms, FAISS store search {b['search_p50_ms']:.3f} ms (sum "
         f"{b['encode_p50_ms'] + b['search_p50_ms']:.3f} ms); per pass: encoder "
-        + " / ".join(f"{p['encode_p50_ms']:.3f}" for p in b["passes"]) + " ms, search "
-        + " / ".join(f"{p['search_p50_ms']:.3f}" for p in b["passes"]) + " ms",
+        + " / ".join(f"{p['encode_p50_ms']:.3f}" for p in b["passes"])
+        + " ms, search "
+        + " / ".join(f"{p['search_p50_ms']:.3f}" for p in b["passes"])
+        + " ms",
         f"HTTP floor: GET /healthz p50 {meta['healthz_p50_ms']:.2f} ms from 1 client",
         "",
         table(meta["results"]),
@@ -372,8 +514,11 @@ def main() -> None:
                 before = server_snapshot(base, pid)
                 run = run_clients(base, queries, clients, args.requests, args.k, args.duration_limit)
                 rows.append(load_row(clients, run, before, server_snapshot(base, pid)))
-                print(f"  {clients} clients: p50 {rows[-1]['p50_ms']:.2f} ms, {rows[-1]['qps']:.1f} QPS",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"  {clients} clients: p50 {rows[-1]['p50_ms']:.2f} ms, {rows[-1]['qps']:.1f} QPS",
+                    file=sys.stderr,
+                    flush=True,
+                )
         print("timing the bare encoder and search again...", file=sys.stderr, flush=True)
         passes.append(bare_pass(encoder, gallery, queries, args))
     bare = bare_summary(encoder, passes)
@@ -391,13 +536,21 @@ def main() -> None:
         "machine": machine,
         "loadavg_end": os.getloadavg(),
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "model": {"path": str(args.model), "method": encoder.info.method, "bits": encoder.bits,
-                  "checksum": encoder.checksum},
+        "model": {
+            "path": str(args.model),
+            "method": encoder.info.method,
+            "bits": encoder.bits,
+            "checksum": encoder.checksum,
+        },
         "gallery": {"size": args.size, "build_s": build_s},
         "healthz_p50_ms": healthz_p50_ms,
-        "server": {"batch_window_ms": server.batch_window_ms, "max_batch": server.max_batch, "threads": server.threads,
-                   "spinning": server.spinning,
-                   "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset")},
+        "server": {
+            "batch_window_ms": server.batch_window_ms,
+            "max_batch": server.max_batch,
+            "threads": server.threads,
+            "spinning": server.spinning,
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset"),
+        },
         "queries": queries,
         "bare": bare,
         "results": rows,

@@ -39,10 +39,17 @@ def make_venv(venv: Path) -> float:
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     with tempfile.TemporaryDirectory() as copy:  # build from a copy: setuptools leaves build/ in the source tree
-        shutil.copytree(ROOT, copy, dirs_exist_ok=True,
-                        ignore=shutil.ignore_patterns(".venv", ".git", "runs", "build", "bench", "tests", "docs"))
-        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", f"{copy}[cpu]"],
-                       check=True, stdout=subprocess.DEVNULL)
+        shutil.copytree(
+            ROOT,
+            copy,
+            dirs_exist_ok=True,
+            ignore=shutil.ignore_patterns(".venv", ".git", "runs", "build", "bench", "tests", "docs"),
+        )
+        subprocess.run(
+            [str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", f"{copy}[cpu]"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
     return time.perf_counter() - start
 
 
@@ -55,8 +62,12 @@ def rss_mib(pid: int, field: str = "VmRSS") -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=ROOT / "runs" / "demo" / "model")
-    parser.add_argument("--galleries", type=Path, default=ROOT / "runs" / "demo",
-                        help="folder with gallery-images/ and gallery-texts/ (copied; the copies are served)")
+    parser.add_argument(
+        "--galleries",
+        type=Path,
+        default=ROOT / "runs" / "demo",
+        help="folder with gallery-images/ and gallery-texts/ (copied; the copies are served)",
+    )
     parser.add_argument("--venv", type=Path, help="serving venv to make or reuse (default: a temporary one)")
     parser.add_argument("--searches", type=int, default=1000)
     args = parser.parse_args()
@@ -76,9 +87,23 @@ def main() -> None:
     log = work / "server.log"
     start = time.perf_counter()
     with open(log, "wb") as out:
-        proc = subprocess.Popen([str(venv / "bin" / "cmhash"), "serve", "--model", str(args.model), "--image-gallery",
-                                 str(work / "gallery-images"), "--text-gallery", str(work / "gallery-texts"),
-                                 "--port", str(port)], stdout=out, stderr=subprocess.STDOUT, cwd=work)
+        proc = subprocess.Popen(
+            [
+                str(venv / "bin" / "cmhash"),
+                "serve",
+                "--model",
+                str(args.model),
+                "--image-gallery",
+                str(work / "gallery-images"),
+                "--text-gallery",
+                str(work / "gallery-texts"),
+                "--port",
+                str(port),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=work,
+        )
     base = f"http://127.0.0.1:{port}"
     try:
         while True:
@@ -111,9 +136,11 @@ def main() -> None:
     print(f"written to {write_result('serving_footprint', report)}")
     print("| serving venv | torch importable | start to ready | RSS idle | RSS after searches | peak RSS |")
     print("|---|---|---|---|---|---|")
-    print(f"| {report['venv_mib']:.0f} MiB | {report['torch_importable']} | {report['start_to_ready_s']} s | "
-          f"{report['rss_idle_mib']:.0f} MiB | {report['rss_after_searches_mib']:.0f} MiB ({args.searches}) | "
-          f"{report['rss_peak_mib']:.0f} MiB |")
+    print(
+        f"| {report['venv_mib']:.0f} MiB | {report['torch_importable']} | {report['start_to_ready_s']} s | "
+        f"{report['rss_idle_mib']:.0f} MiB | {report['rss_after_searches_mib']:.0f} MiB ({args.searches}) | "
+        f"{report['rss_peak_mib']:.0f} MiB |"
+    )
 
 
 if __name__ == "__main__":

@@ -66,8 +66,12 @@ METHOD_GRID: dict[str, list[dict]] = {
         {"alpha": 1.0, "beta": 0.05, "gamma": 1.0},
         {"alpha": 0.3, "beta": 0.05, "gamma": 0.1},
     ],
-    "dcmh": [{"gamma": 1.0, "eta": 1.0}, {"gamma": 0.1, "eta": 0.1}, {"gamma": 0.1, "eta": 0.01},
-             {"gamma": 0.01, "eta": 0.001}],
+    "dcmh": [
+        {"gamma": 1.0, "eta": 1.0},
+        {"gamma": 0.1, "eta": 0.1},
+        {"gamma": 0.1, "eta": 0.01},
+        {"gamma": 0.01, "eta": 0.001},
+    ],
     "djsrh": [{"mu": 1.5}, {"mu": 1.2}, {"mu": 1.8}, {"mu": 1.5, "eta": 0.1}],
 }
 # DJSRH's per-dataset paper values (sec. 4.3): Wiki beta 0.3, lambda 0.3; MIRFlickr beta 0.9, lambda 0.1.
@@ -103,8 +107,15 @@ def split_record(key: str, fold: int | None) -> dict:
 
 def tuning_config(key: str, bits: int, split: dict, threads: int, **extra) -> TrainConfig:
     """The config whose `prepare_run` gives the validation split of `split`'s training rows."""
-    fields: dict = {**DATASETS[key], "out": "/tmp/cmhash-tune", "bits": bits, "device": "cpu", "threads": threads,
-                    "validation_fraction": VALIDATION_FRACTION, **extra}
+    fields: dict = {
+        **DATASETS[key],
+        "out": "/tmp/cmhash-tune",
+        "bits": bits,
+        "device": "cpu",
+        "threads": threads,
+        "validation_fraction": VALIDATION_FRACTION,
+        **extra,
+    }
     if split["kind"] == "folds":
         fields.update(folds=split["folds"], fold=split["fold"], seed=split["seed"])
     elif split["kind"] == "seeded":  # a seeded random split (query_size / train_size), as older runs used
@@ -118,8 +129,13 @@ def tuning_rows(ds: CrossModalDataset, key: str, validation: dict) -> np.ndarray
     """Every row a settings entry's tuning looked at (its fit and validation rows), rebuilt
     from the entry's `_validation` record."""
     split = validation["split"]
-    cfg = tuning_config(key, validation.get("bits", 64), split, 1,
-                        **({"seed": validation.get("seed", 0)} if split["kind"] == "preset" else {}))
+    cfg = tuning_config(
+        key,
+        validation.get("bits", 64),
+        split,
+        1,
+        **({"seed": validation.get("seed", 0)} if split["kind"] == "preset" else {}),
+    )
     train = evaluation_split(ds, cfg).train
     fit, val = carve_validation(train, validation.get("validation_fraction", VALIDATION_FRACTION), cfg.seed)
     return np.union1d(fit, val)
@@ -130,8 +146,11 @@ def score(cfg: TrainConfig, run) -> tuple[float, dict]:
     model, _ = train_model(cfg, run, progress=False)
     inp = run.inputs
     m = evaluate_codes(split_codes(model, inp, run.eval_split.query, run.eval_split.retrieval))
-    return (m["i2t"]["map"] + m["t2i"]["map"]) / 2, {"i2t": m["i2t"]["map"], "t2i": m["t2i"]["map"],
-                                                      "chance": m["chance_map"]}
+    return (m["i2t"]["map"] + m["t2i"]["map"]) / 2, {
+        "i2t": m["i2t"]["map"],
+        "t2i": m["t2i"]["map"],
+        "chance": m["chance_map"],
+    }
 
 
 def _trial(label: str, method: str, cand: dict, base: TrainConfig, run) -> tuple[float, dict, dict]:
@@ -139,8 +158,11 @@ def _trial(label: str, method: str, cand: dict, base: TrainConfig, run) -> tuple
     start = time.perf_counter()
     cfg = TrainConfig(**{**base.model_dump(), **cand, "method": method})
     value, detail = score(cfg, run)
-    print(f"{label} {method} {json.dumps(cand)}: val MAP I->T {detail['i2t']:.4f} T->I {detail['t2i']:.4f} "
-          f"(chance {detail['chance']:.4f}; {time.perf_counter() - start:.0f} s)", flush=True)
+    print(
+        f"{label} {method} {json.dumps(cand)}: val MAP I->T {detail['i2t']:.4f} T->I {detail['t2i']:.4f} "
+        f"(chance {detail['chance']:.4f}; {time.perf_counter() - start:.0f} s)",
+        flush=True,
+    )
     return value, cand, detail
 
 
@@ -157,12 +179,21 @@ def tune_split(key: str, split: dict, methods: list[str], bits: int, threads: in
             trials += [_trial(label, method, {**best, **r}, base, run) for r in REFINE_GRID]
         assert len(trials) == BUDGET
         _, fields, detail = max(trials, key=lambda t: t[0])
-        out[method] = {**fields, "_validation": {
-            "map_i2t": detail["i2t"], "map_t2i": detail["t2i"], "chance_map": detail["chance"],
-            "candidates": len(trials), "bits": bits, "seed": base.seed,
-            "validation_fraction": VALIDATION_FRACTION, "split": split,
-            "n_fit": len(run.eval_split.train), "n_validation": len(run.eval_split.query),
-        }}
+        out[method] = {
+            **fields,
+            "_validation": {
+                "map_i2t": detail["i2t"],
+                "map_t2i": detail["t2i"],
+                "chance_map": detail["chance"],
+                "candidates": len(trials),
+                "bits": bits,
+                "seed": base.seed,
+                "validation_fraction": VALIDATION_FRACTION,
+                "split": split,
+                "n_fit": len(run.eval_split.train),
+                "n_validation": len(run.eval_split.query),
+            },
+        }
         print(f"==> {label} {method}: {json.dumps(fields)}", flush=True)
     return out
 

@@ -47,8 +47,9 @@ class MilvusTarget:
     nprobe: int = 16  # BIN_IVF_FLAT: clusters probed per search, kept in the gallery's store.json
 
 
-def _open_or_create(out: Path, kind: Modality, encoder: Any, milvus: MilvusTarget | None,
-                    index: IndexType | None = None) -> Gallery:
+def _open_or_create(
+    out: Path, kind: Modality, encoder: Any, milvus: MilvusTarget | None, index: IndexType | None = None
+) -> Gallery:
     """The gallery at `out` (checked against the encoder's model and the kind), or a new one
     (FAISS, or Milvus when `milvus` is given) in an empty or new folder. A FAISS store runs on
     the CPU here: indexing only adds, and one-off searches need no GPU mirror."""
@@ -61,11 +62,24 @@ def _open_or_create(out: Path, kind: Modality, encoder: Any, milvus: MilvusTarge
         from index.milvus_store import MilvusCodeStore
 
         assert milvus is not None
-        return MilvusCodeStore(encoder.bits, milvus.uri, milvus.collection, token=milvus.token,
-                               index_type=milvus.index_type, nlist=milvus.nlist, nprobe=milvus.nprobe)
+        return MilvusCodeStore(
+            encoder.bits,
+            milvus.uri,
+            milvus.collection,
+            token=milvus.token,
+            index_type=milvus.index_type,
+            nlist=milvus.nlist,
+            nprobe=milvus.nprobe,
+        )
 
-    return open_or_create(out, kind, encoder, token=milvus.token if milvus else None,
-                          new_store=milvus_store if milvus else None, index=index)
+    return open_or_create(
+        out,
+        kind,
+        encoder,
+        token=milvus.token if milvus else None,
+        new_store=milvus_store if milvus else None,
+        index=index,
+    )
 
 
 def build_gallery(
@@ -102,14 +116,15 @@ def build_gallery(
         raise UserError("give exactly one of --images (folder or manifest) or --texts (file)")
     kind: Modality = "image" if images is not None else "text"
     listing: Listing = image_listing(images) if images is not None else text_listing(texts)  # type: ignore[arg-type]
-    if index == "mih" and (milvus is not None or ((Path(out) / GALLERY_FILE).is_file()
-                                                  and read_info(Path(out)).backend == "milvus")):
+    if index == "mih" and (
+        milvus is not None or ((Path(out) / GALLERY_FILE).is_file() and read_info(Path(out)).backend == "milvus")
+    ):
         raise UserError("--index mih is a FAISS gallery index; Milvus galleries search on the server")
     encoder = _load_encoder(model_dir, device, threads)
     out = Path(out)
     target = out
     if rebuild:
-        if milvus is not None or (out / GALLERY_FILE).is_file() and read_info(out).backend == "milvus":
+        if milvus is not None or ((out / GALLERY_FILE).is_file() and read_info(out).backend == "milvus"):
             raise UserError("--rebuild works on FAISS galleries; for Milvus, drop the collection and index again")
         if out.exists() and not _is_gallery_dir(out):
             raise UserError(f"{out} exists and is not a gallery: refusing to replace it")
@@ -126,8 +141,15 @@ def build_gallery(
             removed += gallery.store.remove([i for i in gallery.store.ids() if i not in listed])
         dropped = set(remove or [])
         items = [item for item in listing.items if item.id not in dropped]
-        report = index_items(gallery, items, encoder, batch_size=batch_size, workers=workers,
-                             save_every_s=save_every_s, progress=progress)
+        report = index_items(
+            gallery,
+            items,
+            encoder,
+            batch_size=batch_size,
+            workers=workers,
+            save_every_s=save_every_s,
+            progress=progress,
+        )
         report.removed = removed
         report.skipped = listing.rejected + report.skipped
         if rebuild:
@@ -168,13 +190,23 @@ def search_gallery(
     flt = check_filter(filter)
     encoder = _load_encoder(model_dir, device, threads)
     if text is not None and not encoder.reads_words(text):
-        raise UserError(f"no word of {text!r} is known to the model (its vocabulary is the words of its training texts)")
+        raise UserError(
+            f"no word of {text!r} is known to the model (its vocabulary is the words of its training texts)"
+        )
     gallery = Gallery.open(gallery_dir, model_checksum=encoder.checksum, bits=encoder.bits, token=milvus_token)
     if text is not None:
         h = encoder.text_representations([text])
     else:
         h = encoder.image_representations(encoder.preprocess_image(Path(image))[None])  # type: ignore[arg-type]
     code = encoder.pack(h)
-    page = search_pages(gallery.store, code, [(0, k)], radius, explain_empty=True, filter=flt,
-                        query_h=h if rerank is not None else None, rerank=rerank)[0]
+    page = search_pages(
+        gallery.store,
+        code,
+        [(0, k)],
+        radius,
+        explain_empty=True,
+        filter=flt,
+        query_h=h if rerank is not None else None,
+        rerank=rerank,
+    )[0]
     return replace(page, unknown_words=encoder.unknown_words(text)) if text is not None else page

@@ -46,7 +46,7 @@ from model.runtime.choices import Device
 from model.runtime.codes import check_packed
 from model.runtime.installs import check_exclusive_installs
 
-__all__ = ["FaissCodeStore", "padded_bits_for", "gpu_available", "GPU_MAX_K"]
+__all__ = ["GPU_MAX_K", "FaissCodeStore", "gpu_available", "padded_bits_for"]
 
 _FAST_WIDTHS = (32, 64, 128, 256, 512)
 log = logging.getLogger("cmhash.index")
@@ -56,7 +56,6 @@ INDEX_FILE = "index.faissbin"
 DB_FILE = "metadata.sqlite"
 _FORMAT_VERSION = 2
 _SCHEMA = "CREATE TABLE items (iid INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, metadata TEXT NOT NULL)"
-
 
 
 def padded_bits_for(bits: int) -> int:
@@ -170,8 +169,14 @@ class FaissCodeStore:
 
     backend = "faiss"
 
-    def __init__(self, bits: int, device: Device = "cpu", *, index: IndexType = "flat",
-                 _gpu_factory: Callable[[int], Any] | None = None) -> None:
+    def __init__(
+        self,
+        bits: int,
+        device: Device = "cpu",
+        *,
+        index: IndexType = "flat",
+        _gpu_factory: Callable[[int], Any] | None = None,
+    ) -> None:
         """An empty store of `bits`-bit codes; `device` "cuda" (or "auto" with a GPU) adds the
         GPU k-NN mirror; `index` "mih" adds multi-index hashing (index/mih.py). `_gpu_factory`
         replaces GpuIndexBinaryFlat (tests emulate it on CPU)."""
@@ -201,8 +206,10 @@ class FaissCodeStore:
         self.fallback: Fallback | None = None  # set by load(fallback=True) when it skipped CURRENT's snapshot
         if _gpu_factory is None and (device == "cuda" or (device == "auto" and gpu_available())):
             if not gpu_available():
-                raise RuntimeError("device 'cuda' was asked for but FAISS has no GPU support or sees no GPU "
-                                   "(install faiss-gpu on a machine with an NVIDIA GPU)")
+                raise RuntimeError(
+                    "device 'cuda' was asked for but FAISS has no GPU support or sees no GPU "
+                    "(install faiss-gpu on a machine with an NVIDIA GPU)"
+                )
             _gpu_factory = _new_gpu_index
         if _gpu_factory is not None and device != "cpu":
             self._gpu = _GpuMirror(self.padded_bits, _gpu_factory)
@@ -250,7 +257,9 @@ class FaissCodeStore:
         return out
 
     # --------------------------------------------------------------- mutations
-    def add(self, ids: Sequence[str], codes: np.ndarray, metadata: Sequence[dict[str, Any] | None] | None = None) -> None:
+    def add(
+        self, ids: Sequence[str], codes: np.ndarray, metadata: Sequence[dict[str, Any] | None] | None = None
+    ) -> None:
         """Add items. Any duplicate id (within the call or already stored) raises
         `DuplicateIdError` (a ValueError) and nothing is added."""
         ids = list(ids)
@@ -268,9 +277,12 @@ class FaissCodeStore:
             return
         padded = self._pad(arr)
         with self._lock:
-            present = [r[0] for r in self._db.execute(
-                "SELECT id FROM items WHERE id IN (SELECT value FROM json_each(?)) ORDER BY iid",
-                (json.dumps(ids),))]
+            present = [
+                r[0]
+                for r in self._db.execute(
+                    "SELECT id FROM items WHERE id IN (SELECT value FROM json_each(?)) ORDER BY iid", (json.dumps(ids),)
+                )
+            ]
             if present:
                 raise DuplicateIdError(f"ids already present: {present[:10]}")
             internal = np.arange(self._next_id, self._next_id + len(ids), dtype=np.int64)
@@ -292,8 +304,12 @@ class FaissCodeStore:
         """Remove items by id; unknown ids are ignored. Returns the number removed."""
         with self._lock:
             wanted = json.dumps(sorted({str(i) for i in ids}))
-            internal = [r[0] for r in self._db.execute(
-                "SELECT iid FROM items WHERE id IN (SELECT value FROM json_each(?))", (wanted,))]
+            internal = [
+                r[0]
+                for r in self._db.execute(
+                    "SELECT iid FROM items WHERE id IN (SELECT value FROM json_each(?))", (wanted,)
+                )
+            ]
             if not internal:
                 return 0
             removed = int(self._index.remove_ids(faiss.IDSelectorBatch(np.asarray(internal, dtype=np.int64))))
@@ -346,7 +362,8 @@ class FaissCodeStore:
             clauses.append(
                 "EXISTS (SELECT 1 FROM json_each(items.metadata) top WHERE top.key = ? AND ("
                 f"(top.type {kind} AND top.value = ?) OR (top.type = 'array' AND EXISTS ("
-                f"SELECT 1 FROM json_each(top.value) e WHERE e.type {kind} AND e.value = ?))))")
+                f"SELECT 1 FROM json_each(top.value) e WHERE e.type {kind} AND e.value = ?))))"
+            )
             params += [key, value, value]
         where = " AND ".join(clauses) or "1"
         with self._lock:
@@ -515,8 +532,9 @@ class FaissCodeStore:
             self.snapshot = write_snapshot(Path(path), write).name
 
     @classmethod
-    def load(cls, path: Path | str, device: Device = "cpu", *, fallback: bool = False,
-             index: IndexType = "flat") -> FaissCodeStore:
+    def load(
+        cls, path: Path | str, device: Device = "cpu", *, fallback: bool = False, index: IndexType = "flat"
+    ) -> FaissCodeStore:
         """Open the current snapshot of directory ``path`` (checksums verified). With
         `fallback`, a damaged current snapshot (or a bad CURRENT) makes it load the newest
         valid snapshot before it instead, and ``store.fallback`` says what was skipped (the
@@ -533,13 +551,16 @@ class FaissCodeStore:
         return store
 
     @classmethod
-    def _load_snapshot(cls, snap: Path, state: dict[str, Any], device: Device,
-                       index_type: IndexType = "flat") -> FaissCodeStore:
+    def _load_snapshot(
+        cls, snap: Path, state: dict[str, Any], device: Device, index_type: IndexType = "flat"
+    ) -> FaissCodeStore:
         """The store in verified snapshot directory `snap` with store.json `state`."""
         path = snap.name
         if state.get("backend") != cls.backend or state.get("format_version") != _FORMAT_VERSION:
-            raise ValueError(f"{path}: not a FAISS code store of format {_FORMAT_VERSION} "
-                             f"(backend {state.get('backend')!r}, format {state.get('format_version')!r})")
+            raise ValueError(
+                f"{path}: not a FAISS code store of format {_FORMAT_VERSION} "
+                f"(backend {state.get('backend')!r}, format {state.get('format_version')!r})"
+            )
         store = cls(int(state["bits"]), device, index=index_type)
         index = faiss.read_index_binary(str(snap / INDEX_FILE))
         if not isinstance(index, faiss.IndexBinaryIDMap2):

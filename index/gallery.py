@@ -25,7 +25,7 @@ import json
 import logging
 import shutil
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -74,7 +74,7 @@ class GalleryInfo(BaseModel):
     index: IndexType = "flat"  # FAISS search index: flat scan, or multi-index hashing (index/mih.py)
     model_checksum: str  # checksum of the exported model whose encoder made the codes
     model_method: str | None = None  # hashing method of that model, for messages
-    created: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))  # UTC
+    created: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))  # UTC
 
 
 class Gallery:
@@ -107,8 +107,16 @@ class Gallery:
         return gallery
 
     @classmethod
-    def open(cls, path: Path, *, model_checksum: str | None = None, bits: int | None = None,
-             kind: Modality | None = None, device: Device = "cpu", token: str | None = None) -> Gallery:
+    def open(
+        cls,
+        path: Path,
+        *,
+        model_checksum: str | None = None,
+        bits: int | None = None,
+        kind: Modality | None = None,
+        device: Device = "cpu",
+        token: str | None = None,
+    ) -> Gallery:
         """Load the gallery at `path`; with `model_checksum` / `bits` / `kind` given, refuse a
         gallery built otherwise (GalleryMismatchError naming both sides and the fix).
         `device` places a FAISS store's k-NN; `token` authenticates to a Milvus server."""
@@ -179,20 +187,30 @@ def _recover(path: Path, store: FaissCodeStore, fallback: Fallback, kind: str) -
             state = json.loads((snap / STATE_FILE).read_text(encoding="utf-8"))
             folded = state["folded"]
             data = (snap / folded["file"]).read_bytes()
-            ok = (folded["base"] == state.get("previous") and folded["file"] in state["files"]
-                  and sha256_file(snap / folded["file"]) == state["files"][folded["file"]])
+            ok = (
+                folded["base"] == state.get("previous")
+                and folded["file"] in state["files"]
+                and sha256_file(snap / folded["file"]) == state["files"][folded["file"]]
+            )
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             ok = False
         if not ok:
-            log.error("%s gallery: %s; but the changes saved in %s cannot be recovered: refusing the gallery",
-                      kind, fallback.reason, name)
-            raise CorruptGalleryError(f"{kind} gallery: {fallback.reason}; the changes saved in {name} cannot be "
-                                      "recovered (restore the gallery from a backup or rebuild it)")
+            log.error(
+                "%s gallery: %s; but the changes saved in %s cannot be recovered: refusing the gallery",
+                kind,
+                fallback.reason,
+                name,
+            )
+            raise CorruptGalleryError(
+                f"{kind} gallery: {fallback.reason}; the changes saved in {name} cannot be "
+                "recovered (restore the gallery from a backup or rebuild it)"
+            )
         chain.append((name, data))
         name = folded["base"]
     if name != fallback.used:
-        raise CorruptGalleryError(f"{kind} gallery: {fallback.reason}; no chain of snapshots leads back to "
-                                  f"{fallback.used}")
+        raise CorruptGalleryError(
+            f"{kind} gallery: {fallback.reason}; no chain of snapshots leads back to {fallback.used}"
+        )
     for _, data in reversed(chain):
         for record in _records(data):
             if record["op"] == "add":
@@ -201,8 +219,12 @@ def _recover(path: Path, store: FaissCodeStore, fallback: Fallback, kind: str) -
                 store.add([record["id"]], code, [record["metadata"]])
             else:
                 store.remove([record["id"]])
-    log.error("%s gallery: %s; replayed the journals folded into %s: no data lost", kind, fallback.reason,
-              ", ".join(n for n, _ in reversed(chain)))
+    log.error(
+        "%s gallery: %s; replayed the journals folded into %s: no data lost",
+        kind,
+        fallback.reason,
+        ", ".join(n for n, _ in reversed(chain)),
+    )
 
 
 class ModelIdentity(Protocol):
@@ -215,24 +237,40 @@ class ModelIdentity(Protocol):
     def info(self) -> Any: ...  # has `.method`
 
 
-def open_or_create(path: Path, kind: Modality, model: ModelIdentity, *, device: Device = "cpu",
-                   token: str | None = None, new_store: Callable[[], CodeStore] | None = None,
-                   index: IndexType | None = None) -> Gallery:
+def open_or_create(
+    path: Path,
+    kind: Modality,
+    model: ModelIdentity,
+    *,
+    device: Device = "cpu",
+    token: str | None = None,
+    new_store: Callable[[], CodeStore] | None = None,
+    index: IndexType | None = None,
+) -> Gallery:
     """The gallery at `path`, refused unless it holds `kind` codes of `model` (and, when `index`
     is given, uses that search index); or, when there is none yet, a new empty one bound to
     `model` (FAISS on `device` with search index `index`, flat by default, or the store
     `new_store` makes)."""
     path = Path(path)
     if (path / GALLERY_FILE).is_file():
-        gallery = Gallery.open(path, model_checksum=model.checksum, bits=model.bits, kind=kind, device=device,
-                               token=token)
+        gallery = Gallery.open(
+            path, model_checksum=model.checksum, bits=model.bits, kind=kind, device=device, token=token
+        )
         if index is not None and gallery.info.index != index:
-            raise GalleryMismatchError(f"{path} uses the {gallery.info.index} index, chosen when it was created; "
-                                       f"to switch to {index}, rebuild it with `cmhash index --rebuild --index {index}`")
+            raise GalleryMismatchError(
+                f"{path} uses the {gallery.info.index} index, chosen when it was created; "
+                f"to switch to {index}, rebuild it with `cmhash index --rebuild --index {index}`"
+            )
         return gallery
     store = new_store() if new_store is not None else None
-    info = GalleryInfo(kind=kind, bits=model.bits, backend=store.backend if store is not None else "faiss",
-                       model_checksum=model.checksum, model_method=model.info.method, index=index or "flat")
+    info = GalleryInfo(
+        kind=kind,
+        bits=model.bits,
+        backend=store.backend if store is not None else "faiss",
+        model_checksum=model.checksum,
+        model_method=model.info.method,
+        index=index or "flat",
+    )
     return Gallery.create(path, info, store, device=device)
 
 
@@ -244,8 +282,14 @@ def read_info(path: Path) -> GalleryInfo:
     return GalleryInfo.model_validate(json.loads(file.read_text(encoding="utf-8")))
 
 
-def check_compatible(path: Path, info: GalleryInfo, *, model_checksum: str | None = None,
-                     bits: int | None = None, kind: Modality | None = None) -> None:
+def check_compatible(
+    path: Path,
+    info: GalleryInfo,
+    *,
+    model_checksum: str | None = None,
+    bits: int | None = None,
+    kind: Modality | None = None,
+) -> None:
     """Raise GalleryMismatchError when the gallery was not built for this model and kind."""
     if kind is not None and info.kind != kind:
         raise GalleryMismatchError(f"{path} is a {info.kind} gallery, not a {kind} gallery")

@@ -211,13 +211,21 @@ class JournaledGallery:
             os.fsync(self._fd)
         except OSError as exc:
             if self._broken is None:
-                log.error("journal %s could not be cut back to %d bytes after a failed write (%s): "
-                          "the gallery refuses writes until it can be", self.path / JOURNAL_FILE, self._size, exc)
+                log.error(
+                    "journal %s could not be cut back to %d bytes after a failed write (%s): "
+                    "the gallery refuses writes until it can be",
+                    self.path / JOURNAL_FILE,
+                    self._size,
+                    exc,
+                )
             self._broken = exc
             return
         if self._broken is not None:
-            log.warning("journal %s cut back to %d bytes: the gallery accepts writes again",
-                        self.path / JOURNAL_FILE, self._size)
+            log.warning(
+                "journal %s cut back to %d bytes: the gallery accepts writes again",
+                self.path / JOURNAL_FILE,
+                self._size,
+            )
         self._broken = None
 
     def _append(self, records: list[dict[str, Any]]) -> None:
@@ -226,20 +234,24 @@ class JournaledGallery:
         if self._broken is not None:
             self._restore()
             if self._broken is not None:
-                raise JournalUnavailable(errno.EIO, "the gallery journal could not be repaired after a failed "
-                                                    "write; the gallery is read-only") from self._broken
+                raise JournalUnavailable(
+                    errno.EIO,
+                    "the gallery journal could not be repaired after a failed write; the gallery is read-only",
+                ) from self._broken
         data = b"".join(json.dumps(r, ensure_ascii=False).encode("utf-8") + b"\n" for r in records)
         try:
             view = memoryview(data)
             while view:
-                view = view[os.write(self._fd, view):]
+                view = view[os.write(self._fd, view) :]
             os.fsync(self._fd)
         except BaseException:
             self._restore()  # a refused change must not become durable, nor precede the next record
             raise
         self._size += len(data)
 
-    def add(self, ids: Sequence[str], codes: np.ndarray, metadata: Sequence[dict[str, Any] | None] | None = None) -> None:
+    def add(
+        self, ids: Sequence[str], codes: np.ndarray, metadata: Sequence[dict[str, Any] | None] | None = None
+    ) -> None:
         """Add items (all or none; a duplicate id raises `DuplicateIdError`, a failed write the
         OSError, and nothing is kept); durable on return."""
         ids = list(ids)
@@ -249,9 +261,17 @@ class JournaledGallery:
             stored = [self.gallery.store.get(i) for i in ids]
             records = []
             for item in stored:
+                assert item is not None  # just added under the lock
                 self._seq += 1
-                records.append({"seq": self._seq, "op": "add", "id": item["id"],  # type: ignore[index]
-                                "code": bytes(item["code"]).hex(), "metadata": item["metadata"]})  # type: ignore[index]
+                records.append(
+                    {
+                        "seq": self._seq,
+                        "op": "add",
+                        "id": item["id"],
+                        "code": bytes(item["code"]).hex(),
+                        "metadata": item["metadata"],
+                    }
+                )
             try:
                 self._append(records)
             except BaseException:
@@ -297,8 +317,14 @@ class JournaledGallery:
                 self._unreported += 1
             retry_in = min(self.compact_every, 2 ** min(self._failed_compactions, 16))
             self._compact_at = self._pending + retry_in
-            log.error("compaction of the gallery at %s failed (%s: %s); its %d changes stay journaled, "
-                      "retried after %d more", self.path, type(exc).__name__, exc, self._pending, retry_in)
+            log.error(
+                "compaction of the gallery at %s failed (%s: %s); its %d changes stay journaled, retried after %d more",
+                self.path,
+                type(exc).__name__,
+                exc,
+                self._pending,
+                retry_in,
+            )
 
     def compact(self) -> None:
         """Save the gallery and empty the journal."""
@@ -338,8 +364,12 @@ class JournaledGallery:
                 try:
                     self._compact()
                 except Exception as exc:
-                    log.error("compaction of the gallery at %s on close failed (%s: %s); its changes stay "
-                              "journaled", self.path, type(exc).__name__, exc)
+                    log.error(
+                        "compaction of the gallery at %s on close failed (%s: %s); its changes stay journaled",
+                        self.path,
+                        type(exc).__name__,
+                        exc,
+                    )
             os.close(self._fd)
             self._fd = None
             self._writer.release()

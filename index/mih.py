@@ -46,7 +46,7 @@ from typing import Literal
 
 import numpy as np
 
-__all__ = ["MultiIndexHash", "plan_tables", "Mode", "IndexType", "INDEX_TYPES"]
+__all__ = ["INDEX_TYPES", "IndexType", "Mode", "MultiIndexHash", "plan_tables"]
 
 IndexType = Literal["flat", "mih"]  # a gallery's search index: flat scan, or multi-index hashing (this module)
 INDEX_TYPES: tuple[str, ...] = ("flat", "mih")
@@ -258,9 +258,14 @@ class MultiIndexHash:
         """Bring the tables up to date (done by every search; call it to pay the build up front)."""
         live = len(self)
         t = self._tables
-        if (t is None or self._dead > max(DEAD_MIN, DEAD_FRACTION * self._n)
-                or (not t.n_planned / REPLAN_FACTOR <= max(live, 1) <= t.n_planned * REPLAN_FACTOR
-                    and plan_tables(self.bits, live) != t.lengths)):
+        if (
+            t is None
+            or self._dead > max(DEAD_MIN, DEAD_FRACTION * self._n)
+            or (
+                not t.n_planned / REPLAN_FACTOR <= max(live, 1) <= t.n_planned * REPLAN_FACTOR
+                and plan_tables(self.bits, live) != t.lengths
+            )
+        ):
             self._build()
         elif self._n - t.built > max(TAIL_MIN, TAIL_FRACTION * self._n):
             self._merge_tail()
@@ -334,7 +339,7 @@ class MultiIndexHash:
         """Progressive probing (module doc) up to step `radius`, or for k-NN until `kk` codes
         are within the step; None when it would cost more than BUDGET of a flat scan."""
         budget = math.inf if self.mode == "always" else BUDGET * self.flat_cost_ns(live)
-        if 2 * STEP_NS > budget:  # a small gallery: not worth building tables for
+        if budget < 2 * STEP_NS:  # a small gallery: not worth building tables for
             return None
         self.prepare()
         tables = self._tables

@@ -530,7 +530,7 @@ class MilvusCodeStore:
             _write_json_atomic(path / STORE_FILE, state)
 
     @classmethod
-    def load(cls, path: Path | str, *, token: str | None = None) -> "MilvusCodeStore":
+    def load(cls, path: Path | str, *, token: str | None = None) -> MilvusCodeStore:
         """Reconnect to the collection a sidecar written by :meth:`save` names.
 
         The collection must exist and hold codes of the saved width (else ValueError)."""

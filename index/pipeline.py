@@ -64,8 +64,12 @@ class IndexReport:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "listed": self.listed, "added": self.added, "already_present": self.already_present,
-            "removed": self.removed, "seconds": self.seconds, "items_per_second": self.items_per_second,
+            "listed": self.listed,
+            "added": self.added,
+            "already_present": self.already_present,
+            "removed": self.removed,
+            "seconds": self.seconds,
+            "items_per_second": self.items_per_second,
             "gallery_size": self.gallery_size,
             "skipped": [{"entry": e, "reason": r} for e, r in self.skipped],
         }
@@ -79,8 +83,9 @@ def _skip_reason(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _prepared(items: list[Item], prepare: Callable[[Any], Any], workers: int, window: int
-              ) -> Iterator[tuple[Item, Any, Exception | None]]:
+def _prepared(
+    items: list[Item], prepare: Callable[[Any], Any], workers: int, window: int
+) -> Iterator[tuple[Item, Any, Exception | None]]:
     """(item, prepared input or None, error or None) in input order; `workers` threads run
     `prepare` ahead of the consumer, at most `window` items in flight."""
     if workers == 0:

@@ -51,8 +51,10 @@ def check_filter(filter: Mapping[str, Any] | None) -> dict[str, FilterValue]:
             raise UserError(f"filter value of {key!r} must be a finite number")
         if not isinstance(value, str | int | float | bool):
             what = "null" if value is None else type(value).__name__
-            raise UserError(f"filter value of {key!r} must be a string, number or boolean, not {what} "
-                            "(nested values are not supported)")
+            raise UserError(
+                f"filter value of {key!r} must be a string, number or boolean, not {what} "
+                "(nested values are not supported)"
+            )
         out[key] = value
     return out
 
@@ -89,8 +91,9 @@ def hamming(query: np.ndarray, codes: np.ndarray) -> np.ndarray:
     return dist
 
 
-def rank_candidates(codes: np.ndarray, candidates: Candidates, limits: Sequence[int],
-                    radius: int | None) -> list[tuple[list[str], np.ndarray]]:
+def rank_candidates(
+    codes: np.ndarray, candidates: Candidates, limits: Sequence[int], radius: int | None
+) -> list[tuple[list[str], np.ndarray]]:
     """Per query code: the candidates by (distance, insertion order), the first `limits[row]`
     (k-NN) or every one within `radius` (inclusive) -- the exact ranking over the candidates."""
     ids, order, cand = candidates
@@ -114,12 +117,16 @@ class Hit(BaseModel):
     rank: int = Field(description="1-based position in the whole ranking (offset + position in the page)")
     id: str = Field(description="gallery item id")
     distance: int = Field(description="Hamming distance between the query code and the item's code")
-    score: float | None = Field(None, description="re-ranked searches only: h . b / bits, the query's continuous "
-                                                  "representation h against the item's code b in {-1,+1} (higher "
-                                                  "is nearer); null for a plain Hamming search and for items "
-                                                  "past the re-ranked top R")
-    metadata: dict[str, Any] = Field(default_factory=dict,
-                                     description="what was stored with the item (path, text, labels...)")
+    score: float | None = Field(
+        None,
+        description="re-ranked searches only: h . b / bits, the query's continuous "
+        "representation h against the item's code b in {-1,+1} (higher "
+        "is nearer); null for a plain Hamming search and for items "
+        "past the re-ranked top R",
+    )
+    metadata: dict[str, Any] = Field(
+        default_factory=dict, description="what was stored with the item (path, text, labels...)"
+    )
 
 
 @dataclass(frozen=True)
@@ -161,8 +168,9 @@ def search_pages(
     if not len(codes):
         return []
     if rerank is not None:
-        return _reranked_pages(gallery, codes, windows, radius, explain_empty, flt, check_rerank(rerank),
-                               _check_h(query_h, codes))
+        return _reranked_pages(
+            gallery, codes, windows, radius, explain_empty, flt, check_rerank(rerank), _check_h(query_h, codes)
+        )
     found: list[tuple[np.ndarray | list[str], np.ndarray]]
     candidates: Candidates | None = None
     if flt:
@@ -179,8 +187,14 @@ def search_pages(
         hits = []
         for position, (item_id, dist) in enumerate(zip(page_ids, all_dists[offset : offset + k], strict=True)):
             item = gallery.get(item_id)
-            hits.append(Hit(rank=offset + position + 1, id=item_id, distance=int(dist),
-                            metadata=item["metadata"] if item else {}))
+            hits.append(
+                Hit(
+                    rank=offset + position + 1,
+                    id=item_id,
+                    distance=int(dist),
+                    metadata=item["metadata"] if item else {},
+                )
+            )
         explain = radius is not None and not len(all_ids) and explain_empty
         pages.append(Page(hits, len(all_ids), _nearest(gallery, codes[row], candidates) if explain else None))
     return pages
@@ -200,8 +214,10 @@ def filter_candidates(gallery: Any, filter: Filter) -> Candidates:
     `candidates`; FilterUnsupported when the store (or the journaled gallery's) has none."""
     candidates = getattr(gallery, "candidates", None)
     if candidates is None:
-        raise FilterUnsupported(f"filtered search is not supported by this gallery's store "
-                                f"({getattr(gallery, 'backend', type(gallery).__name__)})")
+        raise FilterUnsupported(
+            f"filtered search is not supported by this gallery's store "
+            f"({getattr(gallery, 'backend', type(gallery).__name__)})"
+        )
     found: Candidates = candidates(filter)
     return found
 
@@ -224,7 +240,7 @@ def check_rerank(rerank: Any) -> int | Literal["all"]:
     if rerank == "all":
         return "all"
     if isinstance(rerank, bool) or not isinstance(rerank, int | np.integer) or rerank < 1:
-        raise UserError(f"rerank must be a positive number of candidates or \"all\", got {rerank!r}")
+        raise UserError(f'rerank must be a positive number of candidates or "all", got {rerank!r}')
     return int(rerank)
 
 
@@ -274,9 +290,16 @@ def _all_candidates(gallery: Any) -> Candidates:
     return ids, np.arange(len(ids), dtype=np.int64), codes
 
 
-def _reranked_pages(gallery: Any, codes: np.ndarray, windows: Sequence[tuple[int, int]], radius: int | None,
-                    explain_empty: bool, flt: dict[str, FilterValue], rerank: int | Literal["all"],
-                    h: np.ndarray) -> list[Page]:
+def _reranked_pages(
+    gallery: Any,
+    codes: np.ndarray,
+    windows: Sequence[tuple[int, int]],
+    radius: int | None,
+    explain_empty: bool,
+    flt: dict[str, FilterValue],
+    rerank: int | Literal["all"],
+    h: np.ndarray,
+) -> list[Page]:
     """`search_pages` with re-ranking (see there)."""
     bits = codes.shape[1] * 8
     candidates: Candidates | None = None
@@ -318,8 +341,11 @@ def _reranked_pages(gallery: Any, codes: np.ndarray, windows: Sequence[tuple[int
                 hit_ids, hit_d = gallery.range_search(codes[row : row + 1], radius)[0]
                 hit_ids, hit_d = list(hit_ids), np.asarray(hit_d, dtype=np.int64)
             n_head = min(rerank, len(hit_ids))
-            head_codes = np.stack([np.asarray(gallery.get(i)["code"], dtype=np.uint8) for i in hit_ids[:n_head]]) \
-                if n_head else np.zeros((0, codes.shape[1]), dtype=np.uint8)
+            head_codes = (
+                np.stack([np.asarray(gallery.get(i)["code"], dtype=np.uint8) for i in hit_ids[:n_head]])
+                if n_head
+                else np.zeros((0, codes.shape[1]), dtype=np.uint8)
+            )
             score = asymmetric_scores(h[row], head_codes)
             resort = np.argsort(-score, kind="stable")
             all_ids = [hit_ids[int(i)] for i in resort] + hit_ids[n_head:]
@@ -331,8 +357,15 @@ def _reranked_pages(gallery: Any, codes: np.ndarray, windows: Sequence[tuple[int
         for position in range(offset, min(offset + k, len(all_ids))):
             item = gallery.get(all_ids[position])
             s = scores[position]
-            hits.append(Hit(rank=position + 1, id=all_ids[position], distance=int(all_dists[position]),
-                            score=None if s is None else s / bits, metadata=item["metadata"] if item else {}))
+            hits.append(
+                Hit(
+                    rank=position + 1,
+                    id=all_ids[position],
+                    distance=int(all_dists[position]),
+                    score=None if s is None else s / bits,
+                    metadata=item["metadata"] if item else {},
+                )
+            )
         explain = radius is not None and not len(all_ids) and explain_empty
         pages.append(Page(hits, len(all_ids), _nearest(gallery, codes[row], candidates) if explain else None))
     return pages

@@ -254,8 +254,11 @@ def open_snapshot(path: Path, load: Callable[[Path, dict[str, Any]], T]) -> tupl
             return result, snap, None
         if tried:
             reason = prefix + "; ".join(errors) + f"; fell back to {snap.name}"
-        return result, snap, Fallback(wanted=name, used=snap.name, reason=reason, kind=kind,
-                                      skipped=list(reversed(tried)))
+        return (
+            result,
+            snap,
+            Fallback(wanted=name, used=snap.name, reason=reason, kind=kind, skipped=list(reversed(tried))),
+        )
     raise CorruptSnapshotError(f"no valid snapshot: {'; '.join(errors) or 'none found'}")
 
 

@@ -43,8 +43,9 @@ def _dedupe(items: list[Item], rejected: list[tuple[str, str]]) -> Listing:
     unique = []
     for item in items:
         if item.id in seen:
-            rejected.append((str(item.source) if isinstance(item.source, Path) else item.id,
-                             f"duplicate id {item.id!r}"))
+            rejected.append(
+                (str(item.source) if isinstance(item.source, Path) else item.id, f"duplicate id {item.id!r}")
+            )
             continue
         seen.add(item.id)
         unique.append(item)
@@ -57,10 +58,12 @@ def image_listing(source: Path) -> Listing:
     (paths relative to the manifest; other fields become metadata)."""
     source = Path(source)
     if source.is_dir():
-        files = sorted(p for p in source.rglob("*")
-                       if p.is_file() and not any(part.startswith(".") for part in p.relative_to(source).parts))
-        items = [Item(p.relative_to(source).with_suffix("").as_posix(), p,
-                      {"path": str(p.resolve())}) for p in files]
+        files = sorted(
+            p
+            for p in source.rglob("*")
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(source).parts)
+        )
+        items = [Item(p.relative_to(source).with_suffix("").as_posix(), p, {"path": str(p.resolve())}) for p in files]
         return _dedupe(items, [])
     if not source.is_file():
         raise DataError(f"{source}: no such folder or manifest")

@@ -25,7 +25,9 @@ class CodeStore(Protocol):
     bits: int  # code length L; every code is L/8 bytes
     backend: str  # "faiss" or "milvus": recorded in a gallery's gallery.json
 
-    def add(self, ids: Sequence[str], codes: np.ndarray, metadata: Sequence[dict[str, Any] | None] | None = None) -> None:
+    def add(
+        self, ids: Sequence[str], codes: np.ndarray, metadata: Sequence[dict[str, Any] | None] | None = None
+    ) -> None:
         """Add items; a duplicate id (in the call or already stored) raises ValueError and adds nothing."""
 
     def remove(self, ids: Iterable[str]) -> int:

@@ -40,8 +40,11 @@ log = logging.getLogger("cmhash.service")
 # The search page loads only its own script, style sheet and images (a dropped query image is
 # previewed from a blob: URL) and talks only to this server.
 PAGE_HEADERS = [
-    (b"content-security-policy", b"default-src 'self'; img-src 'self' blob:; object-src 'none'; base-uri 'none'; "
-                                 b"form-action 'self'; frame-ancestors 'none'"),
+    (
+        b"content-security-policy",
+        b"default-src 'self'; img-src 'self' blob:; object-src 'none'; base-uri 'none'; "
+        b"form-action 'self'; frame-ancestors 'none'",
+    ),
     (b"referrer-policy", b"same-origin"),
 ]
 
@@ -51,8 +54,11 @@ DOCS_ASSETS = "/static-docs"
 # Every route's error answers, in the OpenAPI document (replaces FastAPI's HTTPValidationError 422).
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     "4XX": {"model": ErrorResponse, "description": "the request was refused (the body names the reason)"},
-    "5XX": {"model": ErrorResponse, "description": "the server could not answer: 503 while the model loads or "
-                                                  "storage fails (a refused write stored nothing), 507 disk full"},
+    "5XX": {
+        "model": ErrorResponse,
+        "description": "the server could not answer: 503 while the model loads or "
+        "storage fails (a refused write stored nothing), 507 disk full",
+    },
 }
 
 
@@ -68,10 +74,14 @@ def install_docs(app: FastAPI) -> None:
         root = request.scope.get("root_path", "")  # behind a proxy that strips a path prefix
         assets = root + DOCS_ASSETS
         return get_swagger_ui_html(
-            openapi_url=root + openapi_url, title=f"{app.title} - Swagger UI", oauth2_redirect_url=oauth2_redirect,
-            swagger_js_url=f"{assets}/swagger-ui-bundle.js", swagger_css_url=f"{assets}/swagger-ui.css",
+            openapi_url=root + openapi_url,
+            title=f"{app.title} - Swagger UI",
+            oauth2_redirect_url=oauth2_redirect,
+            swagger_js_url=f"{assets}/swagger-ui-bundle.js",
+            swagger_css_url=f"{assets}/swagger-ui.css",
             swagger_favicon_url=f"{assets}/favicon.png",
-            swagger_ui_parameters={"validatorUrl": None})  # no badge fetched from validator.swagger.io
+            swagger_ui_parameters={"validatorUrl": None},
+        )  # no badge fetched from validator.swagger.io
 
     @app.get(oauth2_redirect, include_in_schema=False)
     def swagger_ui_redirect() -> HTMLResponse:
@@ -80,9 +90,13 @@ def install_docs(app: FastAPI) -> None:
     @app.get("/redoc", include_in_schema=False)
     def redoc(request: Request) -> HTMLResponse:
         root = request.scope.get("root_path", "")
-        return get_redoc_html(openapi_url=root + openapi_url, title=f"{app.title} - ReDoc",
-                              redoc_js_url=f"{root}{DOCS_ASSETS}/redoc.standalone.js",
-                              redoc_favicon_url=f"{root}{DOCS_ASSETS}/favicon.png", with_google_fonts=False)
+        return get_redoc_html(
+            openapi_url=root + openapi_url,
+            title=f"{app.title} - ReDoc",
+            redoc_js_url=f"{root}{DOCS_ASSETS}/redoc.standalone.js",
+            redoc_favicon_url=f"{root}{DOCS_ASSETS}/favicon.png",
+            with_google_fonts=False,
+        )
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -110,10 +124,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await batcher.drain()
             await asyncio.to_thread(state.close)
 
-    app = FastAPI(title="cmhash", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
-                  responses=ERROR_RESPONSES,
-                  description="Cross-modal hashing retrieval: text finds images and images find text "
-                              "through binary codes and exact Hamming search.")
+    app = FastAPI(
+        title="cmhash",
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        responses=ERROR_RESPONSES,
+        description="Cross-modal hashing retrieval: text finds images and images find text "
+        "through binary codes and exact Hamming search.",
+    )
     app.state.cmhash = state
     install_handlers(app)
     install_docs(app)

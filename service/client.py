@@ -92,8 +92,9 @@ class SearchResponse(BaseModel):
     bits: int = Field(description="code length in bits")
     took_ms: float = Field(description="server time for the request in milliseconds")
     total: int | None = Field(None, description="radius search: items within the radius (all pages); None for k-NN")
-    unknown_words: list[str] = Field(default_factory=list,
-                                     description="query words outside the model's vocabulary (not used by the search)")
+    unknown_words: list[str] = Field(
+        default_factory=list, description="query words outside the model's vocabulary (not used by the search)"
+    )
 
 
 class CodeResponse(BaseModel):
@@ -195,9 +196,12 @@ class CmhashError(Exception):
         error = _error_body(response)
         if error is not None:
             details = error.get("details")
-            return cls(response.status_code, str(error.get("code") or f"http_{response.status_code}"),
-                       str(error.get("message") or response.reason_phrase),
-                       details if isinstance(details, list) else None)
+            return cls(
+                response.status_code,
+                str(error.get("code") or f"http_{response.status_code}"),
+                str(error.get("message") or response.reason_phrase),
+                details if isinstance(details, list) else None,
+            )
         text = response.text.strip()[:300] if response.content else ""
         return cls(response.status_code, f"http_{response.status_code}", text or response.reason_phrase)
 
@@ -299,8 +303,15 @@ def _item_path(item_id: str) -> str:
 Filter = Mapping[str, str | int | float | bool]
 
 
-def _text_search(path: str, text: str, k: int, offset: int, radius: int | None,
-                 filter: Filter | None, rerank: int | str | None = None) -> _Request[SearchResponse]:
+def _text_search(
+    path: str,
+    text: str,
+    k: int,
+    offset: int,
+    radius: int | None,
+    filter: Filter | None,
+    rerank: int | str | None = None,
+) -> _Request[SearchResponse]:
     body: dict[str, Any] = {"text": text, "k": k, "offset": offset}
     if radius is not None:
         body["radius"] = radius
@@ -311,8 +322,15 @@ def _text_search(path: str, text: str, k: int, offset: int, radius: int | None,
     return _Request("POST", path, _model(SearchResponse), json=body)
 
 
-def _image_search(path: str, image: ImageInput, k: int, offset: int, radius: int | None,
-                  filter: Filter | None, rerank: int | str | None = None) -> _Request[SearchResponse]:
+def _image_search(
+    path: str,
+    image: ImageInput,
+    k: int,
+    offset: int,
+    radius: int | None,
+    filter: Filter | None,
+    rerank: int | str | None = None,
+) -> _Request[SearchResponse]:
     data = {"k": str(k), "offset": str(offset)}
     if radius is not None:
         data["radius"] = str(radius)
@@ -364,8 +382,17 @@ class _Endpoint(Generic[P, T]):
 class _Api:
     """The endpoints (request builders) and what both clients share: settings and retry rule."""
 
-    def __init__(self, base_url: str, *, api_key: str | None, timeout: float, retries: int, backoff: float,
-                 max_wait: float, headers: Mapping[str, str] | None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        api_key: str | None,
+        timeout: float,
+        retries: int,
+        backoff: float,
+        max_wait: float,
+        headers: Mapping[str, str] | None,
+    ) -> None:
         if retries < 0 or backoff < 0 or max_wait < 0:
             raise ValueError("retries, backoff and max_wait must not be negative")
         self.base_url = base_url.rstrip("/")
@@ -380,8 +407,16 @@ class _Api:
     # -- search
 
     @_Endpoint
-    def search_text_to_image(self, text: str, *, k: int = 10, offset: int = 0, radius: int | None = None,
-                             filter: Filter | None = None, rerank: int | str | None = None) -> _Request[SearchResponse]:
+    def search_text_to_image(
+        self,
+        text: str,
+        *,
+        k: int = 10,
+        offset: int = 0,
+        radius: int | None = None,
+        filter: Filter | None = None,
+        rerank: int | str | None = None,
+    ) -> _Request[SearchResponse]:
         """Images nearest to `text` (k-NN), or with `radius` every image within that Hamming
         distance (`total` counts them), paginated by `offset` / `k`; with `filter` (e.g.
         {"labels": "dog"}), only over the images whose metadata match; with `rerank` (R or "all"),
@@ -389,21 +424,44 @@ class _Api:
         return _text_search("/search/text-to-image", text, k, offset, radius, filter, rerank)
 
     @_Endpoint
-    def search_text_to_text(self, text: str, *, k: int = 10, offset: int = 0, radius: int | None = None,
-                            filter: Filter | None = None, rerank: int | str | None = None) -> _Request[SearchResponse]:
+    def search_text_to_text(
+        self,
+        text: str,
+        *,
+        k: int = 10,
+        offset: int = 0,
+        radius: int | None = None,
+        filter: Filter | None = None,
+        rerank: int | str | None = None,
+    ) -> _Request[SearchResponse]:
         """Texts nearest to `text` (see `search_text_to_image` for k, offset, radius, filter)."""
         return _text_search("/search/text-to-text", text, k, offset, radius, filter, rerank)
 
     @_Endpoint
-    def search_image_to_text(self, image: ImageInput, *, k: int = 10, offset: int = 0, radius: int | None = None,
-                             filter: Filter | None = None, rerank: int | str | None = None) -> _Request[SearchResponse]:
+    def search_image_to_text(
+        self,
+        image: ImageInput,
+        *,
+        k: int = 10,
+        offset: int = 0,
+        radius: int | None = None,
+        filter: Filter | None = None,
+        rerank: int | str | None = None,
+    ) -> _Request[SearchResponse]:
         """Texts nearest to an image (bytes, a path, a binary file, or (file name, bytes))."""
         return _image_search("/search/image-to-text", image, k, offset, radius, filter, rerank)
 
     @_Endpoint
-    def search_image_to_image(self, image: ImageInput, *, k: int = 10, offset: int = 0, radius: int | None = None,
-                              filter: Filter | None = None,
-                              rerank: int | str | None = None) -> _Request[SearchResponse]:
+    def search_image_to_image(
+        self,
+        image: ImageInput,
+        *,
+        k: int = 10,
+        offset: int = 0,
+        radius: int | None = None,
+        filter: Filter | None = None,
+        rerank: int | str | None = None,
+    ) -> _Request[SearchResponse]:
         """Images nearest to an image."""
         return _image_search("/search/image-to-image", image, k, offset, radius, filter, rerank)
 
@@ -422,8 +480,13 @@ class _Api:
     # -- gallery
 
     @_Endpoint
-    def add_images(self, images: ImageInput | Sequence[ImageInput], *, ids: Sequence[str] | None = None,
-                   metadata: Sequence[Mapping[str, Any] | None] | None = None) -> _Request[Added]:
+    def add_images(
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        *,
+        ids: Sequence[str] | None = None,
+        metadata: Sequence[Mapping[str, Any] | None] | None = None,
+    ) -> _Request[Added]:
         """Encode and add images to the image gallery (all or none): one image or a list, an id
         per image (default: the file name without extension), a metadata object per image."""
         many = [cast(ImageInput, images)] if _is_one_image(images) else list(cast(Sequence[ImageInput], images))
@@ -432,12 +495,23 @@ class _Api:
             data["ids"] = list(ids)
         if metadata is not None:
             data["metadata"] = [json.dumps(dict(m or {})) for m in metadata]
-        return _Request("POST", "/gallery/images", _model(Added), data=data,
-                        files=[("files", _upload(image)) for image in many], retry="refusals")
+        return _Request(
+            "POST",
+            "/gallery/images",
+            _model(Added),
+            data=data,
+            files=[("files", _upload(image)) for image in many],
+            retry="refusals",
+        )
 
     @_Endpoint
-    def add_texts(self, texts: str | Sequence[str], *, ids: Sequence[str | None] | None = None,
-                  metadata: Sequence[Mapping[str, Any] | None] | None = None) -> _Request[Added]:
+    def add_texts(
+        self,
+        texts: str | Sequence[str],
+        *,
+        ids: Sequence[str | None] | None = None,
+        metadata: Sequence[Mapping[str, Any] | None] | None = None,
+    ) -> _Request[Added]:
         """Encode and add texts to the text gallery (all or none): one text or a list, an id per
         text (default: derived from the text), a metadata object per text."""
         many = [texts] if isinstance(texts, str) else list(texts)
@@ -472,8 +546,7 @@ class _Api:
     @_Endpoint
     def delete_item(self, kind: Kind, item_id: str) -> _Request[Deleted]:
         """Remove an item from the images or texts gallery (and its uploaded file)."""
-        return _Request("DELETE", f"/gallery/{_gallery(kind)}/{_item_path(item_id)}", _model(Deleted),
-                        retry="refusals")
+        return _Request("DELETE", f"/gallery/{_gallery(kind)}/{_item_path(item_id)}", _model(Deleted), retry="refusals")
 
     @_Endpoint
     def gallery_status(self, kind: Kind) -> _Request[GalleryStatus]:
@@ -542,12 +615,27 @@ class Client(_Api):
     retried (see the module's rule), waiting `backoff` x 2^attempt seconds or the Retry-After
     asked (at most `max_wait`). `transport` replaces httpx's (tests: `httpx.MockTransport`)."""
 
-    def __init__(self, base_url: str = "http://127.0.0.1:8000", *, api_key: str | None = None,
-                 timeout: float = DEFAULTS["timeout"], retries: int = DEFAULTS["retries"],
-                 backoff: float = DEFAULTS["backoff"], max_wait: float = DEFAULTS["max_wait"],
-                 headers: Mapping[str, str] | None = None, transport: httpx.BaseTransport | None = None) -> None:
-        super().__init__(base_url, api_key=api_key, timeout=timeout, retries=retries, backoff=backoff,
-                         max_wait=max_wait, headers=headers)
+    def __init__(
+        self,
+        base_url: str = "http://127.0.0.1:8000",
+        *,
+        api_key: str | None = None,
+        timeout: float = DEFAULTS["timeout"],
+        retries: int = DEFAULTS["retries"],
+        backoff: float = DEFAULTS["backoff"],
+        max_wait: float = DEFAULTS["max_wait"],
+        headers: Mapping[str, str] | None = None,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        super().__init__(
+            base_url,
+            api_key=api_key,
+            timeout=timeout,
+            retries=retries,
+            backoff=backoff,
+            max_wait=max_wait,
+            headers=headers,
+        )
         self.http = httpx.Client(base_url=self.base_url, headers=self.headers, timeout=timeout, transport=transport)
         self._sleep: Callable[[float], None] = time.sleep
 
@@ -575,15 +663,30 @@ class Client(_Api):
 class AsyncClient(_Api):
     """The API over an asynchronous httpx client (the same methods as `Client`, to await)."""
 
-    def __init__(self, base_url: str = "http://127.0.0.1:8000", *, api_key: str | None = None,
-                 timeout: float = DEFAULTS["timeout"], retries: int = DEFAULTS["retries"],
-                 backoff: float = DEFAULTS["backoff"], max_wait: float = DEFAULTS["max_wait"],
-                 headers: Mapping[str, str] | None = None,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
-        super().__init__(base_url, api_key=api_key, timeout=timeout, retries=retries, backoff=backoff,
-                         max_wait=max_wait, headers=headers)
-        self.http = httpx.AsyncClient(base_url=self.base_url, headers=self.headers, timeout=timeout,
-                                      transport=transport)
+    def __init__(
+        self,
+        base_url: str = "http://127.0.0.1:8000",
+        *,
+        api_key: str | None = None,
+        timeout: float = DEFAULTS["timeout"],
+        retries: int = DEFAULTS["retries"],
+        backoff: float = DEFAULTS["backoff"],
+        max_wait: float = DEFAULTS["max_wait"],
+        headers: Mapping[str, str] | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        super().__init__(
+            base_url,
+            api_key=api_key,
+            timeout=timeout,
+            retries=retries,
+            backoff=backoff,
+            max_wait=max_wait,
+            headers=headers,
+        )
+        self.http = httpx.AsyncClient(
+            base_url=self.base_url, headers=self.headers, timeout=timeout, transport=transport
+        )
         self._sleep: Callable[[float], Coroutine[Any, Any, None]] = asyncio.sleep
 
     async def _send(self, request: _Request[T]) -> T:

@@ -59,8 +59,11 @@ def require_write(request: Request) -> None:
     if state.settings.api_key is None:
         client = request.client.host if request.client else None
         if not is_local_client(client, state.settings.anonymous_write_clients):
-            raise ApiError(403, "writes without an API key are accepted only from this machine; "
-                                "set CMHASH_API_KEY on the server and send it as X-API-Key to write remotely")
+            raise ApiError(
+                403,
+                "writes without an API key are accepted only from this machine; "
+                "set CMHASH_API_KEY on the server and send it as X-API-Key to write remotely",
+            )
         return
     _check_key(request, state)
 

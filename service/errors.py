@@ -85,8 +85,9 @@ def storage_error(exc: OSError, what: str = "the write", outcome: str = "nothing
     reason = exc.strerror or (os.strerror(exc.errno) if isinstance(exc.errno, int) else type(exc).__name__)
     if exc.errno in DISK_FULL:
         return ApiError(507, f"{what} failed: the server's storage is full ({reason}); {outcome}")
-    return ApiError(503, f"{what} failed: the server's storage is unavailable ({reason}); {outcome}",
-                    "storage_unavailable")
+    return ApiError(
+        503, f"{what} failed: the server's storage is unavailable ({reason}); {outcome}", "storage_unavailable"
+    )
 
 
 def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
@@ -116,15 +117,20 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        details = [{"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
-                   for e in exc.errors()]
+        details = [
+            {"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+            for e in exc.errors()
+        ]
         return error_response(422, _validation_message(list(exc.errors())), details=details)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = exc.detail if isinstance(exc.detail, str) else "request failed"
-        return JSONResponse(error_body(STATUS_CODES.get(exc.status_code, "error"), message),
-                            status_code=exc.status_code, headers=getattr(exc, "headers", None))
+        return JSONResponse(
+            error_body(STATUS_CODES.get(exc.status_code, "error"), message),
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
 
     @app.exception_handler(UserError)
     async def user_error(_: Request, exc: UserError) -> JSONResponse:

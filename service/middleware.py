@@ -104,7 +104,7 @@ def split_host(value: str) -> tuple[str, int | None] | None:
         end = value.find("]")
         if end < 0:
             return None
-        name, rest = value[: end + 1], value[end + 1:]
+        name, rest = value[: end + 1], value[end + 1 :]
     else:
         name, sep, port = value.partition(":")
         rest = sep + port
@@ -161,8 +161,11 @@ class HostCheck:
             parsed = split_host(value) if value is not None else None
             if parsed is None or not host_matches(parsed[0], self.allowed):
                 shown = (value or "")[:100].encode("ascii", "backslashreplace").decode("ascii")
-                message = (f"Host {shown!r} is not served here; add it to CMHASH_ALLOWED_HOSTS" if value
-                           else "a Host header is required")
+                message = (
+                    f"Host {shown!r} is not served here; add it to CMHASH_ALLOWED_HOSTS"
+                    if value
+                    else "a Host header is required"
+                )
                 if scope["type"] == "http":
                     await error_response(400, message)(scope, receive, send)
                 else:
@@ -213,8 +216,10 @@ class OriginCheck:
                 source = origin_of(value)
                 if source is None or not (source in self.allowed or self.same_origin(scope, source)):
                     shown = value[:100].encode("ascii", "backslashreplace").decode("ascii")
-                    message = (f"cross-origin {scope['method']} refused ({field} {shown!r}); "
-                               "add the origin to CMHASH_ALLOWED_ORIGINS to allow its pages")
+                    message = (
+                        f"cross-origin {scope['method']} refused ({field} {shown!r}); "
+                        "add the origin to CMHASH_ALLOWED_ORIGINS to allow its pages"
+                    )
                     await error_response(403, message)(scope, receive, send)
                     return
         await self.app(scope, receive, send)
@@ -237,14 +242,17 @@ class SecurityHeaders:
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 names = {k.lower() for k, _ in message.get("headers", [])}
-                message = {**message, "headers": [*message.get("headers", []),
-                                                  *((k, v) for k, v in added if k not in names)]}
+                message = {
+                    **message,
+                    "headers": [*message.get("headers", []), *((k, v) for k, v in added if k not in names)],
+                }
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
 
 
 # ----------------------------------------------------------------------------- slow clients
+
 
 class BodyTimeout:
     """Answer 408 (and close the connection) when a request body is not received in full within
@@ -289,15 +297,20 @@ class BodyTimeout:
             if not timed_out or started:
                 raise  # a failure of the app's own; a read cut short by the timeout is answered below
         if timed_out and not started:
-            response = error_response(408, f"the request body was not received within {self.timeout:g} s",
-                                      "request_timeout")
+            response = error_response(
+                408, f"the request body was not received within {self.timeout:g} s", "request_timeout"
+            )
             response.headers["connection"] = "close"
             await response(scope, receive, send)
 
 
-_HEAD_TOO_LARGE_BODY = b'{"error": {"code": "header_too_large", "message": "the request head is over the max_header_bytes limit"}}'
-_HEAD_TOO_LARGE = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
-                   b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(_HEAD_TOO_LARGE_BODY), _HEAD_TOO_LARGE_BODY))
+_HEAD_TOO_LARGE_BODY = (
+    b'{"error": {"code": "header_too_large", "message": "the request head is over the max_header_bytes limit"}}'
+)
+_HEAD_TOO_LARGE = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+    b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(_HEAD_TOO_LARGE_BODY), _HEAD_TOO_LARGE_BODY)
+)
 
 try:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol

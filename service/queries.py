@@ -19,7 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile as FormFile
 
-from index.search import Hit, check_filter, supports_filter
+from index.search import Hit, Rerank, check_filter, supports_filter
 from model.runtime.choices import Modality
 from model.runtime.errors import UserError
 from model.runtime.image import ImageDecodeError, ImageTooLargeError
@@ -41,8 +41,10 @@ def text_query(state: ServiceState, text: str, *, known_words: bool = True) -> s
     if known_words and not encoder.reads_words(text):
         unknown = encoder.unknown_words(text)
         shown = ", ".join(unknown[:10]) + (" ..." if len(unknown) > 10 else "")
-        raise bad_request(f"no word of the query is known to the model ({shown or 'no words'}); its vocabulary "
-                          "is the words of its training texts")
+        raise bad_request(
+            f"no word of the query is known to the model ({shown or 'no words'}); its vocabulary "
+            "is the words of its training texts"
+        )
     return text
 
 
@@ -69,12 +71,20 @@ async def image_array(state: ServiceState, data: bytes, name: str = "upload") ->
         slots = _DECODE_SLOTS.setdefault(state, asyncio.Semaphore(settings.max_concurrent_decodes))
     await slots.acquire()
     try:
-        decode = asyncio.ensure_future(asyncio.to_thread(
-            encoder.preprocess_image, data, max_pixels=settings.max_image_pixels,
-            max_aspect=settings.max_image_aspect, max_decoded_pixels=settings.max_decoded_pixels, name=name))
+        decode = asyncio.ensure_future(
+            asyncio.to_thread(
+                encoder.preprocess_image,
+                data,
+                max_pixels=settings.max_image_pixels,
+                max_aspect=settings.max_image_aspect,
+                max_decoded_pixels=settings.max_decoded_pixels,
+                name=name,
+            )
+        )
     except BaseException:
         slots.release()
         raise
+
     def finished(done: asyncio.Future[np.ndarray]) -> None:
         """Free the slot when the decoding thread ends, even if this request was cancelled first
         (and retrieve its error, which then nobody awaits)."""
@@ -91,29 +101,42 @@ async def image_array(state: ServiceState, data: bytes, name: str = "upload") ->
         raise unsupported(f"{name}: {exc}") from None
 
 
-def check_rerank(state: ServiceState, rerank: int | str | None) -> None:
-    """400 unless `rerank` is null, "all" or an integer 1..max_rerank."""
+def check_rerank(state: ServiceState, rerank: int | str | None) -> Rerank:
+    """`rerank` as index.search takes it; 400 unless null, "all" or an integer 1..max_rerank."""
     limit = state.settings.max_rerank
     if rerank is None or rerank == "all":
-        return
+        return "all" if rerank else None
     if isinstance(rerank, bool) or not isinstance(rerank, int) or not 1 <= rerank <= limit:
-        raise bad_request(f"rerank must be null, \"all\" or between 1 and {limit} (max_rerank), got {rerank!r}")
+        raise bad_request(f'rerank must be null, "all" or between 1 and {limit} (max_rerank), got {rerank!r}')
+    return rerank
 
 
-async def run_search(state: ServiceState, modality: Modality, query: np.ndarray | str, target: Modality,
-                     k: int, offset: int, radius: int | None, started: float,
-                     filter: Mapping[str, Any] | None = None, rerank: int | str | None = None) -> SearchResponse:
+async def run_search(
+    state: ServiceState,
+    modality: Modality,
+    query: np.ndarray | str,
+    target: Modality,
+    k: int,
+    offset: int,
+    radius: int | None,
+    started: float,
+    filter: Mapping[str, Any] | None = None,
+    rerank: int | str | None = None,
+) -> SearchResponse:
     """One page of `target` results for `query` (k-NN after `offset`, or the radius lookup's page),
     over the items matching `filter` when one is given, re-ranked by h . b with `rerank`."""
     check_page(state, k, offset, radius)
-    check_rerank(state, rerank)
+    checked = check_rerank(state, rerank)
     journaled = state.gallery(target)
     flt = check_search_filter(state, target, filter)
-    outcome = await state.batchers[modality].submit(SearchJob(query, target, offset, k, radius, flt or None, rerank))
-    return SearchResponse(results=[public_hit(hit) for hit in outcome.hits], bits=journaled.bits,
-                          took_ms=(time.perf_counter() - started) * 1000.0,
-                          total=outcome.found if radius is not None else None,
-                          unknown_words=state.require_encoder().unknown_words(query) if isinstance(query, str) else [])
+    outcome = await state.batchers[modality].submit(SearchJob(query, target, offset, k, radius, flt or None, checked))
+    return SearchResponse(
+        results=[public_hit(hit) for hit in outcome.hits],
+        bits=journaled.bits,
+        took_ms=(time.perf_counter() - started) * 1000.0,
+        total=outcome.found if radius is not None else None,
+        unknown_words=state.require_encoder().unknown_words(query) if isinstance(query, str) else [],
+    )
 
 
 # An absolute POSIX path in a message: "/" not preceded by a word character, ":", "/" or "." (so
@@ -125,6 +148,7 @@ def hide_paths(message: str) -> str:
     """`message` with each absolute path shortened to its last component ("/srv/x/model.json"
     -> "…/model.json"): errors shown to callers name the file without revealing the server's
     layout (the server log keeps the full message)."""
+
     def short(match: re.Match[str]) -> str:
         name = PurePosixPath(match.group()).name
         return f"…/{name}" if name else "…"
@@ -149,6 +173,7 @@ def public_hit(hit: Hit) -> Hit:
 
 # ----------------------------------------------------------------------------- filters, JSON images
 
+
 def check_search_filter(state: ServiceState, target: Modality, filter: Mapping[str, Any] | None) -> dict[str, Any]:
     """A search's metadata filter, checked (400 naming the problem: a nested value, a null...)
     before it joins a batch; 400 too when the target gallery's backend cannot filter."""
@@ -157,8 +182,10 @@ def check_search_filter(state: ServiceState, target: Modality, filter: Mapping[s
     except UserError as exc:
         raise bad_request(f"filter: {exc}") from None
     if flt and not supports_filter(state.gallery(target)):
-        raise bad_request(f"filter: the {target} gallery's backend ({state.gallery(target).info.backend}) "
-                          "does not support filtered search")
+        raise bad_request(
+            f"filter: the {target} gallery's backend ({state.gallery(target).info.backend}) "
+            "does not support filtered search"
+        )
     return flt
 
 
@@ -169,16 +196,18 @@ def form_filter(raw: str | None) -> dict[str, Any] | None:
     try:
         value = json.loads(raw)
     except (json.JSONDecodeError, RecursionError, ValueError):
-        raise bad_request("filter must be a JSON object, e.g. {\"labels\": \"dog\"}") from None
+        raise bad_request('filter must be a JSON object, e.g. {"labels": "dog"}') from None
     if not isinstance(value, dict):
-        raise bad_request("filter must be a JSON object, e.g. {\"labels\": \"dog\"}")
+        raise bad_request('filter must be a JSON object, e.g. {"labels": "dog"}')
     return value
 
 
 _URL_NAMES = re.compile(r"(?:url|uri|href|link)s?$", re.IGNORECASE)  # url, image_url, imageUrl, uris...
 _URL_VALUE = re.compile(r"^\s*(?:https?|ftp|file|s3|gs)://", re.IGNORECASE)
-URLS_REFUSED = ("URLs are not fetched (the server makes no outgoing requests): send the image itself, as "
-                "image_base64 in JSON or as a multipart file upload")
+URLS_REFUSED = (
+    "URLs are not fetched (the server makes no outgoing requests): send the image itself, as "
+    "image_base64 in JSON or as a multipart file upload"
+)
 
 
 def refuse_urls(fields: Mapping[str, Any]) -> None:
@@ -234,9 +263,13 @@ def _is_json(request: Request) -> bool:
     return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
 
 
-async def image_request(request: Request, state: ServiceState, form_model: type[Fields],
-                        json_model: type[BaseModel], check: Callable[[Fields], None] = lambda _: None,
-                        ) -> tuple[Fields, bytes, str]:
+async def image_request(
+    request: Request,
+    state: ServiceState,
+    form_model: type[Fields],
+    json_model: type[BaseModel],
+    check: Callable[[Fields], None] = lambda _: None,
+) -> tuple[Fields, bytes, str]:
     """The fields (as `form_model`), vetted image bytes and a name for messages of a request that
     carries one image either as a multipart upload (form field "file"; a "filter" field is a JSON
     object as text) or as JSON (`json_model`: "image_base64" and the same fields). `check(fields)`
@@ -248,11 +281,13 @@ async def image_request(request: Request, state: ServiceState, form_model: type[
         try:
             body = json.loads(await request.body())
         except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, ValueError):
-            raise RequestValidationError([{"loc": ("body",), "msg": "JSON decode error",
-                                           "type": "json_invalid"}]) from None
+            raise RequestValidationError(
+                [{"loc": ("body",), "msg": "JSON decode error", "type": "json_invalid"}]
+            ) from None
         if not isinstance(body, dict):
-            raise RequestValidationError([{"loc": ("body",), "msg": "Input should be a JSON object",
-                                           "type": "dict_type"}])
+            raise RequestValidationError(
+                [{"loc": ("body",), "msg": "Input should be a JSON object", "type": "dict_type"}]
+            )
         refuse_urls(body)
         parsed = _validated(json_model, body)
         fields = form_model.model_validate(parsed.model_dump(include=set(form_model.model_fields)))
@@ -288,7 +323,12 @@ def image_openapi(fields: type[BaseModel], json_model: type[BaseModel], what: st
         if name == "filter":
             schema = {"type": "string", "description": "a JSON object as text: " + schema.get("description", "")}
         properties[name] = schema
-    return {"requestBody": {"required": True, "content": {
-        "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": properties}},
-        "application/json": {"schema": json_model.model_json_schema()},
-    }}}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": properties}},
+                "application/json": {"schema": json_model.model_json_schema()},
+            },
+        }
+    }

@@ -55,8 +55,16 @@ class Settings(BaseSettings):
     max_connections: int = Field(200, ge=1)  # open connections beyond which uvicorn answers 503 (limit_concurrency)
     max_header_bytes: int = Field(64 * 1024, ge=1024)  # largest request head buffered (h11_max_incomplete_event_size)
 
-    @field_validator("image_gallery", "text_gallery", "upload_dir", "encoder_threads", "api_key", "milvus_token",
-                     "static_dir", mode="before")
+    @field_validator(
+        "image_gallery",
+        "text_gallery",
+        "upload_dir",
+        "encoder_threads",
+        "api_key",
+        "milvus_token",
+        "static_dir",
+        mode="before",
+    )
     @classmethod
     def _empty_is_none(cls, value: Any) -> Any:
         """An empty variable (e.g. `CMHASH_API_KEY=` in a compose file) means unset."""

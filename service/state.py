@@ -17,7 +17,7 @@ import numpy as np
 from index.faiss_store import gpu_available
 from index.gallery import open_or_create
 from index.journal import JournaledGallery
-from index.search import Page, search_pages
+from index.search import Page, Rerank, search_pages
 from index.sweep import sweep_gallery_dir, sweep_uploads
 from model.runtime.choices import Modality
 from model.runtime.encoder import Encoder
@@ -39,7 +39,7 @@ class SearchJob:
     k: int  # page size
     radius: int | None  # hash lookup radius, or None for k-NN
     filter: dict[str, Any] | None = None  # metadata filter (index.search.matches), or None for every item
-    rerank: int | str | None = None  # re-rank by h . b: the Hamming top R, "all", or None (index.search)
+    rerank: Rerank = None  # re-rank by h . b: the Hamming top R, "all", or None (index.search)
 
 
 class ServiceState:
@@ -81,8 +81,13 @@ class ServiceState:
                 reason = _without_paths(f"{type(exc).__name__}: {exc}", path)
                 self.degraded[kind] = reason  # type: ignore[index]
                 self.metrics.gallery_degraded.labels(kind).set(1)
-                log.error("%s gallery %s cannot be opened, it is refused (503) until repaired: %s", kind, path,
-                          reason, exc_info=True)
+                log.error(
+                    "%s gallery %s cannot be opened, it is refused (503) until repaired: %s",
+                    kind,
+                    path,
+                    reason,
+                    exc_info=True,
+                )
                 continue
             self.metrics.gallery_degraded.labels(kind).set(0)
             log.info("%s gallery %s: %d items", kind, path, len(self.galleries[kind]))  # type: ignore[index]
@@ -102,8 +107,12 @@ class ServiceState:
                 continue
             if gone:
                 self.metrics.swept_files.labels("gallery").inc(len(gone))
-                log.warning("startup sweep: removed %d leftover file(s) from the %s gallery: %s", len(gone), kind,
-                            ", ".join(gone[:20]))
+                log.warning(
+                    "startup sweep: removed %d leftover file(s) from the %s gallery: %s",
+                    len(gone),
+                    kind,
+                    ", ".join(gone[:20]),
+                )
         images = self.galleries.get("image")
         if images is None or s.image_gallery is None:
             return  # without the image gallery nothing says which uploads are live
@@ -178,15 +187,21 @@ class ServiceState:
         h = self.represent(modality, [j.query for j in jobs])
         codes = self.require_encoder().pack(h)
         out: dict[int, Page] = {}
-        groups: dict[tuple[Modality, int | None, str, int | str | None], list[int]] = {}
+        groups: dict[tuple[Modality, int | None, str, Rerank], list[int]] = {}
         for i, job in enumerate(jobs):
             key = (job.target, job.radius, json.dumps(job.filter or {}, sort_keys=True), job.rerank)
             groups.setdefault(key, []).append(i)
         for (target, radius, _, rerank), rows in groups.items():
             start = time.perf_counter()
-            pages = search_pages(self.gallery(target), codes[rows], [(jobs[i].offset, jobs[i].k) for i in rows], radius,
-                                 filter=jobs[rows[0]].filter, query_h=h[rows] if rerank is not None else None,
-                                 rerank=rerank)  # type: ignore[arg-type]
+            pages = search_pages(
+                self.gallery(target),
+                codes[rows],
+                [(jobs[i].offset, jobs[i].k) for i in rows],
+                radius,
+                filter=jobs[rows[0]].filter,
+                query_h=h[rows] if rerank is not None else None,
+                rerank=rerank,
+            )
             self.metrics.search.labels(target).observe(time.perf_counter() - start)
             out.update(zip(rows, pages, strict=True))
         return [out[i] for i in range(len(jobs))]
@@ -202,7 +217,7 @@ def _without_paths(message: str, gallery: Path | None = None) -> str:
 
 
 def gallery_kind(name: str) -> Modality:
-    """"images" / "texts" in a URL -> the gallery kind; 404 for anything else."""
+    """ "images" / "texts" in a URL -> the gallery kind; 404 for anything else."""
     kinds: dict[str, Modality] = {"images": "image", "texts": "text"}
     if name not in kinds:
         raise ApiError(404, f"no gallery {name!r}: use images or texts")

@@ -14,10 +14,25 @@ TINY_BITS = 16
 # `make test-fast` runs `-m "not slow"`: no training, no subprocess servers, no browser, no Milvus.
 # A test is slow when it needs a trained model (any of these fixtures, directly or through
 # another fixture), drives a browser, or sits in a module that starts servers or Milvus.
-TRAINING_FIXTURES = {"tiny_run", "tiny_model_dir", "tiny_features_run", "tiny_features_model_dir", "minilm_run",
-                     "trained"}
-SLOW_MODULES = {"test_uvicorn.py", "test_faults.py", "test_timeouts.py", "test_milvus_store.py", "test_train.py",
-                "test_backbones.py", "test_features.py", "test_disk_full.py", "test_cli.py"}
+TRAINING_FIXTURES = {
+    "tiny_run",
+    "tiny_model_dir",
+    "tiny_features_run",
+    "tiny_features_model_dir",
+    "minilm_run",
+    "trained",
+}
+SLOW_MODULES = {
+    "test_uvicorn.py",
+    "test_faults.py",
+    "test_timeouts.py",
+    "test_milvus_store.py",
+    "test_train.py",
+    "test_backbones.py",
+    "test_features.py",
+    "test_disk_full.py",
+    "test_cli.py",
+}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -40,8 +55,14 @@ def train_tiny(tmp_path_factory: pytest.TempPathFactory, name: str, **fields: ob
     from model.training.run import train_run
 
     out = tmp_path_factory.mktemp("tiny_runs") / name
-    cfg = TrainConfig(out=out, method="bi_ncmh", bits=TINY_BITS, device="cpu",  # type: ignore[arg-type]
-                      cache_dir=tmp_path_factory.mktemp(f"{name}_cache"), **fields)
+    cfg = TrainConfig(
+        out=out,
+        method="bi_ncmh",
+        bits=TINY_BITS,
+        device="cpu",  # type: ignore[arg-type]
+        cache_dir=tmp_path_factory.mktemp(f"{name}_cache"),
+        **fields,
+    )
     train_run(cfg, progress=False)
     return out
 

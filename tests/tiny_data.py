@@ -66,10 +66,17 @@ def write_manifest(root: Path, n_items: int = N_ITEMS, seed: int = 0) -> Path:
     for i in range(n_items):
         draw_item(item_class(i), rng).save(root / "img" / f"{i:02d}.png")
         split = "query" if i < N_QUERY else "retrieval" if i in RETRIEVAL_ONLY else "train+retrieval"
-        lines.append(json.dumps({
-            "id": f"item{i:02d}", "image": f"img/{i:02d}.png", "text": item_text(i),
-            "labels": [CLASSES[item_class(i)][0]], "split": split,
-        }))
+        lines.append(
+            json.dumps(
+                {
+                    "id": f"item{i:02d}",
+                    "image": f"img/{i:02d}.png",
+                    "text": item_text(i),
+                    "labels": [CLASSES[item_class(i)][0]],
+                    "split": split,
+                }
+            )
+        )
     path = root / "items.jsonl"
     path.write_text("\n".join(lines) + "\n")
     return path

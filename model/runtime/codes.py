@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["pack_codes", "unpack_codes", "hamming_distance_matrix", "check_packed"]
+__all__ = ["check_packed", "hamming_distance_matrix", "pack_codes", "unpack_codes"]
 
 
 def pack_codes(codes: np.ndarray) -> np.ndarray:
@@ -27,15 +27,10 @@ def pack_codes(codes: np.ndarray) -> np.ndarray:
             raise ValueError(f"codes must be numeric or bool, got dtype {arr.dtype}")
         if arr.size:
             uniq = np.unique(arr)
-            if np.all(np.isin(uniq, (-1, 1))):
-                bitarr = arr > 0
-            elif np.all(np.isin(uniq, (0, 1))):
+            if np.all(np.isin(uniq, (-1, 1))) or np.all(np.isin(uniq, (0, 1))):
                 bitarr = arr > 0
             else:
-                raise ValueError(
-                    "codes must contain only {-1,+1} or only {0,1}; "
-                    f"found values {uniq[:8].tolist()}"
-                )
+                raise ValueError(f"codes must contain only {{-1,+1}} or only {{0,1}}; found values {uniq[:8].tolist()}")
         else:
             bitarr = arr.astype(bool)
     return np.packbits(bitarr.astype(np.uint8), axis=1).reshape(n, bits // 8)

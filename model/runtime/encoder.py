@@ -64,8 +64,10 @@ def check_providers(device: Device, requested: list[str], actual: list[list[str]
     (missing CUDA or cuDNN libraries): refuse that for device "cuda", say it loudly for "auto"."""
     if CUDA_PROVIDER not in requested or all(CUDA_PROVIDER in session for session in actual):
         return
-    message = (f"the CUDA provider of onnxruntime could not be loaded (sessions run on {actual[0]}); "
-               "CUDA and cuDNN libraries matching onnxruntime-gpu are missing (see onnxruntime's CUDA requirements)")
+    message = (
+        f"the CUDA provider of onnxruntime could not be loaded (sessions run on {actual[0]}); "
+        "CUDA and cuDNN libraries matching onnxruntime-gpu are missing (see onnxruntime's CUDA requirements)"
+    )
     if device == "cuda":
         raise UserError(message + "; use device='cpu' to run on the CPU")
     log.warning("%s: running on the CPU", message)
@@ -184,8 +186,14 @@ class Encoder:
         `model.runtime.image.load_for_model`: size and aspect limits checked from the header, JPEG
         decoded at reduced scale. Raises model.runtime.image.ImageDecodeError for undecodable
         input, its subclass ImageTooLargeError for one over a limit. Thread-safe."""
-        return load_for_model(source, self._pixel_preprocess(), max_pixels=max_pixels, max_aspect=max_aspect,
-                              max_decoded_pixels=max_decoded_pixels, name=name)
+        return load_for_model(
+            source,
+            self._pixel_preprocess(),
+            max_pixels=max_pixels,
+            max_aspect=max_aspect,
+            max_decoded_pixels=max_decoded_pixels,
+            name=name,
+        )
 
     def image_representations(self, arrays: np.ndarray) -> np.ndarray:
         """B x bits float32 h of image inputs: B x 3 x S x S pixels (pixels models) or B x d

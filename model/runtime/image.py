@@ -128,8 +128,9 @@ def to_array(img: Image.Image, pre: ImagePreprocess) -> np.ndarray:
     return np.ascontiguousarray((x / np.float32(255.0)) * np.float32(2.0) - np.float32(1.0))
 
 
-def check_dimensions(width: int, height: int, *, max_pixels: int | None = None, max_aspect: float | None = None,
-                     name: str = "image") -> None:
+def check_dimensions(
+    width: int, height: int, *, max_pixels: int | None = None, max_aspect: float | None = None, name: str = "image"
+) -> None:
     """Raise ImageTooLargeError when a width x height (read from a header) is over `max_pixels` or
     its longer side is more than `max_aspect` times its shorter side; ImageDecodeError when it has
     no pixels. None: that limit is off."""
@@ -139,8 +140,10 @@ def check_dimensions(width: int, height: int, *, max_pixels: int | None = None, 
         raise ImageTooLargeError(f"{name} is {width}x{height} pixels, more than the {max_pixels}-pixel limit")
     if max_aspect is not None and max(width, height) > max_aspect * min(width, height):
         ratio = max(width, height) / min(width, height)
-        raise ImageTooLargeError(f"{name} is {width}x{height} pixels, an aspect ratio of {ratio:.4g}:1, "
-                                 f"more than the {max_aspect:g}:1 aspect-ratio limit")
+        raise ImageTooLargeError(
+            f"{name} is {width}x{height} pixels, an aspect ratio of {ratio:.4g}:1, "
+            f"more than the {max_aspect:g}:1 aspect-ratio limit"
+        )
 
 
 def reduced_scale(width: int, height: int, pre: ImagePreprocess) -> int:
@@ -190,8 +193,9 @@ def load_for_model(
         drafted = scale > 1 and img.draft("RGB", (_resize(pre), _resize(pre))) is not None
         width, height = img.size
         if max_decoded_pixels is not None and width * height > max_decoded_pixels:
-            raise ImageTooLargeError(f"{name} decodes to {width}x{height} pixels, more than the "
-                                     f"{max_decoded_pixels}-pixel decoding limit")
+            raise ImageTooLargeError(
+                f"{name} decodes to {width}x{height} pixels, more than the {max_decoded_pixels}-pixel decoding limit"
+            )
         _strict_load(img)
         orientation = img.getexif().get(0x0112, 1)
         if img.mode == "P":

@@ -125,7 +125,7 @@ class BagOfWords:
             columns = [c for tok in tokens for c in self._words.get(tok, ())]
             for n in lengths:
                 for start in range(len(tokens) - n + 1):
-                    columns.extend(self._phrases.get(tuple(tokens[start:start + n]), ()))
+                    columns.extend(self._phrases.get(tuple(tokens[start : start + n]), ()))
             if self.binary:
                 out[row, columns] = 1.0
             else:

@@ -66,7 +66,9 @@ class TrainConfig(BaseModel):
     fold: int | None = Field(None, ge=0)  # which fold this run is (set per fold by run.train_run); None: all / no folds
     cache_dir: Path = Field(default_factory=default_cache_dir)  # frozen-feature cache
     device: Device = "auto"  # torch device
-    torch_threads: int | None = Field(None, ge=1, validation_alias=AliasChoices("torch_threads", "threads"))  # torch intra-op threads; None: torch's default (runs saved before 0.2 call it threads)
+    torch_threads: int | None = Field(
+        None, ge=1, validation_alias=AliasChoices("torch_threads", "threads")
+    )  # torch intra-op threads; None: torch's default (runs saved before 0.2 call it threads)
 
     @field_validator("bits")
     @classmethod

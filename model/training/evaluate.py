@@ -3,10 +3,9 @@ MAP (whole ranking and MAP@50), precision@k, hash-lookup P-R curves, and the run
 
 from __future__ import annotations
 
-from typing import Any
-
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,7 +27,9 @@ COLLAPSE_CONSTANT_BITS = 0.5  # collapsed when more than this fraction of bits i
 COLLAPSE_MAP_MARGIN = 0.05  # ... or when MAP <= chance + this x (1 - chance), in either direction
 
 
-def encode_codes(model: CrossModalHasher, image: torch.Tensor | PixelImages, text: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+def encode_codes(
+    model: CrossModalHasher, image: torch.Tensor | PixelImages, text: torch.Tensor
+) -> tuple[np.ndarray, np.ndarray]:
     """{-1,+1} int8 codes of image inputs and text feature rows: sgn of the hash representation."""
     from model.training.train import encode_rows
 
@@ -37,7 +38,9 @@ def encode_codes(model: CrossModalHasher, image: torch.Tensor | PixelImages, tex
     return img, txt
 
 
-def direction_metrics(query: np.ndarray, retrieval: np.ndarray, q_labels: np.ndarray, r_labels: np.ndarray) -> dict[str, Any]:
+def direction_metrics(
+    query: np.ndarray, retrieval: np.ndarray, q_labels: np.ndarray, r_labels: np.ndarray
+) -> dict[str, Any]:
     """MAP, MAP@50, precision@k and the P-R curve of one retrieval direction."""
     ks = [k for k in PRECISION_KS if k <= len(retrieval)]
     pr = precision_recall_by_radius(query, retrieval, q_labels, r_labels)
@@ -81,8 +84,11 @@ def detect_collapse(codes: dict[str, np.ndarray], metrics: dict[str, Any]) -> di
     chance = metrics["chance_map"]
     margin = COLLAPSE_MAP_MARGIN * (1.0 - chance)
     constant = {m: constant_bit_fraction(codes[f"retrieval_{m}_codes"]) for m in ("image", "text")}
-    reasons = [f"{frac:.0%} of the {m} codes' bits are constant over the retrieval set"
-               for m, frac in constant.items() if frac > COLLAPSE_CONSTANT_BITS]
+    reasons = [
+        f"{frac:.0%} of the {m} codes' bits are constant over the retrieval set"
+        for m, frac in constant.items()
+        if frac > COLLAPSE_CONSTANT_BITS
+    ]
     for d, name in (("i2t", "I->T"), ("t2i", "T->I")):
         value = metrics[d]["map"]
         if value <= chance + margin:
@@ -94,7 +100,7 @@ def detect_collapse(codes: dict[str, np.ndarray], metrics: dict[str, Any]) -> di
         "chance_map": chance,
         "map_margin": margin,
         "rule": f"collapsed if > {COLLAPSE_CONSTANT_BITS:.0%} of either modality's bits are constant over the "
-                f"retrieval set, or a direction's MAP <= chance + {COLLAPSE_MAP_MARGIN} x (1 - chance)",
+        f"retrieval set, or a direction's MAP <= chance + {COLLAPSE_MAP_MARGIN} x (1 - chance)",
     }
 
 
@@ -106,8 +112,8 @@ def evaluate_codes(codes: dict[str, np.ndarray]) -> dict[str, Any]:
     metrics = {
         "variants": {"map": map_variant_name(None), f"map@{MAP_TOP_K}": map_variant_name(MAP_TOP_K)},
         "relevance": "query and item share at least one label",
-        "n_query": int(len(q_l)),
-        "n_retrieval": int(len(r_l)),
+        "n_query": len(q_l),
+        "n_retrieval": len(r_l),
         "chance_map": chance_map(q_l, r_l),
         "i2t": direction_metrics(codes["query_image_codes"], codes["retrieval_text_codes"], q_l, r_l),
         "t2i": direction_metrics(codes["query_text_codes"], codes["retrieval_image_codes"], q_l, r_l),
@@ -133,9 +139,13 @@ def aggregate_folds(fold_metrics: list[dict[str, Any]]) -> dict[str, Any]:
         "n_retrieval_per_fold": [m["n_retrieval"] for m in fold_metrics],
         "chance_map": float(np.mean([m["chance_map"] for m in fold_metrics])),
         "per_fold": [
-            {"fold": i, "n_query": m["n_query"], "chance_map": m["chance_map"],
-             **{d: {key: m[d][key] for key in ("map", f"map@{MAP_TOP_K}")} for d in ("i2t", "t2i")},
-             "collapsed": m["collapse"]["collapsed"]}
+            {
+                "fold": i,
+                "n_query": m["n_query"],
+                "chance_map": m["chance_map"],
+                **{d: {key: m[d][key] for key in ("map", f"map@{MAP_TOP_K}")} for d in ("i2t", "t2i")},
+                "collapsed": m["collapse"]["collapsed"],
+            }
             for i, m in enumerate(fold_metrics)
         ],
     }
@@ -159,7 +169,9 @@ def aggregate_folds(fold_metrics: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def split_codes(model: CrossModalHasher, inputs: PreparedInputs, query_rows: np.ndarray, retrieval_rows: np.ndarray) -> dict[str, np.ndarray]:
+def split_codes(
+    model: CrossModalHasher, inputs: PreparedInputs, query_rows: np.ndarray, retrieval_rows: np.ndarray
+) -> dict[str, np.ndarray]:
     """The arrays of `codes.npz` for a query/retrieval split of the prepared inputs (images go
     through the model's backbone when it has one, i.e. when it was fine-tuned)."""
     out: dict[str, np.ndarray] = {}

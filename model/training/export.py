@@ -158,8 +158,9 @@ def _text_graph(
             pad_id=int(embedder.tokenizer.pad_token_id),
             pad_token=str(embedder.tokenizer.pad_token),
         )
-        enc = embedder.tokenizer(_PROBE_TEXTS[:2], padding=True, truncation=True,
-                                 max_length=embedder.max_seq_length, return_tensors="pt")
+        enc = embedder.tokenizer(
+            _PROBE_TEXTS[:2], padding=True, truncation=True, max_length=embedder.max_seq_length, return_tensors="pt"
+        )
         graph = _Graph(
             _MiniLMGraph(embedder.model, head).eval(),
             (enc["input_ids"], enc["attention_mask"]),

@@ -57,7 +57,9 @@ class PreparedInputs:
     pixels: PixelImages | None = None  # the image files as backbone inputs, when there are any
 
 
-def prepare_inputs(ds: CrossModalDataset, train_rows: np.ndarray, cfg: TrainConfig, progress: bool = True) -> PreparedInputs:
+def prepare_inputs(
+    ds: CrossModalDataset, train_rows: np.ndarray, cfg: TrainConfig, progress: bool = True
+) -> PreparedInputs:
     """Compute (or read from the cache) the inputs of every item; a BoW vocabulary is fitted on
     the training rows only, so query texts never shape it."""
     if ds.image_features is not None:
@@ -89,5 +91,7 @@ def prepare_inputs(ds: CrossModalDataset, train_rows: np.ndarray, cfg: TrainConf
         text=torch.from_numpy(np.ascontiguousarray(text, dtype=np.float32)),
         labels=torch.from_numpy(np.asarray(ds.labels, dtype=np.float32)),
         bag_of_words=bow,
-        pixels=None if ds.image_paths is None else PixelImages(list(ds.image_paths), preprocess_for(cfg.image_backbone)),
+        pixels=None
+        if ds.image_paths is None
+        else PixelImages(list(ds.image_paths), preprocess_for(cfg.image_backbone)),
     )

@@ -12,11 +12,10 @@ RUN --rerank R|all` does. The serving side is index.search.search_pages(query_h=
 
 from __future__ import annotations
 
-from typing import Any
-
 import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -30,7 +29,7 @@ _PAIRS_PER_CHUNK = 1 << 21
 
 
 def rerank_label(candidates: int | None) -> str:
-    """" over the Hamming top R" or " over every item"."""
+    """ " over the Hamming top R" or " over every item"."""
     return " over every item" if candidates is None else f" over the Hamming top {candidates}"
 
 
@@ -50,8 +49,9 @@ def _check_h(query_h: np.ndarray) -> np.ndarray:
     return h
 
 
-def reranked_order(query_h: np.ndarray, retrieval_codes: np.ndarray,
-                   candidates: int | None) -> Iterator[tuple[slice, np.ndarray]]:
+def reranked_order(
+    query_h: np.ndarray, retrieval_codes: np.ndarray, candidates: int | None
+) -> Iterator[tuple[slice, np.ndarray]]:
     """Per query chunk: (rows, order) where order[i] lists the retrieval indices in query i's
     re-ranked ranking. The query codes are sgn(h) (sgn(0) = +1, as the codes are made);
     `candidates` R re-ranks the Hamming top R, None every item. Equal retrieval codes get
@@ -83,8 +83,12 @@ def reranked_order(query_h: np.ndarray, retrieval_codes: np.ndarray,
         yield rows, order
 
 
-def _relevance(query_labels: np.ndarray, retrieval_labels: np.ndarray, n_query: int, n_retrieval: int,
-               ) -> tuple[np.ndarray, np.ndarray]:
+def _relevance(
+    query_labels: np.ndarray,
+    retrieval_labels: np.ndarray,
+    n_query: int,
+    n_retrieval: int,
+) -> tuple[np.ndarray, np.ndarray]:
     ql = _check_labels(query_labels, n_query, "query_labels")
     rl = _check_labels(retrieval_labels, n_retrieval, "retrieval_labels")
     if ql.shape[1] != rl.shape[1]:
@@ -92,9 +96,14 @@ def _relevance(query_labels: np.ndarray, retrieval_labels: np.ndarray, n_query: 
     return ql, rl
 
 
-def reranked_average_precisions(query_h: np.ndarray, retrieval_codes: np.ndarray, query_labels: np.ndarray,
-                                retrieval_labels: np.ndarray, candidates: int | None,
-                                top_k: int | None = None) -> np.ndarray:
+def reranked_average_precisions(
+    query_h: np.ndarray,
+    retrieval_codes: np.ndarray,
+    query_labels: np.ndarray,
+    retrieval_labels: np.ndarray,
+    candidates: int | None,
+    top_k: int | None = None,
+) -> np.ndarray:
     """Per-query AP (float64) over the re-ranked ranking, with `metrics.average_precisions`'
     conventions: relevant = sharing a label; `top_k` cuts the ranking and normalises by the
     relevant items inside it; a query with no relevant item gets 0."""
@@ -102,9 +111,15 @@ def reranked_average_precisions(query_h: np.ndarray, retrieval_codes: np.ndarray
     return ap
 
 
-def _reranked_stats(query_h: np.ndarray, retrieval_codes: np.ndarray, query_labels: np.ndarray,
-                    retrieval_labels: np.ndarray, candidates: int | None, top_k: int | None,
-                    ks: Sequence[int]) -> tuple[np.ndarray, dict[int, float]]:
+def _reranked_stats(
+    query_h: np.ndarray,
+    retrieval_codes: np.ndarray,
+    query_labels: np.ndarray,
+    retrieval_labels: np.ndarray,
+    candidates: int | None,
+    top_k: int | None,
+    ks: Sequence[int],
+) -> tuple[np.ndarray, dict[int, float]]:
     """Per-query AP (cut at `top_k`) and the mean precision@k for each k of `ks`."""
     h = _check_h(query_h)
     n_r = len(np.asarray(retrieval_codes))
@@ -128,8 +143,14 @@ def _reranked_stats(query_h: np.ndarray, retrieval_codes: np.ndarray, query_labe
     return ap, {int(k): float(totals[i] / (k * max(1, len(h)))) for i, k in enumerate(ks)}
 
 
-def reranked_map(query_h: np.ndarray, retrieval_codes: np.ndarray, query_labels: np.ndarray,
-                 retrieval_labels: np.ndarray, candidates: int | None, top_k: int | None = None) -> float:
+def reranked_map(
+    query_h: np.ndarray,
+    retrieval_codes: np.ndarray,
+    query_labels: np.ndarray,
+    retrieval_labels: np.ndarray,
+    candidates: int | None,
+    top_k: int | None = None,
+) -> float:
     """MAP of the re-ranked ranking (`rerank_variant_name(top_k, candidates)` names it): the mean
     of `reranked_average_precisions` over every query."""
     ap = reranked_average_precisions(query_h, retrieval_codes, query_labels, retrieval_labels, candidates, top_k)
@@ -146,16 +167,20 @@ def evaluate_rerank(codes: dict[str, np.ndarray], candidates: int | None) -> dic
     metrics = evaluate_codes(codes)
     hamming = {d: {key: metrics[d][key] for key in ("map", f"map@{MAP_TOP_K}")} for d in ("i2t", "t2i")}
     q_l, r_l = codes["query_labels"], codes["retrieval_labels"]
-    for d, h, retrieval in (("i2t", codes["query_image_h"], codes["retrieval_text_codes"]),
-                            ("t2i", codes["query_text_h"], codes["retrieval_image_codes"])):
+    for d, h, retrieval in (
+        ("i2t", codes["query_image_h"], codes["retrieval_text_codes"]),
+        ("t2i", codes["query_text_h"], codes["retrieval_image_codes"]),
+    ):
         ks = [int(k) for k in metrics[d]["precision_at_k"]]
         ap, precision = _reranked_stats(h, retrieval, q_l, r_l, candidates, None, ks)
         ap_top, _ = _reranked_stats(h, retrieval, q_l, r_l, candidates, MAP_TOP_K, ())
         metrics[d]["map"] = float(ap.mean()) if len(ap) else 0.0
         metrics[d][f"map@{MAP_TOP_K}"] = float(ap_top.mean()) if len(ap_top) else 0.0
         metrics[d]["precision_at_k"] = {str(k): v for k, v in precision.items()}
-    metrics["variants"] = {"map": rerank_variant_name(None, candidates),
-                           f"map@{MAP_TOP_K}": rerank_variant_name(MAP_TOP_K, candidates)}
+    metrics["variants"] = {
+        "map": rerank_variant_name(None, candidates),
+        f"map@{MAP_TOP_K}": rerank_variant_name(MAP_TOP_K, candidates),
+    }
     metrics["collapse"] = detect_collapse(codes, metrics)
     metrics["rerank"] = {
         "candidates": candidates,
@@ -182,8 +207,10 @@ def query_representations(model, inputs, query_rows: np.ndarray) -> dict[str, np
     if model.image_backbone is not None:
         assert inputs.pixels is not None
         image = inputs.pixels.subset(query_rows)
-    return {"query_image_h": encode_rows(model, image, "image").numpy().astype(np.float32),
-            "query_text_h": encode_rows(model, inputs.text[r], "text").numpy().astype(np.float32)}
+    return {
+        "query_image_h": encode_rows(model, image, "image").numpy().astype(np.float32),
+        "query_text_h": encode_rows(model, inputs.text[r], "text").numpy().astype(np.float32),
+    }
 
 
 def write_rerank(run_dir: Path, codes: dict[str, np.ndarray], candidates: int | None) -> dict[str, Any]:
@@ -211,9 +238,16 @@ def evaluate_run_rerank(run_dir: Path, candidates: int | None, progress: bool = 
         assert cfg.folds is not None
         folds = [evaluate_run_rerank(fold_dir(run_dir, i), candidates, progress) for i in range(cfg.folds)]
         metrics = aggregate_folds(folds)
-        metrics["rerank"] = {"candidates": candidates,
-                             "hamming": {d: {key: float(np.mean([f["rerank"]["hamming"][d][key] for f in folds]))
-                                             for key in folds[0]["rerank"]["hamming"][d]} for d in ("i2t", "t2i")}}
+        metrics["rerank"] = {
+            "candidates": candidates,
+            "hamming": {
+                d: {
+                    key: float(np.mean([f["rerank"]["hamming"][d][key] for f in folds]))
+                    for key in folds[0]["rerank"]["hamming"][d]
+                }
+                for d in ("i2t", "t2i")
+            },
+        }
         (run_dir / "metrics-rerank.json").write_text(json.dumps(metrics, indent=2))
         return metrics
     model, cfg, _ = load_checkpoint(run_dir / "checkpoint.pt")

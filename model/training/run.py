@@ -7,10 +7,9 @@ confidence interval (`evaluate.aggregate_folds`)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import json
 from pathlib import Path
+from typing import Any
 
 from model.training.config import TrainConfig
 from model.training.data import Split
@@ -48,13 +47,19 @@ def train_summary(cfg: TrainConfig, run: PreparedRun, history: TrainHistory) -> 
         "seconds_per_epoch_mean": sum(history.seconds_per_epoch) / max(1, len(history.seconds_per_epoch)),
         "epochs": len(history.seconds_per_epoch),
         "peak_rss_mib": history.peak_rss_mib,
-        "n_train": int(len(run.eval_split.train)),
+        "n_train": len(run.eval_split.train),
         "evaluated_on": "validation" if cfg.validation_fraction > 0 else "query/retrieval",
     }
 
 
-def write_run_dir(cfg: TrainConfig, run: PreparedRun, model: CrossModalHasher, history: TrainHistory,
-                  codes: dict[str, Any], train: dict[str, Any]) -> dict[str, Any]:
+def write_run_dir(
+    cfg: TrainConfig,
+    run: PreparedRun,
+    model: CrossModalHasher,
+    history: TrainHistory,
+    codes: dict[str, Any],
+    train: dict[str, Any],
+) -> dict[str, Any]:
     """Write every file of the run directory `cfg.out` for a trained model; return the metrics
     (with `train` as their "train" section)."""
     out = Path(cfg.out)

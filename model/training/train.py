@@ -145,7 +145,9 @@ def fit_hasher(
     return history
 
 
-def fit_cca_itq_hasher(model: CrossModalHasher, image: torch.Tensor, text: torch.Tensor, cfg: TrainConfig) -> TrainHistory:
+def fit_cca_itq_hasher(
+    model: CrossModalHasher, image: torch.Tensor, text: torch.Tensor, cfg: TrainConfig
+) -> TrainHistory:
     """Fit CCA-ITQ in closed form and load its affine maps into linear hash heads."""
     start = time.perf_counter()
     params = CcaItqParams(**cfg.hp)
@@ -188,8 +190,10 @@ def evaluation_split(ds: CrossModalDataset, cfg: TrainConfig) -> Split:
     if cfg.folds is None:
         return resolve_split(ds, cfg.query_size, cfg.train_size, cfg.seed)
     if ds.preset_split is not None:
-        raise UserError(f"{ds.name} has its own query/retrieval split (the published protocol); "
-                        "--folds is for datasets without one (the MIRFLICKR sample, manifests without a split)")
+        raise UserError(
+            f"{ds.name} has its own query/retrieval split (the published protocol); "
+            "--folds is for datasets without one (the MIRFLICKR sample, manifests without a split)"
+        )
     if cfg.query_size is not None or cfg.train_size is not None:
         raise UserError("--folds sets the query and training sets itself: drop --query-size / --train-size")
     if cfg.fold is None:

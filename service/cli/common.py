@@ -59,8 +59,11 @@ def quiet_third_party_warnings() -> None:
     if os.environ.get(ENV_PREFIX + "SHOW_WARNINGS"):
         return
     for category in (DeprecationWarning, FutureWarning, UserWarning):
-        warnings.filterwarnings("ignore", category=category,
-                                module=r"(torch|torchvision|onnxscript|onnx|setuptools|pkg_resources|transformers).*")
+        warnings.filterwarnings(
+            "ignore",
+            category=category,
+            module=r"(torch|torchvision|onnxscript|onnx|setuptools|pkg_resources|transformers).*",
+        )
     # torch's ONNX exporter logs one line per torchvision op it cannot register (torchvision is
     # not a dependency) and onnxscript its rewrite passes: nothing a user can act on.
     for name in ("torch.onnx", "onnxscript"):
@@ -69,5 +72,7 @@ def quiet_third_party_warnings() -> None:
 
 def needs_training_extra() -> NoReturn:
     """Exit with the install hint when a training command runs where torch is absent."""
-    fail("this command needs the training extra (PyTorch): pip install 'cmhash[train]' "
-         "(serving, indexing and search run without it)")
+    fail(
+        "this command needs the training extra (PyTorch): pip install 'cmhash[train]' "
+        "(serving, indexing and search run without it)"
+    )

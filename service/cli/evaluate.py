@@ -16,10 +16,15 @@ NAME = "evaluate"
 def run(
     run_dir: Annotated[Path, typer.Argument(help="A run directory written by `cmhash train`.")],
     progress: Annotated[bool, env_option("Show progress bars.", "PROGRESS")] = True,
-    rerank: Annotated[str | None, typer.Option(
-        "--rerank", help="Asymmetric re-ranking by the queries' h . b: R (re-rank the Hamming top R) or all. "
-                         "Writes RUN/metrics-rerank.json and RUN/codes-rerank.npz instead (metrics.json is kept).",
-        metavar="R|all")] = None,
+    rerank: Annotated[
+        str | None,
+        typer.Option(
+            "--rerank",
+            help="Asymmetric re-ranking by the queries' h . b: R (re-rank the Hamming top R) or all. "
+            "Writes RUN/metrics-rerank.json and RUN/codes-rerank.npz instead (metrics.json is kept).",
+            metavar="R|all",
+        ),
+    ] = None,
 ) -> None:
     """Recompute a run's codes, metrics.json and P-R plot from its checkpoint and the data."""
     if not (run_dir / "checkpoint.pt").exists():
@@ -55,5 +60,12 @@ def _rerank(run_dir: Path, rerank: str, progress: bool) -> None:
     with user_errors():
         metrics = evaluate_run_rerank(run_dir, candidates, progress=progress)
     typer.echo(summary_line(metrics))
-    typer.echo(json.dumps({"rerank": {k: {m: metrics[k][m] for m in ("map", "map@50")} for k in ("i2t", "t2i")},
-                           "hamming": metrics["rerank"]["hamming"], "candidates": candidates}))
+    typer.echo(
+        json.dumps(
+            {
+                "rerank": {k: {m: metrics[k][m] for m in ("map", "map@50")} for k in ("i2t", "t2i")},
+                "hamming": metrics["rerank"]["hamming"],
+                "candidates": candidates,
+            }
+        )
+    )

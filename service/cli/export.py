@@ -38,10 +38,16 @@ def run(
     with user_errors():
         info = export_run(run_dir, out, opset=opset)
     image, text = info.image, info.text
-    image_desc = (f"pixels 3x{image.preprocess['size']}x{image.preprocess['size']} through {image.backbone}"
-                  if image.kind == "pixels" and image.preprocess else f"{image.dim}-d feature vectors")
-    text_desc = {"bow": f"bag of words over {text.dim} words", "minilm": "MiniLM tokens",
-                 "features": f"{text.dim}-d feature vectors (no vocabulary: raw texts cannot be encoded)"}[text.kind]
+    image_desc = (
+        f"pixels 3x{image.preprocess['size']}x{image.preprocess['size']} through {image.backbone}"
+        if image.kind == "pixels" and image.preprocess
+        else f"{image.dim}-d feature vectors"
+    )
+    text_desc = {
+        "bow": f"bag of words over {text.dim} words",
+        "minilm": "MiniLM tokens",
+        "features": f"{text.dim}-d feature vectors (no vocabulary: raw texts cannot be encoded)",
+    }[text.kind]
     typer.echo(f"exported {info.method} {info.bits} bits from {run_dir} (ONNX opset {info.opset})")
     typer.echo(f"image input: {image_desc}")
     typer.echo(f"text input: {text_desc}")

@@ -57,27 +57,54 @@ def run(
     text: Annotated[str | None, flag_option("Text query.")] = None,
     image: Annotated[Path | None, flag_option("Image file query.")] = None,
     k: Annotated[int, flag_option("Number of results.", "--k", "-k", min=1)] = 10,
-    radius: Annotated[int | None, flag_option("Hash lookup: every item within this Hamming distance (up to k shown).", min=0)] = None,
-    device: Annotated[Device, env_option("Where the work runs: auto (CUDA when present), cpu or cuda.", "DEVICE")] = "auto",
-    encoder_threads: Annotated[int | None, env_option("ONNX Runtime intra-op threads.", "ENCODER_THREADS", min=1)] = None,
+    radius: Annotated[
+        int | None, flag_option("Hash lookup: every item within this Hamming distance (up to k shown).", min=0)
+    ] = None,
+    device: Annotated[
+        Device, env_option("Where the work runs: auto (CUDA when present), cpu or cuda.", "DEVICE")
+    ] = "auto",
+    encoder_threads: Annotated[
+        int | None, env_option("ONNX Runtime intra-op threads.", "ENCODER_THREADS", min=1)
+    ] = None,
     as_json: Annotated[bool, flag_option("Print the hits as JSON.", "--json")] = False,
-    milvus_token: Annotated[str | None, env_option("Milvus server credentials, for a Milvus gallery.", "MILVUS_TOKEN")] = None,
-    filter: Annotated[list[str] | None, flag_option(
-        "Only items whose metadata KEY equals VALUE or lists it: KEY=VALUE (repeatable: all must match).")] = None,
-    rerank: Annotated[str | None, flag_option(
-        "Re-rank by the query's continuous h . b: R (the Hamming top R) or all (every item); default: Hamming order.",
-        metavar="R|all")] = None,
+    milvus_token: Annotated[
+        str | None, env_option("Milvus server credentials, for a Milvus gallery.", "MILVUS_TOKEN")
+    ] = None,
+    filter: Annotated[
+        list[str] | None,
+        flag_option("Only items whose metadata KEY equals VALUE or lists it: KEY=VALUE (repeatable: all must match)."),
+    ] = None,
+    rerank: Annotated[
+        str | None,
+        flag_option(
+            "Re-rank by the query's continuous h . b: R (the Hamming top R) or all (every item); default: Hamming order.",
+            metavar="R|all",
+        ),
+    ] = None,
 ) -> None:
     """Print the gallery items nearest to a text or image query (Hamming distance, ties by insertion order)."""
     from index.commands import search_gallery
 
     with user_errors():
-        page = search_gallery(model, gallery, text=text, image=image, k=k, radius=radius,
-                              device=device, threads=encoder_threads, milvus_token=milvus_token,
-                              filter=parse_filter(filter), rerank=parse_rerank(rerank))
+        page = search_gallery(
+            model,
+            gallery,
+            text=text,
+            image=image,
+            k=k,
+            radius=radius,
+            device=device,
+            threads=encoder_threads,
+            milvus_token=milvus_token,
+            filter=parse_filter(filter),
+            rerank=parse_rerank(rerank),
+        )
     if page.unknown_words:
-        typer.secho(f"warning: words the model does not know (not used): {', '.join(page.unknown_words)}",
-                    fg=typer.colors.YELLOW, err=True)
+        typer.secho(
+            f"warning: words the model does not know (not used): {', '.join(page.unknown_words)}",
+            fg=typer.colors.YELLOW,
+            err=True,
+        )
     if as_json:
         typer.echo(json.dumps([h.model_dump() for h in page.hits], ensure_ascii=False, indent=1))
         return

@@ -14,9 +14,13 @@ NAME = "sources"
 
 
 def run(
-    dataset: Annotated[DatasetName, env_option("Dataset loader (image files needed: mirflickr or manifest).", "DATASET")],
+    dataset: Annotated[
+        DatasetName, env_option("Dataset loader (image files needed: mirflickr or manifest).", "DATASET")
+    ],
     out: Annotated[Path, flag_option("Folder to write images.jsonl and texts.jsonl into.")],
-    data: Annotated[Path | None, env_option("Dataset path (default: the dataset's folder under CMHASH_DATA_ROOT).", "DATA")] = None,
+    data: Annotated[
+        Path | None, env_option("Dataset path (default: the dataset's folder under CMHASH_DATA_ROOT).", "DATA")
+    ] = None,
 ) -> None:
     """Write a dataset's images and texts as `cmhash index` inputs (JSONL with ids, labels, texts)."""
     from model.training.data import load_dataset

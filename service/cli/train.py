@@ -47,7 +47,9 @@ def parse_hidden(hidden: str) -> list[int]:
 def run(
     dataset: Annotated[DatasetName, env_option("Dataset loader.", "DATASET")],
     out: Annotated[Path, flag_option("Run directory to write (checkpoint, metrics, codes, plots).")],
-    data: Annotated[Path | None, env_option("Dataset path (default: the dataset's folder under CMHASH_DATA_ROOT).", "DATA")] = None,
+    data: Annotated[
+        Path | None, env_option("Dataset path (default: the dataset's folder under CMHASH_DATA_ROOT).", "DATA")
+    ] = None,
     method: Annotated[MethodName, env_option("Hashing method.", "METHOD")] = "bi_ncmh",
     bits: Annotated[int, env_option("Code length in bits (multiple of 8; 16-128 typical).", "BITS")] = 64,
     seed: Annotated[int, env_option("Seed of split, initialisation and batch order.", "SEED")] = 0,
@@ -56,34 +58,80 @@ def run(
     optimizer: Annotated[OptimizerName, env_option("Optimiser of the hash heads.", "OPTIMIZER")] = "adam",
     lr: Annotated[float, env_option("Learning rate of the hash heads.", "LR")] = 1e-3,
     weight_decay: Annotated[float, env_option("L2 weight decay.", "WEIGHT_DECAY")] = 0.0,
-    hidden: Annotated[str, env_option("Hidden widths of the hash heads, comma separated ('' = linear).", "HIDDEN")] = "2048",
+    hidden: Annotated[
+        str, env_option("Hidden widths of the hash heads, comma separated ('' = linear).", "HIDDEN")
+    ] = "2048",
     dropout: Annotated[float, env_option("Dropout after hidden layers.", "DROPOUT")] = 0.0,
-    hp: Annotated[list[str] | None, env_option("Method hyper-parameter NAME=VALUE (repeatable), e.g. alpha=1.", "HP")] = None,
+    hp: Annotated[
+        list[str] | None, env_option("Method hyper-parameter NAME=VALUE (repeatable), e.g. alpha=1.", "HP")
+    ] = None,
     text_features: Annotated[TextFeatures, env_option("Wikipedia text features.", "TEXT_FEATURES")] = "lda",
     text_encoder: Annotated[TextEncoderName, env_option("Text input: bag of words or MiniLM.", "TEXT_ENCODER")] = "bow",
     min_word_count: Annotated[int, env_option("Vocabulary cut-off for raw texts.", "MIN_WORD_COUNT")] = 1,
-    image_backbone: Annotated[BackboneName, env_option("Image backbone (pixel inputs).", "IMAGE_BACKBONE")] = "efficientnet-lite0",
-    finetune_backbone: Annotated[bool, env_option("Also train the image backbone (slow on CPU).", "FINETUNE_BACKBONE")] = False,
+    image_backbone: Annotated[
+        BackboneName, env_option("Image backbone (pixel inputs).", "IMAGE_BACKBONE")
+    ] = "efficientnet-lite0",
+    finetune_backbone: Annotated[
+        bool, env_option("Also train the image backbone (slow on CPU).", "FINETUNE_BACKBONE")
+    ] = False,
     backbone_lr: Annotated[float, env_option("Learning rate of the backbone when fine-tuned.", "BACKBONE_LR")] = 1e-5,
-    query_size: Annotated[int | None, env_option("Number of queries (default: dataset protocol).", "QUERY_SIZE")] = None,
-    train_size: Annotated[int | None, env_option("Training items drawn from retrieval (default: protocol).", "TRAIN_SIZE")] = None,
-    validation_fraction: Annotated[float, env_option("Evaluate on this fraction of the training set instead (tuning).", "VALIDATION_FRACTION")] = 0.0,
-    folds: Annotated[int | None, env_option("K-fold evaluation: K runs into OUT/fold-i, every item a query once; metrics.json: "
-                                                   "per-fold MAPs, mean, 95% CI (not for preset splits).", "FOLDS", min=2)] = None,
-    cache_dir: Annotated[Path | None, env_option("Feature cache directory (default ~/.cache/cmhash).", "CACHE_DIR")] = None,
-    device: Annotated[Device, env_option("Where the work runs: auto (CUDA when present), cpu or cuda.", "DEVICE")] = "auto",
-    torch_threads: Annotated[int | None, env_option("Torch CPU threads (default: torch's).", "TORCH_THREADS", min=1)] = None,
+    query_size: Annotated[
+        int | None, env_option("Number of queries (default: dataset protocol).", "QUERY_SIZE")
+    ] = None,
+    train_size: Annotated[
+        int | None, env_option("Training items drawn from retrieval (default: protocol).", "TRAIN_SIZE")
+    ] = None,
+    validation_fraction: Annotated[
+        float, env_option("Evaluate on this fraction of the training set instead (tuning).", "VALIDATION_FRACTION")
+    ] = 0.0,
+    folds: Annotated[
+        int | None,
+        env_option(
+            "K-fold evaluation: K runs into OUT/fold-i, every item a query once; metrics.json: "
+            "per-fold MAPs, mean, 95% CI (not for preset splits).",
+            "FOLDS",
+            min=2,
+        ),
+    ] = None,
+    cache_dir: Annotated[
+        Path | None, env_option("Feature cache directory (default ~/.cache/cmhash).", "CACHE_DIR")
+    ] = None,
+    device: Annotated[
+        Device, env_option("Where the work runs: auto (CUDA when present), cpu or cuda.", "DEVICE")
+    ] = "auto",
+    torch_threads: Annotated[
+        int | None, env_option("Torch CPU threads (default: torch's).", "TORCH_THREADS", min=1)
+    ] = None,
     progress: Annotated[bool, env_option("Show progress bars.", "PROGRESS")] = True,
 ) -> None:
     """Train a cross-modal hashing model and evaluate it (MAP over the whole ranking and MAP@50)."""
     fields = dict(
-        dataset=str(dataset), out=out, data=data, method=method, bits=bits, seed=seed, epochs=epochs,
-        batch_size=batch_size, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
-        hidden=parse_hidden(hidden), dropout=dropout, hp=parse_hp(hp or []),
-        text_features=text_features, text_encoder=text_encoder, min_word_count=min_word_count,
-        image_backbone=image_backbone, finetune_backbone=finetune_backbone, backbone_lr=backbone_lr,
-        query_size=query_size, train_size=train_size,
-        validation_fraction=validation_fraction, folds=folds, device=device, torch_threads=torch_threads,
+        dataset=str(dataset),
+        out=out,
+        data=data,
+        method=method,
+        bits=bits,
+        seed=seed,
+        epochs=epochs,
+        batch_size=batch_size,
+        optimizer=optimizer,
+        lr=lr,
+        weight_decay=weight_decay,
+        hidden=parse_hidden(hidden),
+        dropout=dropout,
+        hp=parse_hp(hp or []),
+        text_features=text_features,
+        text_encoder=text_encoder,
+        min_word_count=min_word_count,
+        image_backbone=image_backbone,
+        finetune_backbone=finetune_backbone,
+        backbone_lr=backbone_lr,
+        query_size=query_size,
+        train_size=train_size,
+        validation_fraction=validation_fraction,
+        folds=folds,
+        device=device,
+        torch_threads=torch_threads,
     )
     if cache_dir is not None:
         fields["cache_dir"] = cache_dir

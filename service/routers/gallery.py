@@ -110,11 +110,20 @@ def _check_metadata(metas: list[dict[str, Any]], settings: Settings) -> None:
 def _check_ids(ids: list[str], journaled: JournaledGallery) -> None:
     for item_id in ids:
         _check_unicode(item_id, "an id")
-        if not item_id or len(item_id) > MAX_ID_CHARS or any(ord(c) < 32 for c in item_id) or item_id != item_id.strip():
-            raise bad_request(f"id {item_id!r} must be 1-{MAX_ID_CHARS} printable characters without surrounding spaces")
+        if (
+            not item_id
+            or len(item_id) > MAX_ID_CHARS
+            or any(ord(c) < 32 for c in item_id)
+            or item_id != item_id.strip()
+        ):
+            raise bad_request(
+                f"id {item_id!r} must be 1-{MAX_ID_CHARS} printable characters without surrounding spaces"
+            )
         if item_id in RESERVED_IDS:
-            raise bad_request(f"id {item_id!r} is reserved: GET /gallery/{{kind}}/{item_id} lists the gallery, so an "
-                              "item of that id could not be read back; choose another id")
+            raise bad_request(
+                f"id {item_id!r} is reserved: GET /gallery/{{kind}}/{item_id} lists the gallery, so an "
+                "item of that id could not be read back; choose another id"
+            )
     seen: set[str] = set()
     for item_id in ids:
         if item_id in seen:
@@ -217,8 +226,10 @@ async def add_images(
     codes = await asyncio.to_thread(state.encode, "image", arrays)
     # One file name per upload request (id hash + random part): concurrent uploads of one id,
     # or an upload racing a delete, never write, rename or clean up each other's files.
-    paths = [folder / f"{hashlib.sha256(i.encode('utf-8')).hexdigest()[:24]}-{uuid.uuid4().hex[:12]}{s}"
-             for i, s in zip(item_ids, suffixes)]
+    paths = [
+        folder / f"{hashlib.sha256(i.encode('utf-8')).hexdigest()[:24]}-{uuid.uuid4().hex[:12]}{s}"
+        for i, s in zip(item_ids, suffixes)
+    ]
     stored = [{**m, "path": str(p)} for m, p in zip(stored, paths, strict=True)]
     try:
         for path, data in zip(paths, blobs, strict=True):
@@ -251,8 +262,11 @@ async def add_texts(body: TextItems, state: ServiceState = Depends(get_state)) -
     return Added(ids=item_ids, count=count)
 
 
-@router.get("/images/{item_id:path}/file", dependencies=[Depends(require_read)],
-            responses={200: {"content": {"image/*": {}}}, 404: {"description": "no such item or file"}})
+@router.get(
+    "/images/{item_id:path}/file",
+    dependencies=[Depends(require_read)],
+    responses={200: {"content": {"image/*": {}}}, 404: {"description": "no such item or file"}},
+)
 async def image_file(item_id: str, state: ServiceState = Depends(get_state)) -> FileResponse:
     """The stored image file of an image item (its metadata "path")."""
     item = state.gallery("image").get(item_id)
@@ -268,8 +282,15 @@ async def status(kind: str, state: ServiceState = Depends(get_state)) -> Gallery
     """Size, code length, model checksum and backend of a gallery (images or texts)."""
     journaled = state.gallery(gallery_kind(kind))
     info = journaled.info
-    return GalleryStatus(kind=info.kind, count=len(journaled), bits=info.bits, model_checksum=info.model_checksum,
-                         backend=info.backend, device=journaled.device, pending=journaled.pending)
+    return GalleryStatus(
+        kind=info.kind,
+        count=len(journaled),
+        bits=info.bits,
+        model_checksum=info.model_checksum,
+        backend=info.backend,
+        device=journaled.device,
+        pending=journaled.pending,
+    )
 
 
 def _page_of_items(journaled: JournaledGallery, offset: int, limit: int) -> ItemPage:
@@ -284,10 +305,12 @@ def _page_of_items(journaled: JournaledGallery, offset: int, limit: int) -> Item
 
 # Declared before /{kind}/{item_id:path}, which would otherwise take "items" for an id.
 @router.get("/{kind}/items", response_model=ItemPage, dependencies=[Depends(require_read)])
-async def list_items(kind: str, offset: int = Query(0, description="items skipped (0 or more)"),
-                     limit: int | None = Query(None, description="page size (1..max_k; default 100, or max_k "
-                                                                 "when smaller)"),
-                     state: ServiceState = Depends(get_state)) -> ItemPage:
+async def list_items(
+    kind: str,
+    offset: int = Query(0, description="items skipped (0 or more)"),
+    limit: int | None = Query(None, description="page size (1..max_k; default 100, or max_k when smaller)"),
+    state: ServiceState = Depends(get_state),
+) -> ItemPage:
     """A page of the gallery's items (id and metadata), in insertion order, with the gallery's
     size as `count`: page through it with offset += limit."""
     journaled = state.gallery(gallery_kind(kind))

@@ -20,8 +20,11 @@ def healthz() -> Health:
     return Health(status="ok")
 
 
-@router.get("/readyz", response_model=Readiness,
-            responses={503: {"model": Readiness, "description": "still loading, loading failed, or no gallery serves"}})
+@router.get(
+    "/readyz",
+    response_model=Readiness,
+    responses={503: {"model": Readiness, "description": "still loading, loading failed, or no gallery serves"}},
+)
 def readyz(state: ServiceState = Depends(get_state)) -> Response:
     """200 once the model and the configured galleries are loaded; 503 before, or after a failure.
 
@@ -36,21 +39,37 @@ def readyz(state: ServiceState = Depends(get_state)) -> Response:
         body = Readiness(status=status, detail=message, error=ErrorDetail(code="not_ready", message=message))
         return JSONResponse(body.model_dump(mode="json"), status_code=503)
     galleries = {kind: len(g) for kind, g in state.galleries.items()}
-    degraded = {kind: hide_paths(reason.removeprefix("degraded: "))
-                for kind, reason in state.gallery_status().items() if reason.startswith("degraded")}
+    degraded = {
+        kind: hide_paths(reason.removeprefix("degraded: "))
+        for kind, reason in state.gallery_status().items()
+        if reason.startswith("degraded")
+    }
     loaded = ", ".join(f"{kind} gallery ({n})" for kind, n in galleries.items())
     detail = f"model{', ' + loaded if loaded else ''}"
     device = state.require_encoder().device
     if degraded:
         broken = "; ".join(f"{kind} gallery degraded: {reason}" for kind, reason in degraded.items())
         if not galleries:
-            body = Readiness(status="failed", detail=broken, encoder_device=device, degraded=degraded,
-                             error=ErrorDetail(code="not_ready", message=broken))
+            body = Readiness(
+                status="failed",
+                detail=broken,
+                encoder_device=device,
+                degraded=degraded,
+                error=ErrorDetail(code="not_ready", message=broken),
+            )
             return JSONResponse(body.model_dump(mode="json"), status_code=503)
-        return JSONResponse(Readiness(status="degraded", detail=f"{detail}; {broken}", encoder_device=device,
-                                      galleries=galleries, degraded=degraded).model_dump(mode="json"))
-    return JSONResponse(Readiness(status="ok", detail=detail, encoder_device=device,
-                                  galleries=galleries).model_dump(mode="json"))
+        return JSONResponse(
+            Readiness(
+                status="degraded",
+                detail=f"{detail}; {broken}",
+                encoder_device=device,
+                galleries=galleries,
+                degraded=degraded,
+            ).model_dump(mode="json")
+        )
+    return JSONResponse(
+        Readiness(status="ok", detail=detail, encoder_device=device, galleries=galleries).model_dump(mode="json")
+    )
 
 
 @router.get("/metrics", response_class=Response)

@@ -31,8 +31,9 @@ async def _text(state: ServiceState, body: TextQuery, target: Modality) -> Searc
     check_search_filter(state, target, body.filter)
     check_rerank(state, body.rerank)
     text = text_query(state, body.text)
-    return await run_search(state, "text", text, target, body.k, body.offset, body.radius, started, body.filter,
-                            body.rerank)
+    return await run_search(
+        state, "text", text, target, body.k, body.offset, body.radius, started, body.filter, body.rerank
+    )
 
 
 async def _image(request: Request, state: ServiceState, target: Modality) -> SearchResponse:
@@ -46,8 +47,9 @@ async def _image(request: Request, state: ServiceState, target: Modality) -> Sea
 
     query, data, name = await image_request(request, state, ImageSearchFields, ImageSearchJson, check)
     array = await image_array(state, data, name)
-    return await run_search(state, "image", array, target, query.k, query.offset, query.radius, started, query.filter,
-                            query.rerank)
+    return await run_search(
+        state, "image", array, target, query.k, query.offset, query.radius, started, query.filter, query.rerank
+    )
 
 
 @router.post("/text-to-image", response_model=SearchResponse)

@@ -276,8 +276,9 @@ def volume_mounts(svc: dict) -> list[tuple[str | None, str, bool]]:
             else:
                 out.append((parts[0], parts[1], len(parts) > 2 and "ro" in parts[2].split(",")))
         else:
-            out.append((interpolate(str(v.get("source"))) if v.get("source") else None, v["target"],
-                        bool(v.get("read_only"))))
+            out.append(
+                (interpolate(str(v.get("source"))) if v.get("source") else None, v["target"], bool(v.get("read_only")))
+            )
     return out
 
 
@@ -346,8 +347,10 @@ def check_builds(compose: dict, base: Path = ROOT) -> list[str]:
         built = stages[index] if index is not None else stages[-1]
         wants_trainer = svc.get("entrypoint") == ["cmhash-train"]
         if wants_trainer != (built["name"] == "trainer"):
-            problems.append(f"{name}: built from stage {built['name']!r} of {dockerfile.name}, "
-                            f"expected {'trainer' if wants_trainer else 'the serving stage'}")
+            problems.append(
+                f"{name}: built from stage {built['name']!r} of {dockerfile.name}, "
+                f"expected {'trainer' if wants_trainer else 'the serving stage'}"
+            )
     return problems
 
 
@@ -390,8 +393,11 @@ def check_data_mounts(compose: dict) -> list[str]:
         svc = services.get(name)
         if svc is None:
             continue
-        mounts = [v for v, (_, target, _) in zip(svc.get("volumes") or [], volume_mounts(svc), strict=True)
-                  if target == "/shared/data"]
+        mounts = [
+            v
+            for v, (_, target, _) in zip(svc.get("volumes") or [], volume_mounts(svc), strict=True)
+            if target == "/shared/data"
+        ]
         if not mounts:
             problems.append(f"{name}: no dataset mount at /shared/data")
             continue
@@ -469,7 +475,7 @@ def check_startup_order(compose: dict) -> list[str]:
     if trainer.get("profiles"):
         problems.append("trainer: in a profile, so a plain `docker compose up` does not run it")
     if str(trainer.get("restart", "no")) != "no":
-        problems.append("trainer: a one-shot service must have restart: \"no\"")
+        problems.append('trainer: a one-shot service must have restart: "no"')
     trainers = set(trainer_services(compose))
     for name in API_SERVICES:
         svc = services.get(name)
@@ -487,8 +493,11 @@ def parse_port(port) -> tuple[str | None, str | None, str]:
     """(host address, published port, container port) of a ports entry, interpolated."""
     if isinstance(port, dict):
         published = port.get("published")
-        return (interpolate(str(port["host_ip"])) if port.get("host_ip") else None,
-                interpolate(str(published)) if published is not None else None, str(port["target"]))
+        return (
+            interpolate(str(port["host_ip"])) if port.get("host_ip") else None,
+            interpolate(str(published)) if published is not None else None,
+            str(port["target"]),
+        )
     parts = interpolate(str(port)).rsplit(":", 2)
     target = parts[-1].split("/")[0]
     if len(parts) == 3:
@@ -513,8 +522,10 @@ def check_ports(compose: dict) -> list[str]:
         for port in ports:
             host, published, _ = parse_port(port)
             if host != "127.0.0.1":
-                problems.append(f"{name}: {port!r} is published on {host or 'every interface'} by default, "
-                                "expected ${CMHASH_PUBLISH_ADDR:-127.0.0.1}")
+                problems.append(
+                    f"{name}: {port!r} is published on {host or 'every interface'} by default, "
+                    "expected ${CMHASH_PUBLISH_ADDR:-127.0.0.1}"
+                )
             raw = port if isinstance(port, str) else str(port.get("host_ip", ""))
             if "${CMHASH_PUBLISH_ADDR:-" not in raw:
                 problems.append(f"{name}: {port!r}: the address is not configurable through CMHASH_PUBLISH_ADDR")
@@ -597,8 +608,10 @@ def check_credentials(compose: dict) -> list[str]:
         if svc.get("profiles"):
             for m in ANY_VAR.finditer(json.dumps(svc)):
                 if (m.group(2) or "").endswith("?"):
-                    problems.append(f"{name}: ${{{m.group(1)}:?...}} in a profile's service fails every "
-                                    "`docker compose up` (compose interpolates all services)")
+                    problems.append(
+                        f"{name}: ${{{m.group(1)}:?...}} in a profile's service fails every "
+                        "`docker compose up` (compose interpolates all services)"
+                    )
     for known in KNOWN_DEFAULT_CREDENTIALS:
         if re.search(rf"(?<![\w-]){re.escape(known)}(?![\w-])", text):
             problems.append(f"the compose file contains the well-known default credential {known!r}")
@@ -619,10 +632,12 @@ def check_gpu(compose: dict) -> list[str]:
     svc = (compose.get("services") or {}).get("cmhash-gpu") or {}
     problems = []
     devices = (((svc.get("deploy") or {}).get("resources") or {}).get("reservations") or {}).get("devices") or []
-    if not any(d.get("driver") == "nvidia" and d.get("count") == 1 and "gpu" in (d.get("capabilities") or [])
-               for d in devices):
-        problems.append("cmhash-gpu: no deploy.resources.reservations.devices entry "
-                        "{driver: nvidia, count: 1, capabilities: [gpu]}")
+    if not any(
+        d.get("driver") == "nvidia" and d.get("count") == 1 and "gpu" in (d.get("capabilities") or []) for d in devices
+    ):
+        problems.append(
+            "cmhash-gpu: no deploy.resources.reservations.devices entry {driver: nvidia, count: 1, capabilities: [gpu]}"
+        )
     if ((svc.get("build") or {}).get("dockerfile")) != "docker/Dockerfile.gpu":
         problems.append("cmhash-gpu: not built from docker/Dockerfile.gpu")
     return problems
@@ -704,8 +719,10 @@ def check_dockerfile(path: Path, flavour: str) -> list[str]:
     if flavour == "cpu" and not image.startswith("python:3.11-slim"):
         problems.append(f"{path.name}: base {image!r}, expected python:3.11-slim")
     if flavour == "gpu" and not (image.startswith("nvidia/cuda:") and "cudnn" in image and "runtime" in image):
-        problems.append(f"{path.name}: base {image!r}, expected an nvidia/cuda cudnn-runtime image "
-                        "(onnxruntime-gpu loads CUDA and cuDNN from the system)")
+        problems.append(
+            f"{path.name}: base {image!r}, expected an nvidia/cuda cudnn-runtime image "
+            "(onnxruntime-gpu loads CUDA and cuDNN from the system)"
+        )
 
     for role, index in targets.items():
         chain = stage_chain(stages, index)
@@ -723,14 +740,18 @@ def check_dockerfile(path: Path, flavour: str) -> list[str]:
                 problems.append(f"{label}: `{i} {a}` puts build-context files (sources) in a layer")
         runs = [a for i, a in own if i == "RUN"]
         extras_arg = "EXTRAS" if role == "serve" else "TRAIN_EXTRAS"
-        project = next((n for n, a in enumerate(runs)
-                        if re.search(rf"pip install [^&]*\.whl[^&]*\[\$\{{{extras_arg}\}}\]", a)), None)
+        project = next(
+            (n for n, a in enumerate(runs) if re.search(rf"pip install [^&]*\.whl[^&]*\[\$\{{{extras_arg}\}}\]", a)),
+            None,
+        )
         if project is None:
             problems.append(f"{label}: no `pip install <the wheel>[${{{extras_arg}}}]`")
-        elif "--mount=type=bind" not in runs[project] \
-                or (builder is not None and f"from={stages[builder]['name']}" not in runs[project]):
-            problems.append(f"{label}: the wheel is not bind-mounted from the builder stage "
-                            "(RUN --mount=type=bind,from=builder)")
+        elif "--mount=type=bind" not in runs[project] or (
+            builder is not None and f"from={stages[builder]['name']}" not in runs[project]
+        ):
+            problems.append(
+                f"{label}: the wheel is not bind-mounted from the builder stage (RUN --mount=type=bind,from=builder)"
+            )
         extras = set(filter(None, dockerfile_args(own).get(extras_arg, "").split(",")))
         wanted, other = ("cpu", "gpu") if flavour == "cpu" else ("gpu", "cpu")
         if wanted not in extras or other in extras:
@@ -739,8 +760,11 @@ def check_dockerfile(path: Path, flavour: str) -> list[str]:
         if not users or users[-1].split(":")[0] in ("root", "0"):
             problems.append(f"{label}: runs as root (no USER, or USER root)")
         env = dockerfile_env(own)
-        expected_env = {"CMHASH_MODEL_DIR": "/data/model", "CMHASH_IMAGE_GALLERY": "/data/galleries/images",
-                        "CMHASH_TEXT_GALLERY": "/data/galleries/texts"}
+        expected_env = {
+            "CMHASH_MODEL_DIR": "/data/model",
+            "CMHASH_IMAGE_GALLERY": "/data/galleries/images",
+            "CMHASH_TEXT_GALLERY": "/data/galleries/texts",
+        }
         if flavour == "gpu":
             expected_env["CMHASH_DEVICE"] = "cuda"
         for k, v in expected_env.items():
@@ -750,19 +774,23 @@ def check_dockerfile(path: Path, flavour: str) -> list[str]:
         torch_install = next((n for n, a in enumerate(runs) if re.search(r"pip install [\"']?torch==", a)), None)
         if role == "serve":
             if not extras <= SERVE_EXTRAS[flavour]:
-                problems.append(f"{label}: EXTRAS={sorted(extras)}: a serving image installs only "
-                                f"{sorted(SERVE_EXTRAS[flavour])}")
+                problems.append(
+                    f"{label}: EXTRAS={sorted(extras)}: a serving image installs only {sorted(SERVE_EXTRAS[flavour])}"
+                )
             if any(re.search(r"\btorch\b", a) for a in runs):
                 problems.append(f"{label}: installs torch; the serving image is torch-free")
             if not entry or entry[-1] != ["cmhash"]:
-                problems.append(f"{label}: ENTRYPOINT must be [\"cmhash\"], is {entry[-1] if entry else None}")
+                problems.append(f'{label}: ENTRYPOINT must be ["cmhash"], is {entry[-1] if entry else None}')
             cmd = [exec_form(a) for i, a in own if i == "CMD"]
             if not cmd or not cmd[-1] or cmd[-1][:1] != ["serve"]:
                 problems.append(f"{label}: CMD must run `serve`, is {cmd[-1] if cmd else None}")
             else:
                 argv = cmd[-1]
-                if argv[argv.index("--host") + 1 if "--host" in argv else 0] != "0.0.0.0" or "--port" not in argv \
-                        or argv[argv.index("--port") + 1] != "8000":
+                if (
+                    argv[argv.index("--host") + 1 if "--host" in argv else 0] != "0.0.0.0"
+                    or "--port" not in argv
+                    or argv[argv.index("--port") + 1] != "8000"
+                ):
                     problems.append(f"{label}: CMD must serve on 0.0.0.0:8000, is {argv}")
             hc = [a for i, a in own if i == "HEALTHCHECK"]
             if not hc or "/readyz" not in hc[-1]:
@@ -777,7 +805,7 @@ def check_dockerfile(path: Path, flavour: str) -> list[str]:
             elif "download.pytorch.org/whl/cpu" not in runs[torch_install]:
                 problems.append(f"{label}: torch must come from the CPU wheel index")
             if not entry or entry[-1] != ["cmhash-train"]:
-                problems.append(f"{label}: ENTRYPOINT must be [\"cmhash-train\"], is {entry[-1] if entry else None}")
+                problems.append(f'{label}: ENTRYPOINT must be ["cmhash-train"], is {entry[-1] if entry else None}')
             script = TRAIN_SCRIPT.relative_to(ROOT).as_posix()
             if not any(i in ("COPY", "RUN") and script in a and "/usr/local/bin/cmhash-train" in a for i, a in own):
                 problems.append(f"{label}: does not install {script} as /usr/local/bin/cmhash-train")
@@ -812,8 +840,9 @@ def check_serving_dependencies() -> list[str]:
                     names.add(requirement_name(req))
         heavy = sorted(n for n in names if n == "torch" or n.startswith(("torch", "nvidia-")))
         if heavy:
-            problems.append(f"{path.name}: the serving image's dependencies ({flavour}: core + {extras}) "
-                            f"include {heavy}")
+            problems.append(
+                f"{path.name}: the serving image's dependencies ({flavour}: core + {extras}) include {heavy}"
+            )
     return problems
 
 
@@ -823,10 +852,17 @@ def check_train_script(path: Path = TRAIN_SCRIPT) -> list[str]:
     problems = []
     if not os.access(path, os.X_OK):
         problems.append(f"{path.name} is not executable (chmod +x)")
-    tracked = subprocess.run(["git", "ls-files", "-s", "--", str(path)], cwd=ROOT, capture_output=True, text=True) \
-        if path.resolve().is_relative_to(ROOT) else None
-    if tracked is not None and tracked.returncode == 0 and tracked.stdout.strip() \
-            and not tracked.stdout.startswith("100755"):
+    tracked = (
+        subprocess.run(["git", "ls-files", "-s", "--", str(path)], cwd=ROOT, capture_output=True, text=True)
+        if path.resolve().is_relative_to(ROOT)
+        else None
+    )
+    if (
+        tracked is not None
+        and tracked.returncode == 0
+        and tracked.stdout.strip()
+        and not tracked.stdout.startswith("100755")
+    ):
         problems.append(f"{path.name}: git records mode {tracked.stdout.split()[0]}, expected 100755")
     lines = path.read_text().splitlines()
     if not lines or not re.match(r"#!\s*(/usr/bin/env\s+bash|/bin/bash)\b", lines[0]):
@@ -904,7 +940,7 @@ def check_commands(compose: dict) -> list[str]:
 def check_package_data() -> list[str]:
     """The images install the project as a wheel (not editable): files other than Python modules
     in the packages reach the image only when pyproject.toml declares them as package data."""
-    declared = (pyproject().get("tool", {}).get("setuptools", {}).get("package-data") or {})
+    declared = pyproject().get("tool", {}).get("setuptools", {}).get("package-data") or {}
     problems = []
     for pkg in PACKAGES:
         base = ROOT / pkg
@@ -924,8 +960,10 @@ def check_package_data() -> list[str]:
                     if any(fnmatch.fnmatch(inner, p) for p in patterns):
                         ok = True
             if not ok:
-                problems.append(f"{f.relative_to(ROOT)} is not declared in [tool.setuptools.package-data]: "
-                                "the Docker images (pip install .) would not contain it")
+                problems.append(
+                    f"{f.relative_to(ROOT)} is not declared in [tool.setuptools.package-data]: "
+                    "the Docker images (pip install .) would not contain it"
+                )
     return problems
 
 
@@ -998,8 +1036,9 @@ def test_cmhash_service_settings(compose):
     svc = compose["services"]["cmhash"]
     assert svc.get("restart") == "unless-stopped"
     env = service_env(svc)
-    assert "CMHASH_API_KEY" in env and env["CMHASH_API_KEY"] is None, \
+    assert "CMHASH_API_KEY" in env and env["CMHASH_API_KEY"] is None, (
         "CMHASH_API_KEY must be passed through from the shell, never written in the file"
+    )
     assert svc.get("entrypoint") is None and svc.get("command") is None, "cmhash runs the image's `serve`"
     assert compose["services"]["trainer"]["entrypoint"] == ["cmhash-train"]
 
@@ -1023,24 +1062,29 @@ def test_milvus_services(compose):
             assert service_env(services[n])[var] == service_env(services["cmhash-milvus"])[var], var
     for n in ("cmhash-milvus", *indexers):
         args = services[n]["build"].get("args", {})
-        assert "milvus" in (args.get("EXTRAS") or args.get("TRAIN_EXTRAS") or "").split(","), \
+        assert "milvus" in (args.get("EXTRAS") or args.get("TRAIN_EXTRAS") or "").split(","), (
             f"{n}: the image needs the milvus extra (pymilvus)"
+        )
 
 
 def test_env_names_are_real(compose):
     assert check_env_names(compose) == []
     # The images set the very variables `cmhash serve` reads for its paths (and the GPU image its device).
     params = {p.name: p.envvar for p in cli_group().commands["serve"].params}
-    wanted = {"model": "/data/model", "image_gallery": "/data/galleries/images",
-              "text_gallery": "/data/galleries/texts"}
+    wanted = {
+        "model": "/data/model",
+        "image_gallery": "/data/galleries/images",
+        "text_gallery": "/data/galleries/texts",
+    }
     for flavour, path in DOCKERFILES.items():
         stages = dockerfile_stages(path)
         env = dockerfile_env(chain_instrs(stage_chain(stages, len(stages) - 1)))
         expected = dict(wanted, **({"device": "cuda"} if flavour == "gpu" else {}))
         for param, value in expected.items():
             assert param in params, f"`cmhash serve` has no {param} option"
-            assert env.get(params[param]) == value, \
+            assert env.get(params[param]) == value, (
                 f"{path.name}: ENV {params[param]} (serve {param}) is {env.get(params[param])!r}"
+            )
     result = invoke_help("serve")
     assert result.exit_code == 0, result.output
     for var in COMPOSE_VARIABLES:
@@ -1077,8 +1121,9 @@ def test_package_data_reaches_the_image():
 
 
 def test_dockerignore_keeps_local_state_out():
-    ignored = [ln.strip() for ln in (ROOT / ".dockerignore").read_text().splitlines()
-               if ln.strip() and not ln.startswith("#")]
+    ignored = [
+        ln.strip() for ln in (ROOT / ".dockerignore").read_text().splitlines() if ln.strip() and not ln.startswith("#")
+    ]
     for entry in (".venv", "runs", "bench/out", ".git"):
         assert entry in ignored, entry
     for needed in ("README.md", "pyproject.toml", "model", "index", "service", "docker"):
@@ -1094,7 +1139,7 @@ def run_train_script(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[
     before any step runs."""
     stub = tmp_path / "bin"
     stub.mkdir(exist_ok=True)
-    (stub / "cmhash").write_text("#!/bin/sh\necho \"cmhash stub called: $*\" >&2\nexit 99\n")
+    (stub / "cmhash").write_text('#!/bin/sh\necho "cmhash stub called: $*" >&2\nexit 99\n')
     (stub / "cmhash").chmod(0o755)
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("CMHASH_")}
     full_env.update(PATH=f"{stub}{os.pathsep}{os.environ.get('PATH', '')}", **env)
@@ -1121,9 +1166,14 @@ def test_train_script_names_missing_data(tmp_path):
 
 def test_serve_without_model_says_what_to_run(tmp_path):
     missing = tmp_path / "model"
-    result = subprocess.run([sys.executable, "-m", "service.cli", "serve", "--model", str(missing), "--port", "0"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=120,
-                            env={k: v for k, v in os.environ.items() if not k.startswith("CMHASH_")})
+    result = subprocess.run(
+        [sys.executable, "-m", "service.cli", "serve", "--model", str(missing), "--port", "0"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={k: v for k, v in os.environ.items() if not k.startswith("CMHASH_")},
+    )
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and str(missing) in lines[0] and "cmhash export" in lines[0], result.stderr
@@ -1156,8 +1206,9 @@ def test_checks_catch_broken_compose(compose):
     assert any("etcd" in p and "healthy" in p for p in check_depends_on(broken))
 
     broken = copy.deepcopy(compose)
-    broken["services"]["cmhash"]["healthcheck"] = dict(broken["services"]["cmhash"]["healthcheck"],
-                                                      test=["CMD", "curl", "-f", "http://127.0.0.1:8000/healthz"])
+    broken["services"]["cmhash"]["healthcheck"] = dict(
+        broken["services"]["cmhash"]["healthcheck"], test=["CMD", "curl", "-f", "http://127.0.0.1:8000/healthz"]
+    )
     assert any("readyz" in p for p in check_healthchecks(broken))
 
     broken = copy.deepcopy(compose)
@@ -1193,8 +1244,10 @@ def test_checks_catch_broken_compose(compose):
     assert any(p.startswith("cmhash:") and "read_only" in p for p in problems)
 
     broken = copy.deepcopy(compose)
-    broken["services"]["minio"]["environment"] = {"MINIO_ROOT_USER": "minioadmin",
-                                                  "MINIO_ROOT_PASSWORD": "${MINIO_ROOT_PASSWORD:-minioadmin}"}
+    broken["services"]["minio"]["environment"] = {
+        "MINIO_ROOT_USER": "minioadmin",
+        "MINIO_ROOT_PASSWORD": "${MINIO_ROOT_PASSWORD:-minioadmin}",
+    }
     broken["services"]["minio"]["command"] = "minio server /minio_data"
     broken["services"]["milvus"]["environment"]["MINIO_SECRET_ACCESS_KEY"] = "${MINIO_ROOT_PASSWORD:?set it}"
     problems = check_credentials(broken)
@@ -1216,8 +1269,12 @@ def test_checks_catch_broken_compose(compose):
     broken["services"]["cmhash"]["environment"]["CMHASH_DATASET"] = "mirflickr"  # real, but not for serve
     text = COMPOSE_FILE.read_text() + "\n# ${CMHASH_UNDOCUMENTED:-x}\n"
     problems = check_env_names(broken, text)
-    for fragment in ("trainer: CMHASH_NOT_A_FLAG", "trainer: CMHASH_MODEL ", "cmhash: CMHASH_DATASET",
-                     "CMHASH_UNDOCUMENTED"):
+    for fragment in (
+        "trainer: CMHASH_NOT_A_FLAG",
+        "trainer: CMHASH_MODEL ",
+        "cmhash: CMHASH_DATASET",
+        "CMHASH_UNDOCUMENTED",
+    ):
         assert any(p.startswith(fragment) or fragment in p for p in problems), (fragment, problems)
 
     broken = copy.deepcopy(compose)
@@ -1230,11 +1287,17 @@ def test_checks_catch_broken_compose(compose):
 def test_checks_catch_broken_dockerfile_and_script(tmp_path):
     text = DOCKERFILES["cpu"].read_text()
     bad = tmp_path / "Dockerfile.cpu"
-    bad.write_text(text.replace('ENTRYPOINT ["cmhash"]', 'ENTRYPOINT ["python", "-m", "service.cli"]')
-                   .replace("/readyz", "/healthz").replace("USER cmhash\nEXPOSE", "USER root\nEXPOSE")
-                   .replace("ARG EXTRAS=cpu", "ARG EXTRAS=cpu,gpu,train")
-                   .replace("FROM base AS serve\n", "FROM base AS serve\nCOPY . /tmp/src\n"
-                            "RUN pip install torch --index-url https://download.pytorch.org/whl/cpu\n"))
+    bad.write_text(
+        text.replace('ENTRYPOINT ["cmhash"]', 'ENTRYPOINT ["python", "-m", "service.cli"]')
+        .replace("/readyz", "/healthz")
+        .replace("USER cmhash\nEXPOSE", "USER root\nEXPOSE")
+        .replace("ARG EXTRAS=cpu", "ARG EXTRAS=cpu,gpu,train")
+        .replace(
+            "FROM base AS serve\n",
+            "FROM base AS serve\nCOPY . /tmp/src\n"
+            "RUN pip install torch --index-url https://download.pytorch.org/whl/cpu\n",
+        )
+    )
     problems = check_dockerfile(bad, "cpu")
     for fragment in ("ENTRYPOINT", "/readyz", "root", "EXTRAS", "sources", "torch-free"):
         assert any(fragment in p for p in problems), (fragment, problems)
@@ -1242,10 +1305,12 @@ def test_checks_catch_broken_dockerfile_and_script(tmp_path):
 
     # A single-stage build (the sources in a layer, a later rm does not remove them).
     single = tmp_path / "Dockerfile.single"
-    single.write_text("FROM python:3.11-slim\nARG EXTRAS=cpu\nCOPY . /tmp/src\n"
-                      'RUN pip install "/tmp/src[${EXTRAS}]" && rm -rf /tmp/src\nUSER cmhash\nEXPOSE 8000\n'
-                      'HEALTHCHECK CMD ["true", "/readyz"]\nENTRYPOINT ["cmhash"]\n'
-                      'CMD ["serve", "--host", "0.0.0.0", "--port", "8000"]\n')
+    single.write_text(
+        "FROM python:3.11-slim\nARG EXTRAS=cpu\nCOPY . /tmp/src\n"
+        'RUN pip install "/tmp/src[${EXTRAS}]" && rm -rf /tmp/src\nUSER cmhash\nEXPOSE 8000\n'
+        'HEALTHCHECK CMD ["true", "/readyz"]\nENTRYPOINT ["cmhash"]\n'
+        'CMD ["serve", "--host", "0.0.0.0", "--port", "8000"]\n'
+    )
     problems = check_dockerfile(single, "cpu")
     for fragment in ("builder", "trainer", "sources"):
         assert any(fragment in p for p in problems), (fragment, problems)

@@ -86,7 +86,9 @@ def test_index_folder_then_search_matches_brute_force(tiny_model_dir, encoder, f
         assert hits[0].metadata["path"] == str((folder / f"{hits[0].id}.jpg").resolve())
     radius = int(np.median(dist))
     within = search_gallery(tiny_model_dir, tmp_path / "g", text="a bright blue stripes", k=100, radius=radius).hits
-    assert [h.id for h in within] == [ids[p] for p in sorted(range(len(ids)), key=lambda p: (dist[p], p)) if dist[p] <= radius]
+    assert [h.id for h in within] == [
+        ids[p] for p in sorted(range(len(ids)), key=lambda p: (dist[p], p)) if dist[p] <= radius
+    ]
 
 
 def test_rerun_adds_only_new_and_remove_prune_rebuild(tiny_model_dir, folder, tmp_path):
@@ -100,11 +102,11 @@ def test_rerun_adds_only_new_and_remove_prune_rebuild(tiny_model_dir, folder, tm
     draw_item(1, np.random.default_rng(9), size=96).save(src / "new.jpg")
     update = build_gallery(tiny_model_dir, g, images=src, prune=True, remove=["g01"], progress=False)
     assert (update.added, update.removed, update.gallery_size) == (1, 2, 15)
-    ids, codes = stored_codes(g)
+    ids, _codes = stored_codes(g)
     assert "g00" not in ids and "g01" not in ids and ids[-1] == "new"
     rebuilt = build_gallery(tiny_model_dir, g, images=src, rebuild=True, progress=False)
     assert rebuilt.added == 16 and not (tmp_path / "g.rebuild").exists() and not (tmp_path / "g.old").exists()
-    ids2, codes2 = stored_codes(g)
+    ids2, _codes2 = stored_codes(g)
     assert ids2 == sorted(ids2) and set(ids2) == set(ids) | {"g01"}
 
 
@@ -143,7 +145,7 @@ def test_gallery_of_another_model_is_refused(tiny_model_dir, other_model_dir, fo
     build_gallery(tiny_model_dir, tmp_path / "g", images=folder, progress=False)
     assert Encoder.load(other_model_dir).checksum != Encoder.load(tiny_model_dir).checksum
     with pytest.raises(GalleryMismatchError, match="rebuild"):
-        search_gallery(other_model_dir, tmp_path / "g", text="red").hits
+        search_gallery(other_model_dir, tmp_path / "g", text="red")
     with pytest.raises(GalleryMismatchError):
         build_gallery(other_model_dir, tmp_path / "g", images=folder, progress=False)
     result = invoke("index", "--model", other_model_dir, "--images", folder, "--out", tmp_path / "g")
@@ -159,12 +161,16 @@ def test_cli_index_and_search(tiny_model_dir, folder, tmp_path):
     assert "added 16 items" in result.output and "2 skipped" in result.output
     assert "broken.jpg: not a decodable image" in result.output and "notes.txt" in result.output
 
-    result = invoke("search", "--model", tiny_model_dir, "--gallery", tmp_path / "g", "--text", "a red square", "-k", "3")
+    result = invoke(
+        "search", "--model", tiny_model_dir, "--gallery", tmp_path / "g", "--text", "a red square", "-k", "3"
+    )
     assert result.exit_code == 0, result.output
     header, *lines = result.output.strip().splitlines()
     assert header.split() == ["rank", "dist", "id", "item"]
     assert len(lines) == 3 and [line.split()[0] for line in lines] == ["1", "2", "3"]
-    result = invoke("search", "--model", tiny_model_dir, "--gallery", tmp_path / "g", "--text", "a red square", "--json")
+    result = invoke(
+        "search", "--model", tiny_model_dir, "--gallery", tmp_path / "g", "--text", "a red square", "--json"
+    )
     hits = json.loads(result.output)
     assert len(hits) == 10 and [h["rank"] for h in hits] == list(range(1, 11))
     assert hits[0]["id"] == lines[0].split()[2]
@@ -192,9 +198,13 @@ def test_index_help_names_env_vars():
     result = invoke("index", "--help")
     text = ANSI.sub("", result.output)
     # Settings read from the environment, each name meaning one thing in every command.
-    for flag, env in (("--model", "CMHASH_MODEL_DIR"), ("--decode-threads", "CMHASH_DECODE_THREADS"),
-                      ("--encode-batch", "CMHASH_ENCODE_BATCH"), ("--encoder-threads", "CMHASH_ENCODER_THREADS"),
-                      ("--device", "CMHASH_DEVICE")):
+    for flag, env in (
+        ("--model", "CMHASH_MODEL_DIR"),
+        ("--decode-threads", "CMHASH_DECODE_THREADS"),
+        ("--encode-batch", "CMHASH_ENCODE_BATCH"),
+        ("--encoder-threads", "CMHASH_ENCODER_THREADS"),
+        ("--device", "CMHASH_DEVICE"),
+    ):
         assert flag in text and env in text, flag
     # What one invocation reads or writes is a flag only: a variable left set cannot leak into another run.
     for flag in ("--images", "--texts", "--out", "--remove", "--prune", "--rebuild"):
@@ -233,8 +243,16 @@ def test_cli_search_filter_is_the_ranking_restricted_to_matching_items(tiny_mode
     """`--filter KEY=VALUE` (repeatable, all must match; a list value matches when it holds the
     value): the filtered ranking is the unfiltered one with the other items left out."""
     texts = tmp_path / "texts.jsonl"
-    rows = [{"id": f"t{i:02d}", "text": item_text(i % 6), "labels": ["dog", "cat"][i % 2] if i % 3 else ["dog", "bird"],
-             "n": i % 4, "odd": bool(i % 2)} for i in range(24)]
+    rows = [
+        {
+            "id": f"t{i:02d}",
+            "text": item_text(i % 6),
+            "labels": ["dog", "cat"][i % 2] if i % 3 else ["dog", "bird"],
+            "n": i % 4,
+            "odd": bool(i % 2),
+        }
+        for i in range(24)
+    ]
     texts.write_text("".join(json.dumps(r) + "\n" for r in rows))
     build_gallery(tiny_model_dir, tmp_path / "t", texts=texts, progress=False)
     every = search_gallery(tiny_model_dir, tmp_path / "t", text="a small red square", k=100).hits
@@ -245,19 +263,41 @@ def test_cli_search_filter_is_the_ranking_restricted_to_matching_items(tiny_mode
         (["--filter", "n=2"], lambda m: m["n"] == 2),
         (["--filter", 'n="2"'], lambda m: False),  # a quoted value is text: no stored n is the string "2"
     ):
-        result = invoke("search", "--model", tiny_model_dir, "--gallery", tmp_path / "t",
-                        "--text", "a small red square", "-k", "5", "--json", *args)
+        result = invoke(
+            "search",
+            "--model",
+            tiny_model_dir,
+            "--gallery",
+            tmp_path / "t",
+            "--text",
+            "a small red square",
+            "-k",
+            "5",
+            "--json",
+            *args,
+        )
         assert result.exit_code == 0, result.output
         want = [(h.id, h.distance) for h in every if keep(meta[h.id])][:5]
         assert [(h["id"], h["distance"]) for h in json.loads(result.output)] == want, args
-    page = search_gallery(tiny_model_dir, tmp_path / "t", text="a small red square", k=3, radius=64,
-                          filter={"labels": "bird"})
+    page = search_gallery(
+        tiny_model_dir, tmp_path / "t", text="a small red square", k=3, radius=64, filter={"labels": "bird"}
+    )
     birds = [(h.id, h.distance) for h in every if "bird" in meta[h.id]["labels"]]
     assert [(h.id, h.distance) for h in page.hits] == birds[:3] and page.found == len(birds)
-    result = invoke("search", "--model", tiny_model_dir, "--gallery", tmp_path / "t", "--text", "a red square",
-                    "--filter", "labels=fish")
+    result = invoke(
+        "search",
+        "--model",
+        tiny_model_dir,
+        "--gallery",
+        tmp_path / "t",
+        "--text",
+        "a red square",
+        "--filter",
+        "labels=fish",
+    )
     assert result.exit_code == 0 and "no item matches the filter" in result.output
     for bad in ("labels", "=dog"):
-        result = invoke("search", "--model", tiny_model_dir, "--gallery", tmp_path / "t", "--text", "a red square",
-                        "--filter", bad)
+        result = invoke(
+            "search", "--model", tiny_model_dir, "--gallery", tmp_path / "t", "--text", "a red square", "--filter", bad
+        )
         assert result.exit_code == 2 and "KEY=VALUE" in ANSI.sub("", result.output), result.output

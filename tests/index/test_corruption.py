@@ -157,8 +157,13 @@ def test_sweep_removes_leftovers_and_keeps_live_files(tmp_path: Path) -> None:
     shutil.copytree(d / "snapshot-000002", d / "snapshot-000001")  # a stale old snapshot
     (d / "snapshot-000005").mkdir()  # a newer, half-made snapshot named by nothing
     removed = sweep_gallery_dir(d)
-    assert sorted(removed) == ["CURRENT.tmp", "gallery.json.tmp", "snapshot-000001", "snapshot-000004.tmp",
-                               "snapshot-000005"]
+    assert sorted(removed) == [
+        "CURRENT.tmp",
+        "gallery.json.tmp",
+        "snapshot-000001",
+        "snapshot-000004.tmp",
+        "snapshot-000005",
+    ]
     names = sorted(p.name for p in d.iterdir())
     assert names == ["CURRENT", "gallery.json", JOURNAL_FILE, "snapshot-000002", "snapshot-000003", "writer.lock"]
     assert _contents(JournaledGallery(Gallery.open(d)).gallery.store) == acknowledged

@@ -60,7 +60,7 @@ def assert_knn_matches(store, ids, codes, queries, k):
 
 
 # --------------------------------------------------------------------- codes
-@pytest.mark.parametrize("bits", BITS + [24, 48])
+@pytest.mark.parametrize("bits", [*BITS, 24, 48])
 def test_pack_unpack_round_trip(bits):
     rng = np.random.default_rng(bits)
     signs = rng.choice(np.array([-1, 1], dtype=np.int8), size=(9, bits))
@@ -192,7 +192,7 @@ def test_range_search_radius_equal_to_bits_is_accepted_and_returns_every_item(bi
 def test_remove_then_search(bits):
     store, ids, codes, rng = build(bits, 200, seed=5)
     gone = set(rng.choice(ids, size=70, replace=False).tolist())
-    assert store.remove(list(gone) + ["no-such-id"]) == 70
+    assert store.remove([*list(gone), "no-such-id"]) == 70
     assert store.remove(list(gone)) == 0
     assert len(store) == 130
     keep = [p for p in range(200) if ids[p] not in gone]
@@ -207,7 +207,7 @@ def test_remove_then_search(bits):
         assert_knn_matches(store, kept_ids, kept_codes, queries, k)
     for r in (0, bits // 2, bits):
         dist = hamming_distance_matrix(queries, kept_codes)
-        for j, (got_ids, got_d) in enumerate(store.range_search(queries, r)):
+        for j, (got_ids, _got_d) in enumerate(store.range_search(queries, r)):
             pos = [p for p in sorted(range(len(keep)), key=lambda p: (dist[j, p], p)) if dist[j, p] <= r]
             assert got_ids == [kept_ids[p] for p in pos]
     # re-adding a removed id is allowed and it goes to the back of the tie order
@@ -217,7 +217,7 @@ def test_remove_then_search(bits):
 
 
 def test_duplicate_ids_rejected_store_unchanged():
-    store, ids, codes, rng = build(32, 50, seed=9)
+    store, ids, codes, _rng = build(32, 50, seed=9)
     q = codes[:5]
     before = store.search(q, 10)
     new = np.zeros((2, 4), dtype=np.uint8)
@@ -309,7 +309,7 @@ def test_metadata_must_be_json(tmp_path: Path):
 
 def test_each_save_replaces_the_previous_snapshot(tmp_path: Path):
     d = tmp_path / "s"
-    store, ids, codes, _ = build(32, 30, seed=2)
+    store, _ids, _codes, _ = build(32, 30, seed=2)
     for _ in range(3):
         store.save(d)
     # the snapshot a save replaces is kept as the fallback (issue 10); older ones go
@@ -373,7 +373,7 @@ def test_crash_at_any_step_of_save_keeps_previous_version(tmp_path: Path, monkey
 
 def test_crash_inside_a_file_write_keeps_previous_version(tmp_path: Path, monkeypatch):
     d = tmp_path / "s"
-    store, ids, codes, _ = build(16, 60, seed=12)
+    store, _ids, codes, _ = build(16, 60, seed=12)
     store.save(d)
     store.add(["e1"], codes[[0]])
 
@@ -424,7 +424,7 @@ def test_concurrent_search_while_adding_and_removing():
                     # each returned distance is the true distance of that id's code
                     truth = hamming_distance_matrix(codes[[j]], codes[[int(x[2:]) for x in row]])[0]
                     np.testing.assert_array_equal(dist, truth)
-                for row, dist in store.range_search(codes[:2], 8):
+                for _, dist in store.range_search(codes[:2], 8):
                     assert np.all(dist <= 8)
         except BaseException as e:  # pragma: no cover - reported below
             errors.append(e)
@@ -497,7 +497,7 @@ def test_tie_order_independent_of_faiss_tie_order(bits, k):
     queries = codes[rng.integers(0, 150, 10)]
     assert_knn_matches(store, ids, codes, queries, k)
     dist = hamming_distance_matrix(queries, codes)
-    for j, (got_ids, got_d) in enumerate(store.range_search(queries, bits // 4)):
+    for j, (got_ids, _got_d) in enumerate(store.range_search(queries, bits // 4)):
         pos = [p for p in sorted(range(150), key=lambda p: (dist[j, p], p)) if dist[j, p] <= bits // 4]
         assert got_ids == [ids[p] for p in pos]
 
@@ -592,7 +592,7 @@ def test_gpu_mirror_removes_are_tombstones_until_a_quarter_is_dead():
     store = FaissCodeStore(32, device="cuda", _gpu_factory=factory)
     store.add(ids, codes)
     live = list(range(400))
-    for step in range(1, 6):  # 5 x 10 removes = 12.5% dead: no rebuild
+    for _step in range(1, 6):  # 5 x 10 removes = 12.5% dead: no rebuild
         gone = live[:10]
         store.remove([ids[p] for p in gone])
         live = live[10:]

@@ -21,6 +21,7 @@ LABELS = ["dog", "cat", "bird"]
 
 def oracle_match(meta: dict[str, Any], flt: dict[str, Any]) -> bool:
     """The filter semantics written out: equal with the same JSON type, or a list holding it."""
+
     def same(a: Any, b: Any) -> bool:
         if isinstance(a, bool) or isinstance(b, bool):
             return type(a) is type(b) and a == b
@@ -37,11 +38,15 @@ def oracle_match(meta: dict[str, Any], flt: dict[str, Any]) -> bool:
     return True
 
 
-def oracle(items: list[tuple[str, np.ndarray, dict[str, Any]]], q: np.ndarray, flt: dict[str, Any]
-           ) -> list[tuple[str, int]]:
+def oracle(
+    items: list[tuple[str, np.ndarray, dict[str, Any]]], q: np.ndarray, flt: dict[str, Any]
+) -> list[tuple[str, int]]:
     """Every matching item by (distance, insertion order)."""
-    kept = [(i, int(np.unpackbits(np.bitwise_xor(code, q)).sum()), pos)
-            for pos, (i, code, meta) in enumerate(items) if oracle_match(meta, flt)]
+    kept = [
+        (i, int(np.unpackbits(np.bitwise_xor(code, q)).sum()), pos)
+        for pos, (i, code, meta) in enumerate(items)
+        if oracle_match(meta, flt)
+    ]
     return [(i, d) for i, d, _ in sorted(kept, key=lambda t: (t[1], t[2]))]
 
 
@@ -67,8 +72,16 @@ def make_items(rng: np.random.Generator, n: int) -> list[tuple[str, np.ndarray, 
 
 
 FILTERS: list[dict[str, Any]] = [
-    {"labels": "dog"}, {"labels": "cat"}, {"labels": "dog", "odd": True}, {"n": 2}, {"n": 2.0},
-    {"odd": False}, {"n": 1, "labels": "bird"}, {"labels": "fish"}, {"missing": "x"}, {"name": "item 3"},
+    {"labels": "dog"},
+    {"labels": "cat"},
+    {"labels": "dog", "odd": True},
+    {"n": 2},
+    {"n": 2.0},
+    {"odd": False},
+    {"n": 1, "labels": "bird"},
+    {"labels": "fish"},
+    {"missing": "x"},
+    {"name": "item 3"},
     {"odd": 1},  # a number never matches a boolean
 ]
 
@@ -101,8 +114,9 @@ def test_candidates_are_the_matching_items_in_insertion_order(filled) -> None:
         want = [(i, c) for i, c, m in items if oracle_match(m, flt)]
         assert ids == [i for i, _ in want], flt
         assert list(order) == sorted(order)
-        np.testing.assert_array_equal(codes.reshape(-1, BITS // 8),
-                                      np.stack([c for _, c in want]).reshape(-1, BITS // 8) if want else codes)
+        np.testing.assert_array_equal(
+            codes.reshape(-1, BITS // 8), np.stack([c for _, c in want]).reshape(-1, BITS // 8) if want else codes
+        )
 
 
 @pytest.mark.parametrize("windows", [[(0, 5)], [(3, 4)], [(0, 200)], [(10, 7)], [(90, 5)]])

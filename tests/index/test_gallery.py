@@ -32,11 +32,14 @@ def test_a_new_gallery_is_loadable_before_any_add(tmp_path: Path):
     assert len(Gallery.open(tmp_path / "g").store) == 0
 
 
-@pytest.mark.parametrize(("kw", "match"), [
-    ({"model_checksum": "b" * 64}, "was built with model aaaaaaaaaaaa .*rebuild"),
-    ({"bits": 64}, "holds 32-bit codes"),
-    ({"kind": "text"}, "is a image gallery, not a text gallery"),
-])
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"model_checksum": "b" * 64}, "was built with model aaaaaaaaaaaa .*rebuild"),
+        ({"bits": 64}, "holds 32-bit codes"),
+        ({"kind": "text"}, "is a image gallery, not a text gallery"),
+    ],
+)
 def test_open_refuses_another_model(tmp_path: Path, kw, match):
     make(tmp_path / "g")
     with pytest.raises(GalleryMismatchError, match=match):

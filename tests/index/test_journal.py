@@ -45,7 +45,9 @@ def apply_ops(journaled: JournaledGallery, expected: dict[str, tuple[bytes, dict
     expected.update({i: (bytes(c), {"n": n}) for n, (i, c) in enumerate(zip(ids, batch))})
     removed = journaled.remove(["a1", "a3", "missing"])  # the removed items, read under the lock
     assert [(r["id"], bytes(r["code"]), r["metadata"]) for r in removed] == [
-        ("a1", expected["a1"][0], {"n": 1}), ("a3", expected["a3"][0], {"n": 3})]
+        ("a1", expected["a1"][0], {"n": 1}),
+        ("a3", expected["a3"][0], {"n": 3}),
+    ]
     del expected["a1"], expected["a3"]
     one = codes(1, 2)
     journaled.add(["a1"], one, [{"again": True}])  # re-added: now last in insertion order
@@ -128,8 +130,10 @@ class _FailingOs:
         import os
 
         if name in self.fail:
+
             def failing(*args, **kwargs):
                 raise OSError(28, "No space left on device")
+
             return failing
         return getattr(os, name)
 

@@ -37,7 +37,9 @@ def assert_same(flat: FaissCodeStore, other: FaissCodeStore, queries: np.ndarray
         assert b_ids == a_ids, f"k={k}"
         np.testing.assert_array_equal(b_d, a_d)
     for r in radii:
-        for (a_ids, a_d), (b_ids, b_d) in zip(flat.range_search(queries, r), other.range_search(queries, r), strict=True):
+        for (a_ids, a_d), (b_ids, b_d) in zip(
+            flat.range_search(queries, r), other.range_search(queries, r), strict=True
+        ):
             assert b_ids == a_ids, f"radius={r}"
             np.testing.assert_array_equal(b_d, a_d)
 
@@ -107,7 +109,7 @@ def test_mih_store_matches_flat_through_adds_removes_and_reload(bits, data, tmp_
             store.add(new, batch, [{"i": i} for i in range(n_add)])
         live += new
         if round_ % 2:
-            gone = list(rng.choice(live, size=min(len(live) // 3, 400), replace=False)) + ["absent"]
+            gone = [*list(rng.choice(live, size=min(len(live) // 3, 400), replace=False)), "absent"]
             assert flat.remove(gone) == multi.remove(gone)
             live = [i for i in live if i not in set(gone)]
         if round_ == 3:  # save, load: the tables are rebuilt from the stored codes

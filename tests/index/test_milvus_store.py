@@ -19,14 +19,14 @@ with warnings.catch_warnings():
     pytest.importorskip("milvus_lite")
 pytest.importorskip("faiss")
 
-from pymilvus import DataType, MilvusClient  # noqa: E402
+from pymilvus import DataType, MilvusClient
 
-from index import milvus_store  # noqa: E402
-from index.faiss_store import FaissCodeStore  # noqa: E402
-from index.milvus_store import STORE_FILE, MilvusCodeStore  # noqa: E402
-from index.store import CodeStore  # noqa: E402
-from model.runtime.codes import hamming_distance_matrix  # noqa: E402
-from model.runtime.errors import UserError  # noqa: E402
+from index import milvus_store
+from index.faiss_store import FaissCodeStore
+from index.milvus_store import STORE_FILE, MilvusCodeStore
+from index.store import CodeStore
+from model.runtime.codes import hamming_distance_matrix
+from model.runtime.errors import UserError
 
 MakeStore = Callable[..., MilvusCodeStore]
 
@@ -59,7 +59,9 @@ def oracle_range(codes: np.ndarray, ids: list[str], q: np.ndarray, r: int) -> li
     return out
 
 
-def assert_knn(store: MilvusCodeStore, faiss: FaissCodeStore, codes: np.ndarray, ids: list[str], q: np.ndarray, k: int) -> None:
+def assert_knn(
+    store: MilvusCodeStore, faiss: FaissCodeStore, codes: np.ndarray, ids: list[str], q: np.ndarray, k: int
+) -> None:
     """Milvus == FAISS == brute force, ids, order and distances."""
     got_ids, got_d = store.search(q, k)
     ref_ids, ref_d = faiss.search(q, k)
@@ -71,7 +73,9 @@ def assert_knn(store: MilvusCodeStore, faiss: FaissCodeStore, codes: np.ndarray,
         np.testing.assert_array_equal(got_d[j], o_d)
 
 
-def assert_range(store: MilvusCodeStore, faiss: FaissCodeStore, codes: np.ndarray, ids: list[str], q: np.ndarray, r: int) -> None:
+def assert_range(
+    store: MilvusCodeStore, faiss: FaissCodeStore, codes: np.ndarray, ids: list[str], q: np.ndarray, r: int
+) -> None:
     got = store.range_search(q, r)
     ref = faiss.range_search(q, r)
     assert len(got) == len(q)
@@ -136,7 +140,9 @@ def gallery(request, uri: str):
     """A tie-heavy plus random gallery with some removals, in Milvus and in FAISS."""
     bits = request.param
     rng = np.random.default_rng(bits)
-    codes = np.concatenate([tie_heavy_codes(rng, 220, bits), rng.integers(0, 256, size=(80, bits // 8), dtype=np.uint8)])
+    codes = np.concatenate(
+        [tie_heavy_codes(rng, 220, bits), rng.integers(0, 256, size=(80, bits // 8), dtype=np.uint8)]
+    )
     ids = [f"item-{i:04d}" for i in range(len(codes))]
     store = MilvusCodeStore(bits, uri, f"gallery_{bits}")
     faiss = FaissCodeStore(bits)
@@ -259,7 +265,7 @@ def test_add_remove_get_and_awkward_ids(make_store: MakeStore):
     got, d = store.search(codes, 1)
     assert [row[0] for row in got] == ids and not d.any()  # codes are distinct
     assert store.get("missing") is None and "missing" not in store and 3 not in store
-    assert store.remove(odd[:4] + ["missing", "\ud800"]) == 4
+    assert store.remove([*odd[:4], "missing", "\ud800"]) == 4
     assert store.remove(odd[:4]) == 0
     assert len(store) == len(ids) - 4 and store.ids() == [i for i in ids if i not in odd[:4]]
     assert store.get(odd[0]) is None and odd[0] not in store

@@ -78,8 +78,9 @@ def test_folder_with_bad_files_is_indexed_and_bad_files_reported(tmp_path: Path,
     add_bad_files(tmp_path / "imgs")
     enc = PixelSignEncoder()
     gallery = new_gallery(tmp_path / "g")
-    report = index_items(gallery, image_listing(tmp_path / "imgs").items, enc, batch_size=5,
-                         workers=workers, progress=False)
+    report = index_items(
+        gallery, image_listing(tmp_path / "imgs").items, enc, batch_size=5, workers=workers, progress=False
+    )
     assert (report.listed, report.added, report.already_present) == (25, 23, 0)
     reasons = dict(report.skipped)
     assert set(reasons) == {str(tmp_path / "imgs" / "truncated.jpg"), str(tmp_path / "imgs" / "readme.txt")}
@@ -95,7 +96,7 @@ def test_folder_with_bad_files_is_indexed_and_bad_files_reported(tmp_path: Path,
         np.testing.assert_array_equal(item["code"], code)
         assert item["metadata"] == {"path": str(p.resolve())}
     # and searching it equals a brute-force scan
-    ids, d = loaded.store.search(oracle[:3], 5)
+    _ids, d = loaded.store.search(oracle[:3], 5)
     dist = hamming_distance_matrix(oracle[:3], oracle)
     for j in range(3):
         np.testing.assert_array_equal(d[j], np.sort(dist[j])[:5])
@@ -119,8 +120,15 @@ def test_interrupted_run_keeps_saved_batches_and_resumes(tmp_path: Path):
     gallery = new_gallery(tmp_path / "g")
     items = image_listing(tmp_path / "imgs").items
     with pytest.raises(KeyboardInterrupt):
-        index_items(gallery, items, PixelSignEncoder(fail_after_batches=3), batch_size=4, workers=2,
-                    save_every_s=0.0, progress=False)
+        index_items(
+            gallery,
+            items,
+            PixelSignEncoder(fail_after_batches=3),
+            batch_size=4,
+            workers=2,
+            save_every_s=0.0,
+            progress=False,
+        )
     after_crash = Gallery.open(tmp_path / "g")
     assert after_crash.store.ids() == [p.stem for p in paths[:12]]  # three whole batches, nothing partial
     enc = PixelSignEncoder()

@@ -31,8 +31,14 @@ def make_items(rng: np.random.Generator) -> list[tuple[str, np.ndarray, dict[str
     return items
 
 
-def oracle(items: list[tuple[str, np.ndarray, dict[str, Any]]], q: np.ndarray, h: np.ndarray, rerank: Any,
-           radius: int | None, flt: dict[str, Any]) -> list[tuple[str, int, float | None]]:
+def oracle(
+    items: list[tuple[str, np.ndarray, dict[str, Any]]],
+    q: np.ndarray,
+    h: np.ndarray,
+    rerank: Any,
+    radius: int | None,
+    flt: dict[str, Any],
+) -> list[tuple[str, int, float | None]]:
     """The whole re-ranked ranking as (id, distance, score or None), written out directly."""
     rows = []
     for pos, (item_id, code, meta) in enumerate(items):
@@ -116,8 +122,9 @@ def test_radius_and_filter_match_oracle(setup, rerank, radius) -> None:
     for flt in ({}, {"odd": True}):
         if flt and isinstance(store, NoCandidates):
             continue  # filters need `candidates`
-        pages = search_pages(store, codes, [(2, 6)] * len(codes), radius, query_h=h, rerank=rerank, filter=flt,
-                             explain_empty=True)
+        pages = search_pages(
+            store, codes, [(2, 6)] * len(codes), radius, query_h=h, rerank=rerank, filter=flt, explain_empty=True
+        )
         for row, got in enumerate(flatten(pages)):
             want = oracle(items, codes[row], h[row], rerank, radius, flt)
             assert got == want[2:8]

@@ -44,7 +44,11 @@ def test_manifest_paths_metadata_and_bad_lines(tmp_path: Path):
     listing = image_listing(manifest)
     assert [i.id for i in listing.items] == ["x1", "x3"]
     assert listing.items[0].source == (tmp_path / "img" / "1.jpg").resolve()
-    assert listing.items[0].metadata == {"path": str((tmp_path / "img/1.jpg").resolve()), "text": "a dog", "labels": ["dog"]}
+    assert listing.items[0].metadata == {
+        "path": str((tmp_path / "img/1.jpg").resolve()),
+        "text": "a dog",
+        "labels": ["dog"],
+    }
     assert [r for _, r in listing.rejected] == ["needs a string 'id' and 'image'", "duplicate id 'x1'"]
     assert listing.rejected[0][0] == f"{manifest}:2"
 
@@ -71,8 +75,16 @@ def test_plain_text_ids_come_from_content(tmp_path: Path):
 
 def test_jsonl_texts_keep_ids_and_fields(tmp_path: Path):
     f = tmp_path / "t.jsonl"
-    f.write_text("\n".join(json.dumps(x) for x in [
-        {"id": "c1", "text": "a cat", "labels": ["cat"]}, {"text": "no id here"}, {"id": "c3", "text": ""}]))
+    f.write_text(
+        "\n".join(
+            json.dumps(x)
+            for x in [
+                {"id": "c1", "text": "a cat", "labels": ["cat"]},
+                {"text": "no id here"},
+                {"id": "c3", "text": ""},
+            ]
+        )
+    )
     listing = text_listing(f)
     assert [i.id for i in listing.items] == ["c1", text_id("no id here")]
     assert listing.items[0].metadata == {"text": "a cat", "labels": ["cat"]}

@@ -28,8 +28,10 @@ N_TEXTS = 12
 # The TestClient sends Host "testserver" from client "testclient" (schemathesis' ASGI client too):
 # the tests' apps serve that name and let that client write without a key, as a deployment would
 # configure CMHASH_ALLOWED_HOSTS / CMHASH_ANONYMOUS_WRITE_CLIENTS (the defaults admit neither).
-TEST_ACCESS = {"allowed_hosts": ["127.0.0.1", "localhost", "[::1]", "testserver"],
-               "anonymous_write_clients": ["127.0.0.0/8", "::1", "testclient"]}
+TEST_ACCESS = {
+    "allowed_hosts": ["127.0.0.1", "localhost", "[::1]", "testserver"],
+    "anonymous_write_clients": ["127.0.0.0/8", "::1", "testclient"],
+}
 TEST_ENV = {f"CMHASH_{name.upper()}": ",".join(values) for name, values in TEST_ACCESS.items()}
 
 
@@ -86,15 +88,23 @@ def gallery_templates(tiny_model_dir: Path, image_folder: Path, tmp_path_factory
 
 
 @pytest.fixture
-def make_settings(tiny_model_dir: Path, gallery_templates: Path, tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Settings]:
+def make_settings(
+    tiny_model_dir: Path, gallery_templates: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Callable[..., Settings]:
     """Settings over fresh copies of the template galleries (keyword arguments override fields)."""
 
     def make(**overrides: object) -> Settings:
         root = tmp_path_factory.mktemp("service_run")
         shutil.copytree(gallery_templates / "images", root / "images")
         shutil.copytree(gallery_templates / "texts", root / "texts")
-        fields: dict[str, object] = {"model_dir": tiny_model_dir, "image_gallery": root / "images",
-                                     "text_gallery": root / "texts", "device": "cpu", "encoder_threads": 1, **TEST_ACCESS}
+        fields: dict[str, object] = {
+            "model_dir": tiny_model_dir,
+            "image_gallery": root / "images",
+            "text_gallery": root / "texts",
+            "device": "cpu",
+            "encoder_threads": 1,
+            **TEST_ACCESS,
+        }
         return Settings(**{**fields, **overrides})  # type: ignore[arg-type]
 
     return make
@@ -121,13 +131,21 @@ def open_client(settings: Settings) -> Iterator[TestClient]:
 
 
 @pytest.fixture(scope="module")
-def module_settings(tiny_model_dir: Path, gallery_templates: Path, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+def module_settings(
+    tiny_model_dir: Path, gallery_templates: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Settings:
     """Settings over copies of the template galleries shared by one module's read-only tests."""
     root = tmp_path_factory.mktemp("service_module")
     shutil.copytree(gallery_templates / "images", root / "images")
     shutil.copytree(gallery_templates / "texts", root / "texts")
-    return Settings(model_dir=tiny_model_dir, image_gallery=root / "images", text_gallery=root / "texts",
-                    device="cpu", encoder_threads=1, **TEST_ACCESS)
+    return Settings(
+        model_dir=tiny_model_dir,
+        image_gallery=root / "images",
+        text_gallery=root / "texts",
+        device="cpu",
+        encoder_threads=1,
+        **TEST_ACCESS,
+    )
 
 
 @pytest.fixture(scope="module")

@@ -31,8 +31,11 @@ def error(r, status: int) -> str:
 def test_json_search_answers_as_multipart(client: TestClient, route: str) -> None:
     image = png_bytes(3, seed=21)
     for fields in ({"k": 5}, {"k": 3, "offset": 2}, {"k": 4, "radius": 6}):
-        form = client.post(route, files={"file": ("q.png", image, "image/png")},
-                           data={key: str(value) for key, value in fields.items()})
+        form = client.post(
+            route,
+            files={"file": ("q.png", image, "image/png")},
+            data={key: str(value) for key, value in fields.items()},
+        )
         as_json = client.post(route, json={"image_base64": b64(image), **fields})
         assert form.status_code == as_json.status_code == 200, as_json.text
         assert form.json()["results"] == as_json.json()["results"] and form.json()["total"] == as_json.json()["total"]
@@ -58,8 +61,10 @@ def test_invalid_base64_is_a_400_naming_the_field(client: TestClient, route: str
 
 @pytest.mark.parametrize("route", IMAGE_ROUTES)
 def test_decoded_non_images_get_the_upload_errors(client: TestClient, route: str) -> None:
-    assert client.post(route, json={"image_base64": b64(b"hello, not an image")}).json()["error"]["code"] \
+    assert (
+        client.post(route, json={"image_base64": b64(b"hello, not an image")}).json()["error"]["code"]
         == "unsupported_media_type"
+    )
     assert client.post(route, json={"image_base64": ""}).status_code == 415  # empty, as an empty upload
     cut = png_bytes(2, seed=5)
     r = client.post(route, json={"image_base64": b64(cut[: len(cut) // 2])})
@@ -67,9 +72,15 @@ def test_decoded_non_images_get_the_upload_errors(client: TestClient, route: str
 
 
 @pytest.mark.parametrize("route", IMAGE_ROUTES)
-@pytest.mark.parametrize("body", [{"url": "http://example.com/a.png"}, {"image_url": "https://example.com/a.png"},
-                                  {"image_base64": "https://example.com/a.png"},
-                                  {"image_base64": "aGVsbG8=", "imageUrl": "x"}])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"url": "http://example.com/a.png"},
+        {"image_url": "https://example.com/a.png"},
+        {"image_base64": "https://example.com/a.png"},
+        {"image_base64": "aGVsbG8=", "imageUrl": "x"},
+    ],
+)
 def test_urls_are_not_fetched(client: TestClient, route: str, body: dict[str, str]) -> None:
     assert "URLs are not fetched" in error(client.post(route, json=body), 400)
 

@@ -135,10 +135,15 @@ def test_concurrent_requests_share_encoder_calls(make_settings, route: str) -> N
         def request(i: int):
             if route == "text":
                 target = "text-to-image" if i % 2 else "text-to-text"
-                return client.post(f"/search/{target}", json={"text": f"a small {['red square', 'blue stripes'][i % 2]} {i}",
-                                                             "k": 2 + i, "offset": i % 3})
-            return client.post(f"/search/image-to-{'text' if i % 2 else 'image'}",
-                               files={"file": ("q.png", png_bytes(i % 4, seed=i))}, data={"k": str(2 + i)})
+                return client.post(
+                    f"/search/{target}",
+                    json={"text": f"a small {['red square', 'blue stripes'][i % 2]} {i}", "k": 2 + i, "offset": i % 3},
+                )
+            return client.post(
+                f"/search/image-to-{'text' if i % 2 else 'image'}",
+                files={"file": ("q.png", png_bytes(i % 4, seed=i))},
+                data={"k": str(2 + i)},
+            )
 
         solo = [request(i).json()["results"] for i in range(n)]
         assert calls == [1] * n

@@ -36,8 +36,19 @@ def serve(*args: str | Path) -> Iterator[str]:
     tests leaks in: default hosts, loopback writes), stopped with SIGINT afterwards."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CMHASH_")}
-    cmd = [sys.executable, "-m", "service.cli", "serve", *map(str, args), "--port", str(port), "--device", "cpu",
-           "--encoder-threads", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "service.cli",
+        "serve",
+        *map(str, args),
+        "--port",
+        str(port),
+        "--device",
+        "cpu",
+        "--encoder-threads",
+        "1",
+    ]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -59,8 +70,16 @@ def server(tiny_model_dir: Path, gallery_templates: Path, tmp_path_factory: pyte
     root = tmp_path_factory.mktemp("client_server")
     shutil.copytree(gallery_templates / "images", root / "images")
     shutil.copytree(gallery_templates / "texts", root / "texts")
-    with serve("--model", tiny_model_dir, "--image-gallery", root / "images", "--text-gallery", root / "texts",
-               "--api-key", KEY) as base:
+    with serve(
+        "--model",
+        tiny_model_dir,
+        "--image-gallery",
+        root / "images",
+        "--text-gallery",
+        root / "texts",
+        "--api-key",
+        KEY,
+    ) as base:
         yield base
 
 
@@ -118,8 +137,11 @@ def test_reads(server: str, encoder: Encoder, tmp_path: Path) -> None:
 
 def test_writes_with_the_key(server: str) -> None:
     with Client(server, api_key=KEY) as cm:
-        added = cm.add_images([("new-a.png", png_bytes(0, seed=5)), ("new-b.png", png_bytes(3, seed=6))],
-                              ids=["new a/1", "new-b"], metadata=[{"label": "red"}, None])
+        added = cm.add_images(
+            [("new-a.png", png_bytes(0, seed=5)), ("new-b.png", png_bytes(3, seed=6))],
+            ids=["new a/1", "new-b"],
+            metadata=[{"label": "red"}, None],
+        )
         assert added.ids == ["new a/1", "new-b"] and added.count == N_IMAGES + 2
         item = cm.get_item("images", "new a/1")
         assert item.metadata["label"] == "red" and item.metadata["filename"] == "new-a.png"
@@ -204,10 +226,12 @@ def test_async_client(server: str, texts_only: str) -> None:
     async def main() -> None:
         async with AsyncClient(server, api_key=KEY) as cm, AsyncClient(texts_only, retries=1, backoff=0.01) as other:
             assert (await cm.health()).status == "ok" and (await cm.ready()).ready
-            pages = await asyncio.gather(cm.search_text_to_image("a small red square", k=3),
-                                         cm.search_text_to_text("a small red square", k=3),
-                                         cm.search_image_to_text(png_bytes(1), k=3),
-                                         cm.search_image_to_image(png_bytes(1), k=3, radius=BITS))
+            pages = await asyncio.gather(
+                cm.search_text_to_image("a small red square", k=3),
+                cm.search_text_to_text("a small red square", k=3),
+                cm.search_image_to_text(png_bytes(1), k=3),
+                cm.search_image_to_image(png_bytes(1), k=3, radius=BITS),
+            )
             assert [len(p.results) for p in pages] == [3, 3, 3, 3] and pages[3].total == N_IMAGES
             assert (await cm.encode_text("x")).bits == BITS and (await cm.encode_image(png_bytes(2))).bits == BITS
             added = await cm.add_images(("async.png", png_bytes(2, seed=9)))

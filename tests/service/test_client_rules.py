@@ -90,11 +90,15 @@ def test_retry_after_forms() -> None:
     assert retry_after(None) is None and retry_after("soon") is None and retry_after("") is None
 
 
-@pytest.mark.parametrize("call", [
-    lambda c: c.add_texts(["a red square"], ids=["t"]),
-    lambda c: c.add_images([("a.png", b"\x89PNG")]),
-    lambda c: c.delete_item("texts", "t"),
-], ids=["add_texts", "add_images", "delete_item"])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda c: c.add_texts(["a red square"], ids=["t"]),
+        lambda c: c.add_images([("a.png", b"\x89PNG")]),
+        lambda c: c.delete_item("texts", "t"),
+    ],
+    ids=["add_texts", "add_images", "delete_item"],
+)
 def test_writes_retry_only_the_services_own_refusals(call: Callable[[Client], Any]) -> None:
     # the service's JSON 503 (it stored nothing): retried
     script = Script(busy(), httpx.Response(201, json={"ids": ["t"], "count": 1, "id": "t"}))
@@ -161,8 +165,9 @@ def test_requests_carry_the_key_and_the_fields() -> None:
 
     script.answers = [httpx.Response(201, json={"ids": ["a"], "count": 3})]
     client.add_texts(["first", "second"], ids=["a", None], metadata=[None, {"k": "v"}])
-    assert json.loads(script.requests[-1].content) == {"items": [{"text": "first", "id": "a"},
-                                                                 {"text": "second", "metadata": {"k": "v"}}]}
+    assert json.loads(script.requests[-1].content) == {
+        "items": [{"text": "first", "id": "a"}, {"text": "second", "metadata": {"k": "v"}}]
+    }
     script.answers = [httpx.Response(200, json=PAGE)]
     client.search_text_to_image("q", k=5, offset=10, radius=3)
     assert json.loads(script.requests[-1].content) == {"text": "q", "k": 5, "offset": 10, "radius": 3}
@@ -230,10 +235,17 @@ def test_result_models_match_the_service_schemas() -> None:
     from service import schemas
 
     pairs: list[tuple[type[BaseModel], type[BaseModel]]] = [
-        (cm.SearchResponse, schemas.SearchResponse), (cm.Hit, Hit), (cm.CodeResponse, schemas.CodeResponse),
-        (cm.Added, schemas.Added), (cm.Deleted, schemas.Deleted), (cm.Item, schemas.Item),
-        (cm.GalleryStatus, schemas.GalleryStatus), (cm.Health, schemas.Health),
-        (cm.ItemSummary, schemas.ItemSummary), (cm.ItemPage, schemas.ItemPage)]
+        (cm.SearchResponse, schemas.SearchResponse),
+        (cm.Hit, Hit),
+        (cm.CodeResponse, schemas.CodeResponse),
+        (cm.Added, schemas.Added),
+        (cm.Deleted, schemas.Deleted),
+        (cm.Item, schemas.Item),
+        (cm.GalleryStatus, schemas.GalleryStatus),
+        (cm.Health, schemas.Health),
+        (cm.ItemSummary, schemas.ItemSummary),
+        (cm.ItemPage, schemas.ItemPage),
+    ]
     for mine, theirs in pairs:
         assert list(mine.model_fields) == list(theirs.model_fields), mine.__name__
         for name, f in theirs.model_fields.items():
@@ -241,10 +253,12 @@ def test_result_models_match_the_service_schemas() -> None:
 
 
 def test_the_client_imports_no_server_code() -> None:
-    code = ("import sys, service.client; "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
-            "('fastapi', 'starlette', 'numpy', 'faiss', 'torch', 'index', 'model') or m.startswith('service.') "
-            "and m != 'service.client'))")
+    code = (
+        "import sys, service.client; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('fastapi', 'starlette', 'numpy', 'faiss', 'torch', 'index', 'model') or m.startswith('service.') "
+        "and m != 'service.client'))"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"

@@ -68,8 +68,7 @@ def test_startup_sweep_removes_orphans_and_keeps_live_uploads(make_settings) -> 
 
     settings = make_settings()
     with open_client(settings) as client:
-        r = client.post("/gallery/images", files=[("files", ("x.png", png_bytes(1), "image/png"))],
-                        data={"ids": "up1"})
+        r = client.post("/gallery/images", files=[("files", ("x.png", png_bytes(1), "image/png"))], data={"ids": "up1"})
         assert r.status_code == 201, r.text
     uploads = settings.image_gallery / "uploads"
     live = [p.name for p in uploads.iterdir()]

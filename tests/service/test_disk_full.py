@@ -90,8 +90,11 @@ def add_text(client: TestClient, item_id: str, **extra: Any) -> httpx.Response:
 
 
 def add_image(client: TestClient, item_id: str, seed: int = 0) -> httpx.Response:
-    return client.post("/gallery/images", files={"files": (f"{item_id}.png", png_bytes(seed % 4, seed), "image/png")},
-                       data={"ids": item_id})
+    return client.post(
+        "/gallery/images",
+        files={"files": (f"{item_id}.png", png_bytes(seed % 4, seed), "image/png")},
+        data={"ids": item_id},
+    )
 
 
 def upload_files(settings: Settings) -> set[str]:
@@ -104,8 +107,12 @@ UPLOAD_NAME = re.compile(r"^[0-9a-f]{24}-[0-9a-f]{12}\.\w+$")  # how the service
 
 def live_files(client: TestClient) -> set[str]:
     """The upload file names of the live image items (built items name their source files)."""
-    ids = [h["id"] for h in client.post("/search/image-to-image", files={"file": ("q.png", png_bytes(0), "image/png")},
-                                        data={"k": "1000"}).json()["results"]]
+    ids = [
+        h["id"]
+        for h in client.post(
+            "/search/image-to-image", files={"file": ("q.png", png_bytes(0), "image/png")}, data={"k": "1000"}
+        ).json()["results"]
+    ]
     names = set()
     for item_id in ids:
         path = client.get(f"/gallery/images/{item_id}").json()["metadata"].get("path")
@@ -151,11 +158,14 @@ def test_failed_journal_write_is_refused_and_never_durable(make_settings, faults
         assert upload_files(settings) == live_files(client)
 
 
-@pytest.mark.parametrize(("faults", "status"), [
-    pytest.param({"write": errno.ENOSPC}, 507, id="write-ENOSPC"),
-    pytest.param({"fsync": errno.EIO}, 503, id="fsync-EIO"),
-    pytest.param({"replace": errno.ENOSPC}, 507, id="rename-ENOSPC"),
-])
+@pytest.mark.parametrize(
+    ("faults", "status"),
+    [
+        pytest.param({"write": errno.ENOSPC}, 507, id="write-ENOSPC"),
+        pytest.param({"fsync": errno.EIO}, 503, id="fsync-EIO"),
+        pytest.param({"replace": errno.ENOSPC}, 507, id="rename-ENOSPC"),
+    ],
+)
 def test_failed_upload_write_leaves_no_file(make_settings, faults: dict[str, int], status: int) -> None:
     settings: Settings = make_settings()
     with open_client(settings) as client:
@@ -187,7 +197,10 @@ def test_unrepairable_journal_refuses_writes_until_repaired(make_settings) -> No
         assert [r["id"] for r in read_journal(settings.text_gallery)] == ["repaired"]  # type: ignore[arg-type]
     with open_client(settings) as client:
         assert [client.get(f"/gallery/texts/{i}").status_code for i in ("torn", "while_broken", "repaired")] == [
-            404, 404, 200]
+            404,
+            404,
+            200,
+        ]
 
 
 @pytest.mark.parametrize("where", ["marker", "save", "truncate"])
@@ -204,9 +217,11 @@ def test_failed_compaction_keeps_the_acknowledged_write(make_settings, where: st
         def failing_save() -> None:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-        module, faults = {"marker": (index.snapshots, {"replace": errno.ENOSPC}),  # journal.compacting.tmp written
-                          "save": (index.journal, {}),
-                          "truncate": (index.journal, {"ftruncate": errno.EIO})}[where]
+        module, faults = {
+            "marker": (index.snapshots, {"replace": errno.ENOSPC}),  # journal.compacting.tmp written
+            "save": (index.journal, {}),
+            "truncate": (index.journal, {"ftruncate": errno.EIO}),
+        }[where]
         if where == "save":
             journaled.gallery.save = failing_save
         with faulty(module, **faults):
@@ -228,6 +243,7 @@ def test_failed_compaction_keeps_the_acknowledged_write(make_settings, where: st
 
 # ----------------------------------------------------------------------------- a real full disk
 
+
 @pytest.fixture
 def tmpfs(tmp_path: Path) -> Iterator[Path]:
     """A 5 MB tmpfs (root only; skipped where it cannot be mounted)."""
@@ -236,8 +252,9 @@ def tmpfs(tmp_path: Path) -> Iterator[Path]:
     where = tmp_path / "tmpfs"
     where.mkdir()
     try:
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=5m", "tmpfs", str(where)],
-                              capture_output=True, timeout=20, check=False)
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=5m", "tmpfs", str(where)], capture_output=True, timeout=20, check=False
+        )
     except (OSError, subprocess.SubprocessError) as exc:
         pytest.skip(f"cannot mount a tmpfs: {exc}")
     if done.returncode != 0:
@@ -268,8 +285,14 @@ def test_full_tmpfs(tiny_model_dir: Path, gallery_templates: Path, tmpfs: Path) 
     upload folder holds exactly the live items' files."""
     shutil.copytree(gallery_templates / "images", tmpfs / "images")
     shutil.copytree(gallery_templates / "texts", tmpfs / "texts")
-    settings = Settings(model_dir=tiny_model_dir, image_gallery=tmpfs / "images", text_gallery=tmpfs / "texts",
-                        device="cpu", encoder_threads=1, compact_every=4)
+    settings = Settings(
+        model_dir=tiny_model_dir,
+        image_gallery=tmpfs / "images",
+        text_gallery=tmpfs / "texts",
+        device="cpu",
+        encoder_threads=1,
+        compact_every=4,
+    )
     filler = tmpfs / "filler"
     live = {"text": {f"t{i:02d}" for i in range(12)}, "image": {f"i{i:02d}" for i in range(12)}}
     statuses: list[int] = []

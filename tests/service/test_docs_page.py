@@ -17,8 +17,14 @@ import pytest
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 
 pytestmark = pytest.mark.browser
@@ -91,6 +97,12 @@ def test_swagger_ui_renders_offline(base_url: str, tmp_path: Path) -> None:
     assert f"{base_url}/openapi.json" in local and any("/static-docs/swagger-ui-bundle.js" in u for u in local)
     assert title.startswith("cmhash")
     paths = {p.replace("\u200b", "").strip() for p in operations}
-    assert {"/search/text-to-image", "/search/image-to-text", "/encode/text", "/gallery/images", "/healthz",
-            "/readyz"} <= paths, paths
+    assert {
+        "/search/text-to-image",
+        "/search/image-to-text",
+        "/encode/text",
+        "/gallery/images",
+        "/healthz",
+        "/readyz",
+    } <= paths, paths
     assert "4XX" in responses and "5XX" in responses

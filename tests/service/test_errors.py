@@ -20,8 +20,9 @@ LIMIT = 100_000
 @pytest.fixture(scope="module")
 def strict(module_settings: Settings) -> Iterator[TestClient]:
     """A client with small limits: 100 kB bodies, 50-character texts, k <= 100, 1 Mpixel images."""
-    settings = module_settings.model_copy(update={"max_upload_bytes": LIMIT, "max_text_chars": 50,
-                                                  "max_k": 100, "max_image_pixels": 1_000_000})
+    settings = module_settings.model_copy(
+        update={"max_upload_bytes": LIMIT, "max_text_chars": 50, "max_k": 100, "max_image_pixels": 1_000_000}
+    )
     with open_client(settings) as client:
         yield client
 
@@ -81,16 +82,19 @@ def test_oversized_bodies(strict: TestClient) -> None:
     expect(strict.post("/encode/text", json={"text": "word " * 20}), 413, "payload_too_large")
 
 
-@pytest.mark.parametrize(("body", "needle"), [
-    ({"text": ""}, "empty"),
-    ({"text": "  \n\t "}, "empty"),
-    ({"text": "a red square", "k": 0}, "k must"),
-    ({"text": "a red square", "k": 101}, "k must"),
-    ({"text": "a red square", "k": 10**12}, "k must"),
-    ({"text": "a red square", "offset": -1}, "offset"),
-    ({"text": "a red square", "radius": -1}, "radius"),
-    ({"text": "a red square", "radius": 17}, "radius"),
-])
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        ({"text": ""}, "empty"),
+        ({"text": "  \n\t "}, "empty"),
+        ({"text": "a red square", "k": 0}, "k must"),
+        ({"text": "a red square", "k": 101}, "k must"),
+        ({"text": "a red square", "k": 10**12}, "k must"),
+        ({"text": "a red square", "offset": -1}, "offset"),
+        ({"text": "a red square", "radius": -1}, "radius"),
+        ({"text": "a red square", "radius": 17}, "radius"),
+    ],
+)
 def test_bad_fields_are_400(strict: TestClient, body: dict, needle: str) -> None:
     assert needle in expect(strict.post("/search/text-to-image", json=body), 400, "bad_request")["message"]
 
@@ -107,9 +111,14 @@ def test_validation_and_framework_errors_use_the_body(strict: TestClient) -> Non
     assert "text" in error["message"]
     expect(strict.post("/search/text-to-image", json={"text": ["a"]}), 422, "validation_error")
     expect(strict.post("/search/text-to-image", json={"text": "a", "extra": 1}), 422, "validation_error")
-    expect(strict.post("/search/text-to-image", content=b"{not json", headers={"Content-Type": "application/json"}),
-           422, "validation_error")
-    r = strict.post("/search/text-to-image", content=b'{"text": "\xff\xfe red"}', headers={"Content-Type": "application/json"})
+    expect(
+        strict.post("/search/text-to-image", content=b"{not json", headers={"Content-Type": "application/json"}),
+        422,
+        "validation_error",
+    )
+    r = strict.post(
+        "/search/text-to-image", content=b'{"text": "\xff\xfe red"}', headers={"Content-Type": "application/json"}
+    )
     assert r.status_code in (400, 422) and r.json()["error"]["code"] in ("bad_request", "validation_error")
     expect(strict.get("/no/such/route"), 404, "not_found")
     expect(strict.get("/gallery/images/nope"), 404, "not_found")
@@ -119,8 +128,11 @@ def test_validation_and_framework_errors_use_the_body(strict: TestClient) -> Non
     expect(strict.delete("/gallery/videos/x"), 404, "not_found")
     expect(strict.put("/search/text-to-image", json={}), 405, "method_not_allowed")
     expect(strict.post("/gallery/texts", json={"items": []}), 422, "validation_error")
-    expect(strict.post("/gallery/images", files=[("files", ("a.png", png_bytes(0)))], data={"metadata": "[1]"}),
-           400, "bad_request")
+    expect(
+        strict.post("/gallery/images", files=[("files", ("a.png", png_bytes(0)))], data={"metadata": "[1]"}),
+        400,
+        "bad_request",
+    )
     expect(strict.post("/gallery/texts", json={"items": [{"id": "bad\nid", "text": "x"}]}), 400, "bad_request")
 
 

@@ -60,9 +60,24 @@ class Server:
         """Start on a free port and wait for /readyz (fails fast if the process exits)."""
         port = free_port()
         self.base = f"http://127.0.0.1:{port}"
-        cmd = [sys.executable, "-m", "service.cli", "serve", "--model", str(self.model), "--image-gallery",
-               str(self.images), "--text-gallery", str(self.texts), "--port", str(port), "--device", "cpu",
-               "--encoder-threads", "1"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "service.cli",
+            "serve",
+            "--model",
+            str(self.model),
+            "--image-gallery",
+            str(self.images),
+            "--text-gallery",
+            str(self.texts),
+            "--port",
+            str(port),
+            "--device",
+            "cpu",
+            "--encoder-threads",
+            "1",
+        ]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         proc = self.proc
@@ -123,8 +138,13 @@ def server(tiny_model_dir: Path, gallery_templates: Path, tmp_path: Path) -> Ite
         shutil.copytree(gallery_templates / "images", tmp_path / "images")
         shutil.copytree(gallery_templates / "texts", tmp_path / "texts")
         base_env = {k: v for k, v in os.environ.items() if not k.startswith("CMHASH_")}
-        srv = Server(tiny_model_dir, tmp_path / "images", tmp_path / "texts", tmp_path / "server.log",
-                     {**base_env, **{f"CMHASH_{k.upper()}": v for k, v in env.items()}})
+        srv = Server(
+            tiny_model_dir,
+            tmp_path / "images",
+            tmp_path / "texts",
+            tmp_path / "server.log",
+            {**base_env, **{f"CMHASH_{k.upper()}": v for k, v in env.items()}},
+        )
         made.append(srv)
         return srv
 
@@ -138,16 +158,25 @@ def server(tiny_model_dir: Path, gallery_templates: Path, tmp_path: Path) -> Ite
 def _add(http: httpx.Client, kind: str, item_id: str, n: int) -> httpx.Response:
     if kind == "text":
         return http.post(ROUTE[kind], json={"items": [{"id": item_id, "text": _text(n)}]})
-    return http.post(ROUTE[kind], files={"files": (f"{item_id}.png", png_bytes(n % 4, n), "image/png")},
-                     data={"ids": item_id})
+    return http.post(
+        ROUTE[kind], files={"files": (f"{item_id}.png", png_bytes(n % 4, n), "image/png")}, data={"ids": item_id}
+    )
 
 
 def _text(n: int) -> str:
     return f"a {['red', 'blue', 'green', 'yellow'][n % 4]} burst item number {n}"
 
 
-def writer(base: str, kind: str, prefix: str, ledger: Ledger, stop: threading.Event, delete_every: int = 0,
-           victims: tuple[str, ...] = (), limit: int = 400) -> None:
+def writer(
+    base: str,
+    kind: str,
+    prefix: str,
+    ledger: Ledger,
+    stop: threading.Event,
+    delete_every: int = 0,
+    victims: tuple[str, ...] = (),
+    limit: int = 400,
+) -> None:
     """Add items `<prefix><n>` (deleting every `delete_every`-th acknowledged one and, in turn,
     each of `victims`) until `stop`, `limit` requests, or the first request without an answer or
     with an unexpected one."""
@@ -186,9 +215,15 @@ def burst(base: str, ledgers: dict[str, Ledger], delete_every: int = 0) -> Itera
     after it, and none may have seen an unexpected answer."""
     stop = threading.Event()
     victims = {"text": tuple(sorted(INITIAL["text"]))[:6], "image": tuple(sorted(INITIAL["image"]))[:4]}
-    specs = [("text", "ta", victims["text"][:3]), ("text", "tb", victims["text"][3:]), ("image", "im", victims["image"])]
-    threads = [threading.Thread(target=writer, args=(base, kind, prefix, ledgers[kind], stop, delete_every, v))
-               for kind, prefix, v in specs]
+    specs = [
+        ("text", "ta", victims["text"][:3]),
+        ("text", "tb", victims["text"][3:]),
+        ("image", "im", victims["image"]),
+    ]
+    threads = [
+        threading.Thread(target=writer, args=(base, kind, prefix, ledgers[kind], stop, delete_every, v))
+        for kind, prefix, v in specs
+    ]
     for t in threads:
         t.start()
     try:
@@ -221,8 +256,9 @@ def initial_items(base: str) -> dict[str, dict[str, dict]]:
         return {kind: {i: http.get(f"{ROUTE[kind]}/{i}").json() for i in sorted(ids)} for kind, ids in INITIAL.items()}
 
 
-def check_recovered(base: str, ledgers: dict[str, Ledger], encoder: Encoder,
-                    before: dict[str, dict[str, dict]]) -> None:
+def check_recovered(
+    base: str, ledgers: dict[str, Ledger], encoder: Encoder, before: dict[str, dict[str, dict]]
+) -> None:
     """Assert the restarted server holds exactly what the ledgers say (a write without an answer
     may or may not have taken effect): every acknowledged add with the code the encoder gives its
     text or image and the metadata (and, for images, the file) that was sent, every initial item
@@ -259,8 +295,11 @@ def check_recovered(base: str, ledgers: dict[str, Ledger], encoder: Encoder,
             if kind == "text":
                 r = http.post("/search/text-to-text", json={"text": "a red square", "k": len(present)})
             else:
-                r = http.post("/search/image-to-image", files={"file": ("q.png", png_bytes(0), "image/png")},
-                              data={"k": str(len(present))})
+                r = http.post(
+                    "/search/image-to-image",
+                    files={"file": ("q.png", png_bytes(0), "image/png")},
+                    data={"k": str(len(present))},
+                )
             ids = [h["id"] for h in r.json()["results"]]
             assert r.status_code == 200 and sorted(ids) == sorted(present)
         r = http.post("/search/text-to-image", json={"text": "a blue stripes", "k": 5})
@@ -295,8 +334,9 @@ def test_sigkill_during_compaction(server: Callable[..., Server], encoder: Encod
     markers = [srv.texts / MARKER_FILE, srv.images / MARKER_FILE]
     with burst(srv.base, ledgers, delete_every=3):
         # both galleries have seen acknowledged deletes (the image writer is the slow one)
-        assert wait_for(lambda: acknowledged(ledgers) >= 30 and all(lg.deleted for lg in ledgers.values()), 120), \
+        assert wait_for(lambda: acknowledged(ledgers) >= 30 and all(lg.deleted for lg in ledgers.values()), 120), (
             "the burst did not get going"
+        )
         caught = srv.kill_inside(lambda: any(m.exists() for m in markers), 120)
     assert caught, "no compaction seen in progress"
     assert any(m.exists() for m in markers)  # the kill landed inside one: recovery must use the marker
@@ -314,10 +354,14 @@ def test_concurrent_uploads_of_one_id(server: Callable[..., Server]) -> None:
         statuses: dict[int, int] = {}
         gate = threading.Barrier(len(blobs))
 
-        def upload(n: int, item_id: str) -> None:
+        def upload(n: int, item_id: str, gate: threading.Barrier = gate, statuses: dict[int, int] = statuses) -> None:
             gate.wait()
-            r = httpx.post(f"{srv.base}/gallery/images", files={"files": (f"{n}.png", blobs[n], "image/png")},
-                           data={"ids": item_id}, timeout=30)
+            r = httpx.post(
+                f"{srv.base}/gallery/images",
+                files={"files": (f"{n}.png", blobs[n], "image/png")},
+                data={"ids": item_id},
+                timeout=30,
+            )
             statuses[n] = r.status_code
 
         threads = [threading.Thread(target=upload, args=(n, item_id)) for n in range(len(blobs))]

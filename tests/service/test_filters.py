@@ -54,8 +54,9 @@ def stored(client: TestClient) -> list[tuple[str, np.ndarray, dict[str, Any]]]:
     return out
 
 
-def oracle(items: list[tuple[str, np.ndarray, dict[str, Any]]], code: np.ndarray,
-           flt: dict[str, Any]) -> list[tuple[str, int]]:
+def oracle(
+    items: list[tuple[str, np.ndarray, dict[str, Any]]], code: np.ndarray, flt: dict[str, Any]
+) -> list[tuple[str, int]]:
     bits = np.unpackbits(np.asarray(code, dtype=np.uint8).reshape(-1))
     kept = [(i, int((c != bits).sum()), pos) for pos, (i, c, m) in enumerate(items) if matches(m, flt)]
     return [(i, d) for i, d, _ in sorted(kept, key=lambda t: (t[1], t[2]))]
@@ -66,8 +67,15 @@ def pairs(r) -> list[tuple[str, int]]:
     return [(h["id"], h["distance"]) for h in r.json()["results"]]
 
 
-FILTERS = [{"labels": "dog"}, {"labels": "cat", "odd": True}, {"n": 2}, {"n": 1.0, "labels": "bird"},
-           {"odd": False}, {"labels": "fish"}, {"text": item_text(3)}]
+FILTERS = [
+    {"labels": "dog"},
+    {"labels": "cat", "odd": True},
+    {"n": 2},
+    {"n": 1.0, "labels": "bird"},
+    {"odd": False},
+    {"labels": "fish"},
+    {"text": item_text(3)},
+]
 
 
 @pytest.mark.parametrize("flt", FILTERS)
@@ -90,8 +98,9 @@ def test_radius_pages_match_the_oracle(api: TestClient, encoder: Encoder, radius
     for flt in FILTERS:
         want = [(i, d) for i, d in oracle(items, encoder.encode_texts([text]), flt) if d <= radius]
         for offset in (0, 2):
-            r = api.post("/search/text-to-text", json={"text": text, "k": 3, "offset": offset, "radius": radius,
-                                                       "filter": flt})
+            r = api.post(
+                "/search/text-to-text", json={"text": text, "k": 3, "offset": offset, "radius": radius, "filter": flt}
+            )
             assert pairs(r) == want[offset : offset + 3] and r.json()["total"] == len(want), (flt, radius)
 
 
@@ -106,8 +115,11 @@ def test_ties_are_ordered_by_insertion(api: TestClient, encoder: Encoder) -> Non
 def test_image_queries_filter_by_form_field_and_by_json(api: TestClient, encoder: Encoder) -> None:
     image = png_bytes(1, seed=8)
     want = oracle(stored(api), encoder.encode_images([image]), {"labels": "cat"})
-    form = api.post("/search/image-to-text", files={"file": ("q.png", image, "image/png")},
-                    data={"k": "6", "offset": "1", "filter": json.dumps({"labels": "cat"})})
+    form = api.post(
+        "/search/image-to-text",
+        files={"file": ("q.png", image, "image/png")},
+        data={"k": "6", "offset": "1", "filter": json.dumps({"labels": "cat"})},
+    )
     assert pairs(form) == want[1:7]
     body = {"image_base64": base64.b64encode(image).decode(), "k": 6, "offset": 1, "filter": {"labels": "cat"}}
     assert pairs(api.post("/search/image-to-text", json=body)) == want[1:7]
@@ -117,17 +129,27 @@ def test_image_queries_filter_by_form_field_and_by_json(api: TestClient, encoder
 
 def test_image_gallery_filter_on_upload_metadata(api: TestClient) -> None:
     image = png_bytes(2, seed=1)
-    r = api.post("/search/image-to-image", files={"file": ("q.png", image, "image/png")},
-                 data={"k": "20", "filter": json.dumps({"filename": "nothing.png"})})
+    r = api.post(
+        "/search/image-to-image",
+        files={"file": ("q.png", image, "image/png")},
+        data={"k": "20", "filter": json.dumps({"filename": "nothing.png"})},
+    )
     assert pairs(r) == []
     r = api.post("/search/text-to-image", json={"text": "a red square", "k": 20, "filter": {"path": "i03.png"}})
     assert pairs(r) == []  # stored paths are absolute: the shown file name is not what is matched
 
 
-@pytest.mark.parametrize("flt, status, words", [
-    ({"labels": {"a": 1}}, 400, "nested"), ({"labels": ["dog"]}, 400, "nested"), ({"labels": None}, 400, "null"),
-    ({"": "x"}, 400, "non-empty"), (["labels"], 422, "filter"), ("labels=dog", 422, "filter"),
-])
+@pytest.mark.parametrize(
+    "flt, status, words",
+    [
+        ({"labels": {"a": 1}}, 400, "nested"),
+        ({"labels": ["dog"]}, 400, "nested"),
+        ({"labels": None}, 400, "null"),
+        ({"": "x"}, 400, "non-empty"),
+        (["labels"], 422, "filter"),
+        ("labels=dog", 422, "filter"),
+    ],
+)
 def test_bad_filters_are_refused(api: TestClient, flt: Any, status: int, words: str) -> None:
     r = api.post("/search/text-to-text", json={"text": "a red square", "filter": flt})
     assert r.status_code == status, r.text
@@ -179,8 +201,11 @@ def test_filtered_and_plain_queries_in_one_batch(make_settings, encoder: Encoder
         items = [{"id": f"L{i:02d}", "text": item_text(i % 8), "metadata": labelled(i)} for i in range(24)]
         assert client.post("/gallery/texts", json={"items": items}).status_code == 201
         everything = stored(client)
-        queries = [(text, flt) for text in ("a small red square", "a plain green circle")
-                   for flt in ({"labels": "dog"}, {"labels": "cat"}, {}, {"odd": True})]
+        queries = [
+            (text, flt)
+            for text in ("a small red square", "a plain green circle")
+            for flt in ({"labels": "dog"}, {"labels": "cat"}, {}, {"odd": True})
+        ]
 
         def ask(query: tuple[str, dict[str, Any]]) -> list[tuple[str, int]]:
             return pairs(client.post("/search/text-to-text", json={"text": query[0], "k": 8, "filter": query[1]}))

@@ -39,8 +39,11 @@ def test_add_and_delete_images_are_visible_and_persist(make_settings, encoder: E
 
 
 def _add_then_delete(client: TestClient, settings: Settings, image: bytes, code_hex: str) -> None:
-    r = client.post("/gallery/images", files=[("files", ("new_one.png", image, "image/png"))],
-                    data={"metadata": json.dumps({"caption": "blue"})})
+    r = client.post(
+        "/gallery/images",
+        files=[("files", ("new_one.png", image, "image/png"))],
+        data={"metadata": json.dumps({"caption": "blue"})},
+    )
     assert r.status_code == 201, r.text
     assert r.json() == {"ids": ["new_one"], "count": 13}
     item = client.get("/gallery/images/new_one").json()
@@ -50,8 +53,9 @@ def _add_then_delete(client: TestClient, settings: Settings, image: bytes, code_
     assert stored.read_bytes() == image
     file = client.get("/gallery/images/new_one/file")
     assert file.status_code == 200 and file.content == image and file.headers["content-type"] == "image/png"
-    hits = client.post("/search/image-to-image", files={"file": ("q.png", image, "image/png")},
-                       data={"k": "20", "radius": "0"})
+    hits = client.post(
+        "/search/image-to-image", files={"file": ("q.png", image, "image/png")}, data={"k": "20", "radius": "0"}
+    )
     assert "new_one" in ids_of(hits)
     assert client.get("/gallery/images").json()["count"] == 13
 
@@ -64,10 +68,15 @@ def _add_then_delete(client: TestClient, settings: Settings, image: bytes, code_
 
 def test_add_texts_several_and_duplicates(make_settings, encoder: Encoder) -> None:
     with open_client(make_settings()) as client:
-        r = client.post("/gallery/texts", json={"items": [
-            {"id": "n1", "text": "a plain purple thing", "metadata": {"source": "test"}},
-            {"text": "another red thing"},
-        ]})
+        r = client.post(
+            "/gallery/texts",
+            json={
+                "items": [
+                    {"id": "n1", "text": "a plain purple thing", "metadata": {"source": "test"}},
+                    {"text": "another red thing"},
+                ]
+            },
+        )
         assert r.status_code == 201, r.text
         new_ids = r.json()["ids"]
         assert new_ids[0] == "n1" and new_ids[1].startswith("t-") and r.json()["count"] == 14
@@ -78,12 +87,16 @@ def test_add_texts_several_and_duplicates(make_settings, encoder: Encoder) -> No
         assert "n1" in ids_of(hits) and hits.json()["results"][0]["distance"] == 0
         dup = client.post("/gallery/texts", json={"items": [{"id": "t00", "text": "a red square"}]})
         assert dup.status_code == 409 and dup.json()["error"]["code"] == "conflict"
-        twice = client.post("/gallery/texts", json={"items": [{"id": "z", "text": "a red square"},
-                                                               {"id": "z", "text": "a blue square"}]})
+        twice = client.post(
+            "/gallery/texts",
+            json={"items": [{"id": "z", "text": "a red square"}, {"id": "z", "text": "a blue square"}]},
+        )
         assert twice.status_code == 409
         dup_image = client.post("/gallery/images", files=[("files", ("i00.png", png_bytes(0), "image/png"))])
         assert dup_image.status_code == 409
-        assert client.get("/gallery/texts").json()["count"] == 14 and client.get("/gallery/images").json()["count"] == 12
+        assert (
+            client.get("/gallery/texts").json()["count"] == 14 and client.get("/gallery/images").json()["count"] == 12
+        )
 
 
 def test_many_images_with_ids_all_or_none(make_settings) -> None:
@@ -97,10 +110,12 @@ def test_many_images_with_ids_all_or_none(make_settings) -> None:
         assert disguised.json()["ids"] == ["photo"]
         served = client.get("/gallery/images/photo/file")  # stored by its real format, not its name
         assert served.content == buf.getvalue() and served.headers["content-type"] == "image/jpeg"
-        bad = files[:1] + [("files", ("bad.png", b"not an image at all", "image/png"))]
+        bad = [*files[:1], ("files", ("bad.png", b"not an image at all", "image/png"))]
         r = client.post("/gallery/images", files=bad, data={"ids": ["d", "e"]})
         assert r.status_code == 415
-        assert client.get("/gallery/images/d").status_code == 404 and client.get("/gallery/images").json()["count"] == 16
+        assert (
+            client.get("/gallery/images/d").status_code == 404 and client.get("/gallery/images").json()["count"] == 16
+        )
 
 
 def test_api_key_guards_writes_and_optionally_reads(make_settings) -> None:

@@ -34,13 +34,18 @@ def test_each_id_gets_the_code_metadata_and_file_of_its_own_file(make_settings, 
     metas = [{"caption": f"caption of file {k}", "k": k} for k in range(n)]
     settings = make_settings()
     with open_client(settings) as client:
-        r = client.post("/gallery/images", files=[("files", (names[k], images[k], "image/png")) for k in range(n)],
-                        data={"ids": ids, "metadata": [json.dumps(m) for m in metas]})
+        r = client.post(
+            "/gallery/images",
+            files=[("files", (names[k], images[k], "image/png")) for k in range(n)],
+            data={"ids": ids, "metadata": [json.dumps(m) for m in metas]},
+        )
         assert r.status_code == 201, r.text
         assert r.json() == {"ids": ids, "count": 12 + n}
         for k, item_id in enumerate(ids):
             item = client.get(f"/gallery/images/{item_id}").json()
-            assert item["code"] == bytes(encoder.encode_images([images[k]])[0]).hex(), f"{item_id} has another file's code"
+            assert item["code"] == bytes(encoder.encode_images([images[k]])[0]).hex(), (
+                f"{item_id} has another file's code"
+            )
             meta = item["metadata"]
             assert {key: meta[key] for key in metas[k]} == metas[k], meta
             assert meta["filename"] == names[k], meta
@@ -48,8 +53,11 @@ def test_each_id_gets_the_code_metadata_and_file_of_its_own_file(make_settings, 
             file = client.get(f"/gallery/images/{item_id}/file")
             assert file.status_code == 200 and file.content == images[k]
             # the item is found at distance 0 by a search with its own file
-            hits = client.post("/search/image-to-image", files={"file": ("q.png", images[k], "image/png")},
-                               data={"k": "16", "radius": "0"}).json()["results"]
+            hits = client.post(
+                "/search/image-to-image",
+                files={"file": ("q.png", images[k], "image/png")},
+                data={"k": "16", "radius": "0"},
+            ).json()["results"]
             assert item_id in [h["id"] for h in hits]
 
 
@@ -57,7 +65,9 @@ def test_default_ids_follow_each_files_own_name(make_settings, encoder: Encoder)
     images = distinct_images(encoder, 3)
     names = ["zeta.png", "alpha.png", "mid.png"]
     with open_client(make_settings()) as client:
-        r = client.post("/gallery/images", files=[("files", (name, data, "image/png")) for name, data in zip(names, images)])
+        r = client.post(
+            "/gallery/images", files=[("files", (name, data, "image/png")) for name, data in zip(names, images)]
+        )
         assert r.status_code == 201, r.text
         assert r.json()["ids"] == ["zeta", "alpha", "mid"]
         for name, data in zip(names, images):

@@ -38,6 +38,7 @@ IMAGE_SEARCHES = ("/search/image-to-text", "/search/image-to-image")
 
 # ----------------------------------------------------------------------------- hostile payloads
 
+
 def _chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
@@ -73,8 +74,15 @@ BAD_IMAGES: dict[str, Callable[[], tuple[str, bytes]]] = {
 
 # The error code each status must carry, written here (not read from service.errors): a refusal is
 # checked against its exact status AND code, so a 409 "conflict" where a 400 is due fails.
-ERROR_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 409: "conflict",
-               413: "payload_too_large", 415: "unsupported_media_type", 422: "validation_error"}
+ERROR_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "validation_error",
+}
 BAD = 400  # a value the service refuses (range, encoding, unstorable text or metadata)
 MISSING = 404  # no such item or gallery
 METHOD = 405
@@ -155,8 +163,17 @@ def upload(route: str, name: str, data: bytes, **form: Any) -> Callable[[TestCli
 def raw_multipart(route: str, filename: bytes, data: bytes) -> Callable[[TestClient], httpx.Response]:
     """One file part whose file name is sent as these exact bytes (httpx would re-encode a str)."""
     boundary = b"hostile-boundary-7c1e"
-    body = (b"--" + boundary + b'\r\nContent-Disposition: form-data; name="files"; filename="' + filename
-            + b'"\r\nContent-Type: image/png\r\n\r\n' + data + b"\r\n--" + boundary + b"--\r\n")
+    body = (
+        b"--"
+        + boundary
+        + b'\r\nContent-Disposition: form-data; name="files"; filename="'
+        + filename
+        + b'"\r\nContent-Type: image/png\r\n\r\n'
+        + data
+        + b"\r\n--"
+        + boundary
+        + b"--\r\n"
+    )
     headers = {"Content-Type": "multipart/form-data; boundary=" + boundary.decode()}
     return lambda c: c.post(route, content=body, headers=headers)
 
@@ -171,8 +188,14 @@ def post_json(route: str, body: Any) -> Callable[[TestClient], httpx.Response]:
 
 # ----------------------------------------------------------------------------- the sweep
 
-BAD_IMAGE_STATUS = {"truncated-jpeg": NOT_IMAGE, "truncated-png": NOT_IMAGE, "zero-bytes": NOT_IMAGE,
-                    "huge-dimensions": TOO_LARGE, "pdf-as-jpg": NOT_IMAGE, "zip-as-jpg": NOT_IMAGE}
+BAD_IMAGE_STATUS = {
+    "truncated-jpeg": NOT_IMAGE,
+    "truncated-png": NOT_IMAGE,
+    "zero-bytes": NOT_IMAGE,
+    "huge-dimensions": TOO_LARGE,
+    "pdf-as-jpg": NOT_IMAGE,
+    "zip-as-jpg": NOT_IMAGE,
+}
 
 
 def _cases() -> Iterator[Any]:
@@ -180,24 +203,37 @@ def _cases() -> Iterator[Any]:
     # images: every image-reading endpoint x every broken or disguised file
     for route in (*IMAGE_SEARCHES, "/encode/image", "/gallery/images"):
         for label, make in BAD_IMAGES.items():
-            yield pytest.param(route, (lambda r, m: lambda c: upload(r, *m())(c))(route, make), BAD_IMAGE_STATUS[label],
-                               id=f"{route}:{label}")
+            yield pytest.param(
+                route,
+                (lambda r, m: lambda c: upload(r, *m())(c))(route, make),
+                BAD_IMAGE_STATUS[label],
+                id=f"{route}:{label}",
+            )
         yield pytest.param(route, lambda c, r=route: c.post(r, data={"k": "3"}), INVALID, id=f"{route}:no-file")
         field = "files" if route == "/gallery/images" else "file"
-        yield pytest.param(route, lambda c, r=route, f=field: c.post(r, data={f: "not a file"}), INVALID,
-                           id=f"{route}:file-as-text")
-        yield pytest.param(route, lambda c, r=route: c.post(r, json={"file": "aGVsbG8="}), INVALID,
-                           id=f"{route}:json-not-multipart")
+        yield pytest.param(
+            route, lambda c, r=route, f=field: c.post(r, data={f: "not a file"}), INVALID, id=f"{route}:file-as-text"
+        )
+        yield pytest.param(
+            route, lambda c, r=route: c.post(r, json={"file": "aGVsbG8="}), INVALID, id=f"{route}:json-not-multipart"
+        )
 
     # page fields of the image searches (multipart form): out of range -> 400, not an integer -> 422
     good = png_bytes(1, seed=3)
     for route in IMAGE_SEARCHES:
         for label, (form, status) in {
-            "k-negative": ({"k": "-1"}, BAD), "k-huge": ({"k": str(10**30)}, BAD), "k-float": ({"k": "2.5"}, INVALID),
-            "k-exponent": ({"k": "1e3"}, INVALID), "k-non-utf8": ({"k": b"\xff\xfe"}, BAD), "k-nul": ({"k": "3\x00"}, INVALID),
-            "offset-huge": ({"offset": str(10**30)}, BAD), "offset-negative-huge": ({"offset": str(-(10**30))}, BAD),
-            "radius-negative": ({"radius": "-1"}, BAD), "radius-huge": ({"radius": str(10**30)}, BAD),
-            "radius-above-bits": ({"radius": "17"}, BAD), "radius-text": ({"radius": "far"}, INVALID),
+            "k-negative": ({"k": "-1"}, BAD),
+            "k-huge": ({"k": str(10**30)}, BAD),
+            "k-float": ({"k": "2.5"}, INVALID),
+            "k-exponent": ({"k": "1e3"}, INVALID),
+            "k-non-utf8": ({"k": b"\xff\xfe"}, BAD),
+            "k-nul": ({"k": "3\x00"}, INVALID),
+            "offset-huge": ({"offset": str(10**30)}, BAD),
+            "offset-negative-huge": ({"offset": str(-(10**30))}, BAD),
+            "radius-negative": ({"radius": "-1"}, BAD),
+            "radius-huge": ({"radius": str(10**30)}, BAD),
+            "radius-above-bits": ({"radius": "17"}, BAD),
+            "radius-text": ({"radius": "far"}, INVALID),
         }.items():
             yield pytest.param(route, upload(route, "q.png", good, **form), status, id=f"{route}:{label}")
 
@@ -205,8 +241,9 @@ def _cases() -> Iterator[Any]:
     for route in JSON_ROUTES:
         yield pytest.param(route, raw_json(route, b'{"text": "caf\xe9 \xff\xfe"}'), BAD, id=f"{route}:non-utf8-text")
         yield pytest.param(route, post_json(route, {"text": "a" * 10_000_000}), TOO_LARGE, id=f"{route}:10MB-text")
-        yield pytest.param(route, raw_json(route, b'{"text": "' + b"b" * (11 * 2**20) + b'"}'), TOO_LARGE,
-                           id=f"{route}:11MB-body")
+        yield pytest.param(
+            route, raw_json(route, b'{"text": "' + b"b" * (11 * 2**20) + b'"}'), TOO_LARGE, id=f"{route}:11MB-body"
+        )
         yield pytest.param(route, post_json(route, {}), INVALID, id=f"{route}:missing-text")
         yield pytest.param(route, raw_json(route, b""), INVALID, id=f"{route}:empty-body")
         for label, text in {"int": 123, "null": None, "list": ["a red square"], "object": {"t": "a"}}.items():
@@ -214,21 +251,39 @@ def _cases() -> Iterator[Any]:
         for label, body in {"array": b"[]", "string": b'"a red square"', "null": b"null", "number": b"7"}.items():
             yield pytest.param(route, raw_json(route, body), INVALID, id=f"{route}:body-{label}")
         yield pytest.param(route, raw_json(route, b"[" * 100_000 + b"]" * 100_000), BAD, id=f"{route}:deeply-nested")
-        yield pytest.param(route, lambda c, r=route: c.post(r, content=b'{"text": "x"}', headers={"Content-Type": "text/plain"}),
-                           INVALID, id=f"{route}:text-plain")
+        yield pytest.param(
+            route,
+            lambda c, r=route: c.post(r, content=b'{"text": "x"}', headers={"Content-Type": "text/plain"}),
+            INVALID,
+            id=f"{route}:text-plain",
+        )
     for route in TEXT_ROUTES:
         for label, (extra, status) in {
-            "k-negative-huge": ({"k": -(10**30)}, BAD), "k-huge": ({"k": 10**30}, BAD), "k-float": ({"k": 2.5}, INVALID),
-            "k-string": ({"k": "ten"}, INVALID), "k-null": ({"k": None}, INVALID), "k-list": ({"k": [3]}, INVALID),
-            "offset-huge": ({"offset": 10**30}, BAD), "offset-negative-huge": ({"offset": -(10**30)}, BAD),
-            "radius-huge": ({"radius": 10**30}, BAD), "radius-negative-huge": ({"radius": -(10**30)}, BAD),
-            "radius-above-bits": ({"radius": 17}, BAD), "radius-float": ({"radius": 1.5}, INVALID),
+            "k-negative-huge": ({"k": -(10**30)}, BAD),
+            "k-huge": ({"k": 10**30}, BAD),
+            "k-float": ({"k": 2.5}, INVALID),
+            "k-string": ({"k": "ten"}, INVALID),
+            "k-null": ({"k": None}, INVALID),
+            "k-list": ({"k": [3]}, INVALID),
+            "offset-huge": ({"offset": 10**30}, BAD),
+            "offset-negative-huge": ({"offset": -(10**30)}, BAD),
+            "radius-huge": ({"radius": 10**30}, BAD),
+            "radius-negative-huge": ({"radius": -(10**30)}, BAD),
+            "radius-above-bits": ({"radius": 17}, BAD),
+            "radius-float": ({"radius": 1.5}, INVALID),
         }.items():
-            yield pytest.param(route, post_json(route, {"text": "a red square", **extra}), status, id=f"{route}:{label}")
-        literals = {"k-Infinity": b'"k": Infinity', "radius-NaN": b'"radius": NaN', "offset--Infinity": b'"offset": -Infinity'}
+            yield pytest.param(
+                route, post_json(route, {"text": "a red square", **extra}), status, id=f"{route}:{label}"
+            )
+        literals = {
+            "k-Infinity": b'"k": Infinity',
+            "radius-NaN": b'"radius": NaN',
+            "offset--Infinity": b'"offset": -Infinity',
+        }
         for label, literal in literals.items():
-            yield pytest.param(route, raw_json(route, b'{"text": "a red square", ' + literal + b"}"), INVALID,
-                               id=f"{route}:{label}")
+            yield pytest.param(
+                route, raw_json(route, b'{"text": "a red square", ' + literal + b"}"), INVALID, id=f"{route}:{label}"
+            )
 
     # adding texts: encodings, ids, sizes, types, conflicts
     route = "/gallery/texts"
@@ -238,7 +293,10 @@ def _cases() -> Iterator[Any]:
         "non-utf8-metadata": (b'{"items": [{"id": "h1", "text": "a red square", "metadata": {"k": "\xff"}}]}', BAD),
         "lone-surrogate-text": (b'{"items": [{"id": "h1", "text": "a \\ud800 red square"}]}', BAD),
         "surrogate-bytes-text": (b'{"items": [{"id": "h1", "text": "a \xed\xa0\x80 red square"}]}', BAD),
-        "lone-surrogate-metadata-key": (b'{"items": [{"id": "h1", "text": "a red square", "metadata": {"\\udfff": 1}}]}', BAD),
+        "lone-surrogate-metadata-key": (
+            b'{"items": [{"id": "h1", "text": "a red square", "metadata": {"\\udfff": 1}}]}',
+            BAD,
+        ),
         "nan-metadata": (b'{"items": [{"id": "h1", "text": "a red square", "metadata": {"score": NaN}}]}', BAD),
         "deeply-nested": (b'{"items": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", BAD),
         "11MB-body": (b'{"items": [{"text": "' + b"c" * (11 * 2**20) + b'"}]}', TOO_LARGE),
@@ -272,68 +330,110 @@ def _cases() -> Iterator[Any]:
     route = "/gallery/images"
     img = png_bytes(3, seed=9)
     for label, (form, status) in {
-        "id-nul": ({"ids": "h\x00"}, BAD), "id-newline": ({"ids": "a\nb"}, BAD), "id-spaces": ({"ids": " h "}, BAD),
-        "id-too-long": ({"ids": "y" * 257}, BAD), "id-existing": ({"ids": "i00"}, CONFLICT),
+        "id-nul": ({"ids": "h\x00"}, BAD),
+        "id-newline": ({"ids": "a\nb"}, BAD),
+        "id-spaces": ({"ids": " h "}, BAD),
+        "id-too-long": ({"ids": "y" * 257}, BAD),
+        "id-existing": ({"ids": "i00"}, CONFLICT),
         "ids-count": ({"ids": ["a", "b"]}, BAD),
-        "metadata-not-json": ({"metadata": "{nope"}, BAD), "metadata-list": ({"metadata": "[1, 2]"}, BAD),
+        "metadata-not-json": ({"metadata": "{nope"}, BAD),
+        "metadata-list": ({"metadata": "[1, 2]"}, BAD),
         "metadata-nan": ({"metadata": '{"score": NaN}'}, BAD),
         "metadata-infinity": ({"metadata": '{"score": -Infinity}'}, BAD),
         "metadata-lone-surrogate": ({"metadata": '{"s": "\\ud800"}'}, BAD),
         "metadata-count": ({"metadata": ["{}", "{}"]}, BAD),
     }.items():
         yield pytest.param(route, upload(route, "h.png", img, **form), status, id=f"{route}:{label}")
-    yield pytest.param(route, lambda c: c.post(route, files=[("files", ("h.png", img, "image/png")),
-                                                              ("files", ("cut.jpg", truncated_jpeg(), "image/jpeg"))],
-                                               data={"ids": ["../../etc/passwd", "h2"]}), NOT_IMAGE,
-                       id=f"{route}:valid-then-truncated")
-    yield pytest.param(route, lambda c: c.post(route, files=[("files", (f"e{i}.png", b"", "image/png")) for i in range(257)]),
-                       BAD, id=f"{route}:too-many-files")
+    yield pytest.param(
+        route,
+        lambda c: c.post(
+            route,
+            files=[("files", ("h.png", img, "image/png")), ("files", ("cut.jpg", truncated_jpeg(), "image/jpeg"))],
+            data={"ids": ["../../etc/passwd", "h2"]},
+        ),
+        NOT_IMAGE,
+        id=f"{route}:valid-then-truncated",
+    )
+    yield pytest.param(
+        route,
+        lambda c: c.post(route, files=[("files", (f"e{i}.png", b"", "image/png")) for i in range(257)]),
+        BAD,
+        id=f"{route}:too-many-files",
+    )
     yield pytest.param(route, raw_multipart(route, b"", img), BAD, id=f"{route}:filename-empty")
 
     # reading, deleting, serving: ids with path characters, NUL, near-misses of real ids
     for label, path in {
-        "dotdot-encoded": "%2e%2e%2f%2e%2e%2fetc%2fpasswd", "dotdot-double-encoded": "%252e%252e%252fetc",
-        "nul": "%00", "near-nul": "t00%00", "near-slash": "t00%2f..", "near-space": "%20t00",
-        "non-utf8": "%ff%fe", "long": "z" * 20_000,
+        "dotdot-encoded": "%2e%2e%2f%2e%2e%2fetc%2fpasswd",
+        "dotdot-double-encoded": "%252e%252e%252fetc",
+        "nul": "%00",
+        "near-nul": "t00%00",
+        "near-slash": "t00%2f..",
+        "near-space": "%20t00",
+        "non-utf8": "%ff%fe",
+        "long": "z" * 20_000,
     }.items():
         for kind, real in (("texts", "t00"), ("images", "i00")):  # near misses of a real id of that gallery
             url = f"/gallery/{kind}/{path.replace('t00', real)}"
             yield pytest.param("/gallery/{kind}/{id}", lambda c, u=url: c.get(u), MISSING, id=f"GET-{kind}:{label}")
-            yield pytest.param("/gallery/{kind}/{id}", lambda c, u=url: c.delete(u), MISSING, id=f"DELETE-{kind}:{label}")
+            yield pytest.param(
+                "/gallery/{kind}/{id}", lambda c, u=url: c.delete(u), MISSING, id=f"DELETE-{kind}:{label}"
+            )
         url = f"/gallery/images/{path.replace('t00', 'i00')}/file"
         yield pytest.param("/gallery/images/{id}/file", lambda c, u=url: c.get(u), MISSING, id=f"file:{label}")
-    for label, path in {"dotdot": "%2e%2e", "nul": "images%00", "non-utf8": "%ff", "etc-passwd": "..%2f..%2fetc%2fpasswd",
-                        "singular": "image"}.items():
-        yield pytest.param("/gallery/{kind}", lambda c, u=f"/gallery/{path}": c.get(u), MISSING, id=f"GET-gallery:{label}")
-        yield pytest.param("/gallery/{kind}/{id}", lambda c, u=f"/gallery/{path}/t00": c.delete(u), MISSING,
-                           id=f"DELETE-kind:{label}")
-    yield pytest.param("/gallery/{kind}/{id}", lambda c: c.patch("/gallery/texts/t00", json={"text": "x"}), METHOD,
-                       id="PATCH-item")
+    for label, path in {
+        "dotdot": "%2e%2e",
+        "nul": "images%00",
+        "non-utf8": "%ff",
+        "etc-passwd": "..%2f..%2fetc%2fpasswd",
+        "singular": "image",
+    }.items():
+        yield pytest.param(
+            "/gallery/{kind}", lambda c, u=f"/gallery/{path}": c.get(u), MISSING, id=f"GET-gallery:{label}"
+        )
+        yield pytest.param(
+            "/gallery/{kind}/{id}", lambda c, u=f"/gallery/{path}/t00": c.delete(u), MISSING, id=f"DELETE-kind:{label}"
+        )
+    yield pytest.param(
+        "/gallery/{kind}/{id}", lambda c: c.patch("/gallery/texts/t00", json={"text": "x"}), METHOD, id="PATCH-item"
+    )
     yield pytest.param("/gallery/{kind}", lambda c: c.delete("/gallery/texts"), METHOD, id="DELETE-gallery")
 
 
 @pytest.mark.parametrize(("route", "send", "status"), list(_cases()))
-def test_hostile_request_is_refused_cleanly(api: TestClient, route: str,
-                                            send: Callable[[TestClient], httpx.Response], status: int) -> None:
+def test_hostile_request_is_refused_cleanly(
+    api: TestClient, route: str, send: Callable[[TestClient], httpx.Response], status: int
+) -> None:
     check_hostile(api, send, status)
 
 
 # Cases that once gave 500s (fixed): nested metadata, lone-surrogate ids and texts. All are 400s.
 FIXED = [
-    pytest.param(upload("/gallery/images", "h.png", png_bytes(3, seed=9), metadata="[" * 100_000),
-                 id="images:metadata-deeply-nested"),
-    pytest.param(raw_json("/gallery/texts", b'{"items": [{"id": "\\ud800", "text": "a red square"}]}'),
-                 id="texts:id-lone-surrogate"),
-    pytest.param(raw_json("/gallery/texts", b'{"items": [{"id": "h\xed\xa0\x80", "text": "a red square"}]}'),
-                 id="texts:id-surrogate-bytes"),
-    pytest.param(raw_json("/gallery/texts", b'{"items": [{"text": "a \\ud800 red square"}]}'),
-                 id="texts:default-id-of-lone-surrogate-text"),
+    pytest.param(
+        upload("/gallery/images", "h.png", png_bytes(3, seed=9), metadata="[" * 100_000),
+        id="images:metadata-deeply-nested",
+    ),
+    pytest.param(
+        raw_json("/gallery/texts", b'{"items": [{"id": "\\ud800", "text": "a red square"}]}'),
+        id="texts:id-lone-surrogate",
+    ),
+    pytest.param(
+        raw_json("/gallery/texts", b'{"items": [{"id": "h\xed\xa0\x80", "text": "a red square"}]}'),
+        id="texts:id-surrogate-bytes",
+    ),
+    pytest.param(
+        raw_json("/gallery/texts", b'{"items": [{"text": "a \\ud800 red square"}]}'),
+        id="texts:default-id-of-lone-surrogate-text",
+    ),
     # Starlette decodes non-UTF-8 multipart text as latin-1: ids and metadata of invalid bytes were stored
     pytest.param(upload("/gallery/images", "h.png", png_bytes(3, seed=9), ids=b"h\xff\xfe"), id="images:id-non-utf8"),
-    pytest.param(raw_multipart("/gallery/images", b"h\xff\xfe.png", png_bytes(3, seed=9)),
-                 id="images:filename-non-utf8"),
-    pytest.param(upload("/gallery/images", "h.png", png_bytes(3, seed=9), metadata=b'{"note": "caf\xe9"}'),
-                 id="images:metadata-non-utf8"),
+    pytest.param(
+        raw_multipart("/gallery/images", b"h\xff\xfe.png", png_bytes(3, seed=9)), id="images:filename-non-utf8"
+    ),
+    pytest.param(
+        upload("/gallery/images", "h.png", png_bytes(3, seed=9), metadata=b'{"note": "caf\xe9"}'),
+        id="images:metadata-non-utf8",
+    ),
 ]
 
 
@@ -350,14 +450,17 @@ def test_stored_items_are_those_of_the_built_galleries(api: TestClient, gallery_
     expected = {}
     for kind, folder in (("image", "images"), ("text", "texts")):
         store = Gallery.open(gallery_templates / folder).store
-        expected[kind] = {i: (bytes(store.get(i)["code"]).hex(), json.dumps(store.get(i)["metadata"], sort_keys=True))
-                          for i in store.ids()}
+        expected[kind] = {
+            i: (bytes(store.get(i)["code"]).hex(), json.dumps(store.get(i)["metadata"], sort_keys=True))
+            for i in store.ids()
+        }
     got = stored_items(api)
     assert {k: list(v) for k, v in got.items()} == {k: list(v) for k, v in expected.items()}
     assert got == expected
 
 
 # ----------------------------------------------------------------------------- safe acceptances
+
 
 def test_accepted_oddities_are_harmless(api: TestClient) -> None:
     """Inputs that are odd but valid are answered 200 and change nothing (search and encode only)."""
@@ -382,8 +485,11 @@ def test_client_paths_and_metadata_never_reach_the_file_system(api: TestClient) 
     folder by a hash of the id, and the file route serves only that file."""
     state = api.app.state.cmhash  # type: ignore[attr-defined]
     image = png_bytes(0, seed=77)
-    r = api.post("/gallery/images", files=[("files", ("x.png", image, "image/png"))],
-                 data={"ids": "../../etc/passwd", "metadata": '{"path": "/etc/passwd"}'})
+    r = api.post(
+        "/gallery/images",
+        files=[("files", ("x.png", image, "image/png"))],
+        data={"ids": "../../etc/passwd", "metadata": '{"path": "/etc/passwd"}'},
+    )
     assert r.status_code == 201, r.text
     try:
         name = api.get("/gallery/images/..%2f..%2fetc%2fpasswd").json()["metadata"]["path"]
@@ -392,9 +498,14 @@ def test_client_paths_and_metadata_never_reach_the_file_system(api: TestClient) 
         assert "/" not in name and stored.read_bytes() == image
         served = api.get("/gallery/images/..%2f..%2fetc%2fpasswd/file")
         assert served.status_code == 200 and served.content == image
-        t = api.post("/gallery/texts", json={"items": [{"id": "p1", "text": "a red square", "metadata": {"path": "/etc/passwd"}}]})
+        t = api.post(
+            "/gallery/texts",
+            json={"items": [{"id": "p1", "text": "a red square", "metadata": {"path": "/etc/passwd"}}]},
+        )
         assert t.status_code == 201
-        assert_error(api.get("/gallery/images/p1/file"), MISSING)  # text items have no file, whatever their metadata says
+        assert_error(
+            api.get("/gallery/images/p1/file"), MISSING
+        )  # text items have no file, whatever their metadata says
         assert api.delete("/gallery/texts/p1").status_code == 200
     finally:
         assert api.delete("/gallery/images/..%2f..%2fetc%2fpasswd").status_code == 200
@@ -416,7 +527,9 @@ except ImportError:  # the `test` extra installs it; without it only part 2 is s
 
 
 @pytest.fixture(scope="module")
-def fuzz_app(tiny_model_dir: Path, gallery_templates: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FastAPI]:
+def fuzz_app(
+    tiny_model_dir: Path, gallery_templates: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[FastAPI]:
     """A ready app over its own gallery copies (fuzzed adds and deletes may change them), its
     lifespan run by schemathesis' ASGI client, which keeps it for every case."""
     from schemathesis.python import asgi
@@ -425,8 +538,17 @@ def fuzz_app(tiny_model_dir: Path, gallery_templates: Path, tmp_path_factory: py
     shutil.copytree(gallery_templates / "images", root / "images")
     shutil.copytree(gallery_templates / "texts", root / "texts")
     # small limits keep the generated bodies (and the 413 paths) cheap
-    app = create_app(Settings(model_dir=tiny_model_dir, image_gallery=root / "images", text_gallery=root / "texts",
-                              device="cpu", encoder_threads=1, max_upload_bytes=200_000, max_text_chars=200))
+    app = create_app(
+        Settings(
+            model_dir=tiny_model_dir,
+            image_gallery=root / "images",
+            text_gallery=root / "texts",
+            device="cpu",
+            encoder_threads=1,
+            max_upload_bytes=200_000,
+            max_text_chars=200,
+        )
+    )
     try:
         with asgi.get_client(app):  # starts the lifespan; the model loads in the background
             deadline = time.monotonic() + 60
@@ -443,12 +565,12 @@ if schemathesis is not None:
     # `model_construct` reads no CMHASH_* variables); cases are sent to `fuzz_app`.
     # (`schemathesis.pytest.from_fixture` would load it lazily, but schemathesis 4.32's lazy loader
     # sets `Node._nodeid`, which pytest 9 no longer has.)
-    schema = schemathesis.openapi.from_dict(create_app(Settings.model_construct(model_dir=Path("unused"),
-                                                                                static_dir=None)).openapi())
+    schema = schemathesis.openapi.from_dict(
+        create_app(Settings.model_construct(model_dir=Path("unused"), static_dir=None)).openapi()
+    )
 
     @schema.parametrize()
-    @settings(max_examples=15, deadline=None, derandomize=True, database=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(max_examples=15, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
     def test_fuzzed_requests_never_5xx(case: Any, fuzz_app: FastAPI) -> None:
         """Every operation (positive and negative cases, and the other HTTP methods) answers
         below 500, and every error carries the taxonomy's body."""
@@ -459,6 +581,7 @@ if schemathesis is not None:
             body = response.json()
             assert set(body) == {"error"} and body["error"]["code"] and body["error"]["message"], where
 else:
+
     @pytest.mark.skip(reason="schemathesis is not installed (pip install -e '.[test]')")
     def test_fuzzed_requests_never_5xx() -> None:
         pass

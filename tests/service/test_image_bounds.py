@@ -48,8 +48,11 @@ def jpeg(width: int, height: int) -> bytes:
 def hostile() -> dict[str, bytes]:
     """The issue's images: a 96 x 400,000 strip and a 1 x 39,000,000 line (both under the
     40-Mpixel limit, both tiny files), and a 5000 x 5000 PNG (25 Mpixels, over the decoding limit)."""
-    return {"strip.png": streamed_png(96, 400_000), "line.png": streamed_png(1, 39_000_000),
-            "square.png": streamed_png(5000, 5000)}
+    return {
+        "strip.png": streamed_png(96, 400_000),
+        "line.png": streamed_png(1, 39_000_000),
+        "square.png": streamed_png(5000, 5000),
+    }
 
 
 def test_defaults() -> None:
@@ -121,8 +124,7 @@ def test_at_most_max_concurrent_decodes_run_at_once(make_settings) -> None:
 
         encoder.preprocess_image = slow
         with ThreadPoolExecutor(6) as pool:
-            answers = list(pool.map(lambda i: post(c, "/encode/image", png_bytes(i % 4, seed=i), f"{i}.png"),
-                                    range(6)))
+            answers = list(pool.map(lambda i: post(c, "/encode/image", png_bytes(i % 4, seed=i), f"{i}.png"), range(6)))
         assert [a.status_code for a in answers] == [200] * 6
         assert peak[0] == 2  # six at once, two decoding at a time
         assert running[0] == 0

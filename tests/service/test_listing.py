@@ -14,8 +14,9 @@ from tests.service.conftest import N_IMAGES, N_TEXTS, open_client, png_bytes
 
 
 @pytest.mark.parametrize("kind, n", [("texts", N_TEXTS), ("images", N_IMAGES)])
-def test_pages_concatenate_to_the_gallery_in_insertion_order(client: TestClient, module_settings: Settings,
-                                                             kind: str, n: int) -> None:
+def test_pages_concatenate_to_the_gallery_in_insertion_order(
+    client: TestClient, module_settings: Settings, kind: str, n: int
+) -> None:
     folder = module_settings.text_gallery if kind == "texts" else module_settings.image_gallery
     store = Gallery.open(folder).store  # type: ignore[arg-type]
     whole = client.get(f"/gallery/{kind}/items")
@@ -48,8 +49,9 @@ def test_one_item_shows_no_server_path(client: TestClient) -> None:
     assert client.get("/gallery/images/i03/file").status_code == 200
 
 
-@pytest.mark.parametrize("params, message", [({"limit": 0}, "limit"), ({"limit": 10**6}, "limit"),
-                                             ({"offset": -1}, "offset")])
+@pytest.mark.parametrize(
+    "params, message", [({"limit": 0}, "limit"), ({"limit": 10**6}, "limit"), ({"offset": -1}, "offset")]
+)
 def test_limits(client: TestClient, params: dict[str, int], message: str) -> None:
     r = client.get("/gallery/texts/items", params=params)
     assert r.status_code == 400 and message in r.json()["error"]["message"]
@@ -84,8 +86,10 @@ def test_items_is_a_reserved_id(make_settings) -> None:
         assert r.status_code == 400
         assert api.get("/gallery/images/items").json()["count"] == N_IMAGES  # nothing was added
         # other ids holding the word are fine, and the listing sees new items last
-        r = api.post("/gallery/texts", json={"items": [{"id": "items/2", "text": "a red square",
-                                                        "metadata": {"k": json.dumps([1])}}]})
+        r = api.post(
+            "/gallery/texts",
+            json={"items": [{"id": "items/2", "text": "a red square", "metadata": {"k": json.dumps([1])}}]},
+        )
         assert r.status_code == 201, r.text
         page = api.get("/gallery/texts/items", params={"offset": N_TEXTS}).json()
         assert page["count"] == N_TEXTS + 1 and page["items"][0]["id"] == "items/2"

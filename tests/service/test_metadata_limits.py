@@ -34,13 +34,19 @@ _ids = itertools.count()
 
 
 @pytest.fixture(scope="module")
-def limits_settings(tiny_model_dir: Path, gallery_templates: Path,
-                    tmp_path_factory: pytest.TempPathFactory) -> Settings:
+def limits_settings(
+    tiny_model_dir: Path, gallery_templates: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Settings:
     root = tmp_path_factory.mktemp("service_metadata")
     shutil.copytree(gallery_templates / "images", root / "images")
     shutil.copytree(gallery_templates / "texts", root / "texts")
-    return Settings(model_dir=tiny_model_dir, image_gallery=root / "images", text_gallery=root / "texts",
-                    device="cpu", encoder_threads=1)
+    return Settings(
+        model_dir=tiny_model_dir,
+        image_gallery=root / "images",
+        text_gallery=root / "texts",
+        device="cpu",
+        encoder_threads=1,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -87,19 +93,22 @@ def check_outcome(api: TestClient, kind: str, item_id: str, r: httpx.Response, s
     meta = got.json()["metadata"]
     if sent is not None:  # the server's own keys (text, path, filename) replace any sent under those names
         ours = ("text", "path", "filename")
-        assert same_json({k: v for k, v in meta.items() if k not in ours},
-                         {k: v for k, v in sent.items() if k not in ours})
+        assert same_json(
+            {k: v for k, v in meta.items() if k not in ours}, {k: v for k, v in sent.items() if k not in ours}
+        )
     count = api.get(f"/gallery/{kind}").json()["count"]
     if kind == "texts":
         hits = api.post("/search/text-to-text", json={"text": TEXT, "k": count})
     else:
-        hits = api.post("/search/image-to-image", files={"file": ("q.png", png_bytes(0), "image/png")},
-                        data={"k": str(count)})
+        hits = api.post(
+            "/search/image-to-image", files={"file": ("q.png", png_bytes(0), "image/png")}, data={"k": str(count)}
+        )
     assert hits.status_code == 200, hits.text[:300]
     found = [h for h in hits.json()["results"] if h["id"] == item_id]
     assert len(found) == 1  # "path" may be shown differently (a file name, not the server's path)
-    assert same_json({k: v for k, v in found[0]["metadata"].items() if k != "path"},
-                     {k: v for k, v in meta.items() if k != "path"})
+    assert same_json(
+        {k: v for k, v in found[0]["metadata"].items() if k != "path"}, {k: v for k, v in meta.items() if k != "path"}
+    )
     assert len(hits.content) < 100 * (count + 2) * 2**10  # no item makes a search answer megabytes
     return True
 
@@ -135,14 +144,19 @@ def test_hostile_text_metadata(api: TestClient, metadata: Any, raw: bytes | None
         assert "max_metadata_" in r.json()["error"]["message"]  # names the limit
 
 
-@pytest.mark.parametrize(("metadata", "raw", "accepted"),
-                         [pytest.param(m, r, a, id=n) for n, m, r, a in HOSTILE if "9-MB" not in n])
-def test_hostile_image_metadata(api: TestClient, limits_settings: Settings, metadata: Any, raw: bytes | None,
-                                accepted: bool) -> None:
+@pytest.mark.parametrize(
+    ("metadata", "raw", "accepted"), [pytest.param(m, r, a, id=n) for n, m, r, a in HOSTILE if "9-MB" not in n]
+)
+def test_hostile_image_metadata(
+    api: TestClient, limits_settings: Settings, metadata: Any, raw: bytes | None, accepted: bool
+) -> None:
     item_id = f"im{next(_ids)}"
     text = raw if raw is not None else json.dumps(metadata).encode()
-    r = api.post("/gallery/images", files={"files": (f"{item_id}.png", png_bytes(1, seed=5), "image/png")},
-                 data={"metadata": text.decode("utf-8")})
+    r = api.post(
+        "/gallery/images",
+        files={"files": (f"{item_id}.png", png_bytes(1, seed=5), "image/png")},
+        data={"metadata": text.decode("utf-8")},
+    )
     expected = accepted and len(text) < 15 * 1024  # the stored path and file name count too
     assert check_outcome(api, "images", item_id, r, metadata) == expected, r.text[:300]
     uploads = limits_settings.image_gallery / "uploads"  # type: ignore[operator]
@@ -151,8 +165,14 @@ def test_hostile_image_metadata(api: TestClient, limits_settings: Settings, meta
 
 def test_limits_are_settings(tiny_model_dir: Path, gallery_templates: Path, tmp_path: Path) -> None:
     shutil.copytree(gallery_templates / "texts", tmp_path / "texts")
-    tight = Settings(model_dir=tiny_model_dir, text_gallery=tmp_path / "texts", device="cpu", encoder_threads=1,
-                     max_metadata_bytes=200, max_metadata_depth=2)
+    tight = Settings(
+        model_dir=tiny_model_dir,
+        text_gallery=tmp_path / "texts",
+        device="cpu",
+        encoder_threads=1,
+        max_metadata_bytes=200,
+        max_metadata_depth=2,
+    )
     with open_client(tight) as api:
         assert add_text(api, {"a": {"b": 1}})[1].status_code == 201
         r = add_text(api, {"a": {"b": [1]}})[1]
@@ -162,19 +182,27 @@ def test_limits_are_settings(tiny_model_dir: Path, gallery_templates: Path, tmp_
 
 
 if given is not None:
-    scalars = (st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70)
-               | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=40))
-    json_values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4)
-                               | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=30)
+    scalars = (
+        st.none()
+        | st.booleans()
+        | st.integers(min_value=-(2**70), max_value=2**70)
+        | st.floats(allow_nan=True, allow_infinity=True)
+        | st.text(max_size=40)
+    )
+    json_values = st.recursive(
+        scalars,
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+        max_leaves=30,
+    )
     shapes = st.one_of(
         st.dictionaries(st.text(max_size=8), json_values, max_size=5),
         st.builds(nested, st.integers(min_value=1, max_value=40), scalars),
-        st.builds(lambda n, s: {"s": s * n}, st.integers(min_value=1, max_value=40_000),
-                  st.sampled_from(["x", "\u00e9"])),
+        st.builds(
+            lambda n, s: {"s": s * n}, st.integers(min_value=1, max_value=40_000), st.sampled_from(["x", "\u00e9"])
+        ),
     )
 
-    @settings(max_examples=60, deadline=None, derandomize=True, database=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(max_examples=60, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
     @given(metadata=shapes)
     def test_accepted_metadata_is_readable(api: TestClient, metadata: dict[str, Any]) -> None:
         """Property: every metadata the write accepts reads back by GET and by search; the rest is a 400."""
@@ -184,6 +212,7 @@ if given is not None:
         if accepted:
             assert _finite(metadata)
 else:
+
     @pytest.mark.skip(reason="hypothesis is not installed (pip install -e '.[test]')")
     def test_accepted_metadata_is_readable() -> None:
         pass

@@ -62,13 +62,25 @@ def test_every_response_property_has_a_description(http: TestClient) -> None:
             for status, response in operation["responses"].items():
                 for media, content in response.get("content", {}).items():
                     seen: set[str] = set()
-                    missing += [f"{method.upper()} {path} {status} {media}: {m}"
-                                for m in _undescribed(doc, content.get("schema", {}), "(inline)", seen)]
+                    missing += [
+                        f"{method.upper()} {path} {status} {media}: {m}"
+                        for m in _undescribed(doc, content.get("schema", {}), "(inline)", seen)
+                    ]
                     checked |= seen
     assert not missing, "\n".join(missing)
     # the walk did reach the response models (and the error body on every route)
-    assert {"SearchResponse", "Hit", "CodeResponse", "Added", "Deleted", "Item", "GalleryStatus", "Health",
-            "ErrorResponse", "ErrorDetail"} <= checked
+    assert {
+        "SearchResponse",
+        "Hit",
+        "CodeResponse",
+        "Added",
+        "Deleted",
+        "Item",
+        "GalleryStatus",
+        "Health",
+        "ErrorResponse",
+        "ErrorDetail",
+    } <= checked
 
 
 def test_search_total_is_documented(http: TestClient) -> None:

@@ -26,8 +26,14 @@ import pytest
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 REPO = Path(__file__).resolve().parents[2]
 SHOTS = REPO / "bench" / "out"
@@ -47,9 +53,10 @@ import uvicorn  # noqa: E402
 
 import service.app as service_app  # noqa: E402
 import service.settings as service_settings  # noqa: E402
-from tests.servers import wait_ready
+from tests.servers import wait_ready  # noqa: E402
 
 # ---- fixtures ---------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def galleries(tiny_model_dir, tmp_path_factory) -> dict[str, Path]:
@@ -66,8 +73,14 @@ def galleries(tiny_model_dir, tmp_path_factory) -> dict[str, Path]:
         cls = item_class(i)
         draw_item(cls, rng, size=128).save(root / "img" / f"{i:02d}.png")
         # ids with "/" and "#" (as folder listings make): the page must encodeURIComponent them
-        images.append({"id": f"{CLASSES[cls][0]}/item#{i:02d}", "image": f"img/{i:02d}.png", "text": item_text(i),
-                       "labels": [CLASSES[cls][0]]})
+        images.append(
+            {
+                "id": f"{CLASSES[cls][0]}/item#{i:02d}",
+                "image": f"img/{i:02d}.png",
+                "text": item_text(i),
+                "labels": [CLASSES[cls][0]],
+            }
+        )
     (root / "images.jsonl").write_text("".join(json.dumps(x) + "\n" for x in images))
     texts = [{"id": f"t{i:02d}", "text": item_text(i), "labels": [CLASSES[item_class(i)][0]]} for i in range(N_TEXTS)]
     (root / "texts.jsonl").write_text("".join(json.dumps(x) + "\n" for x in texts))
@@ -80,8 +93,12 @@ def galleries(tiny_model_dir, tmp_path_factory) -> dict[str, Path]:
 
     build_gallery(tiny_model_dir, root / "gallery-images", images=root / "images.jsonl", progress=False, device="cpu")
     build_gallery(tiny_model_dir, root / "gallery-texts", texts=root / "texts.jsonl", progress=False, device="cpu")
-    return {"model": tiny_model_dir, "images": root / "gallery-images", "texts": root / "gallery-texts",
-            "queries": queries}
+    return {
+        "model": tiny_model_dir,
+        "images": root / "gallery-images",
+        "texts": root / "gallery-texts",
+        "queries": queries,
+    }
 
 
 def _free_port() -> int:
@@ -98,8 +115,11 @@ def base_url(galleries):
             if name.upper().startswith("CMHASH_"):
                 mp.delenv(name)
         settings = service_settings.Settings(
-            model_dir=galleries["model"], image_gallery=galleries["images"], text_gallery=galleries["texts"],
-            device="cpu")
+            model_dir=galleries["model"],
+            image_gallery=galleries["images"],
+            text_gallery=galleries["texts"],
+            device="cpu",
+        )
         app = service_app.create_app(settings)
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
@@ -161,10 +181,16 @@ def page(browser, base_url, page_log):
     pg.set_default_timeout(30_000)
     errors: list[str] = []
     pg.on("pageerror", lambda exc: errors.append(str(exc)))
-    pg.on("console", lambda msg: page_log.console.append(f"{msg.type}: {msg.text}")
-          if msg.type in ("error", "warning") else None)
-    pg.on("response", lambda r: page_log.responses.append(
-        (r.request.method, urlsplit(r.url).path, r.status, (r.headers.get("content-type") or "").split(";")[0])))
+    pg.on(
+        "console",
+        lambda msg: page_log.console.append(f"{msg.type}: {msg.text}") if msg.type in ("error", "warning") else None,
+    )
+    pg.on(
+        "response",
+        lambda r: page_log.responses.append(
+            (r.request.method, urlsplit(r.url).path, r.status, (r.headers.get("content-type") or "").split(";")[0])
+        ),
+    )
     pg.on("requestfailed", lambda r: page_log.failed.append(f"{r.method} {r.url}: {r.failure}"))
     pg.add_init_script(CSP_WATCH)
     pg.goto(f"{base_url}/")
@@ -201,14 +227,18 @@ def _pairs(shown: list[dict], distances: list[int]) -> list[tuple[str, int]]:
 
 
 def _shown(pg, selector: str) -> list[dict]:
-    return pg.eval_on_selector_all(f"{selector} .hit", """els => els.map(e => ({
+    return pg.eval_on_selector_all(
+        f"{selector} .hit",
+        """els => els.map(e => ({
         id: e.dataset.id,
         idText: e.querySelector('.hit-id').textContent,
         labels: [...e.querySelectorAll('.label')].map(l => l.textContent),
-    }))""")
+    }))""",
+    )
 
 
 # ---- tests ------------------------------------------------------------------------------------
+
 
 def test_header_shows_gallery_sizes(page):
     sync_api.expect(page.locator("#gallery-images")).to_contain_text(f"{N_IMAGES} images")
@@ -234,10 +264,13 @@ def test_text_query_shows_thumbnails_matching_the_api(page, base_url, tmp_path):
     # every thumbnail has loaded (naturalWidth > 0)
     page.wait_for_function(
         "() => [...document.querySelectorAll('#text-query-results .image-grid img')]"
-        ".every(i => i.complete && i.naturalWidth > 0)", timeout=15_000)
+        ".every(i => i.complete && i.naturalWidth > 0)",
+        timeout=15_000,
+    )
     assert page.locator("#text-query-results .image-grid img").count() == K
-    srcs = page.eval_on_selector_all("#text-query-results .image-grid img",
-                                     "els => els.map(e => e.getAttribute('src'))")
+    srcs = page.eval_on_selector_all(
+        "#text-query-results .image-grid img", "els => els.map(e => e.getAttribute('src'))"
+    )
     assert all(re.fullmatch(r"/gallery/images/[a-z]+%2Fitem%23\d\d/file", s) for s in srcs), srcs  # ids encoded
 
     shown = _shown(page, "#text-query-results .image-grid")
@@ -280,13 +313,19 @@ def test_image_upload_lists_texts_matching_the_api(page, base_url, galleries, tm
     page.wait_for_selector("#image-query-results .text-list .hit")
     k = int(page.locator("#k").input_value())
     assert page.locator("#image-query-results .text-list .hit").count() == min(k, N_TEXTS)
-    page.wait_for_function("() => { const i = document.getElementById('preview-img');"
-                           " return !i.hidden && i.complete && i.naturalWidth > 0; }")
+    page.wait_for_function(
+        "() => { const i = document.getElementById('preview-img');"
+        " return !i.hidden && i.complete && i.naturalWidth > 0; }"
+    )
     distances = _shown_distances(page, "#image-query-results .text-list")
     assert distances == sorted(distances)
     with red.open("rb") as f:
-        api = httpx.post(f"{base_url}/search/image-to-text", files={"file": ("red.png", f, "image/png")},
-                         data={"k": str(k)}, timeout=30).json()
+        api = httpx.post(
+            f"{base_url}/search/image-to-text",
+            files={"file": ("red.png", f, "image/png")},
+            data={"k": str(k)},
+            timeout=30,
+        ).json()
     shown = _shown(page, "#image-query-results .text-list")
     assert [(h["id"], h["distance"]) for h in api["results"]] == _pairs(shown, distances)
     texts = page.locator("#image-query-results .text-list .hit .hit-text").all_text_contents()
@@ -295,22 +334,32 @@ def test_image_upload_lists_texts_matching_the_api(page, base_url, galleries, tm
 
     # drag and drop another image onto the drop zone: the list is replaced
     blue = (galleries["queries"] / "blue.png").read_bytes()
-    page.evaluate("""async (bytes) => {
+    page.evaluate(
+        """async (bytes) => {
         const file = new File([new Uint8Array(bytes)], 'blue.png', {type: 'image/png'});
         const dt = new DataTransfer();
         dt.items.add(file);
         const zone = document.getElementById('dropzone');
         for (const type of ['dragenter', 'dragover', 'drop'])
             zone.dispatchEvent(new DragEvent(type, {dataTransfer: dt, bubbles: true, cancelable: true}));
-    }""", list(blue))
+    }""",
+        list(blue),
+    )
     sync_api.expect(page.locator("#preview-name")).to_have_text("blue.png")
-    page.wait_for_function("() => document.getElementById('image-query-results').getAttribute('aria-busy') === 'false'"
-                           " && document.querySelectorAll('#image-query-results .text-list .hit').length > 0")
+    page.wait_for_function(
+        "() => document.getElementById('image-query-results').getAttribute('aria-busy') === 'false'"
+        " && document.querySelectorAll('#image-query-results .text-list .hit').length > 0"
+    )
     with (galleries["queries"] / "blue.png").open("rb") as f:
-        api = httpx.post(f"{base_url}/search/image-to-text", files={"file": ("blue.png", f, "image/png")},
-                         data={"k": str(k)}, timeout=30).json()
-    assert page.eval_on_selector_all("#image-query-results .text-list .hit", "els => els.map(e => e.dataset.id)") == \
-        [h["id"] for h in api["results"]]
+        api = httpx.post(
+            f"{base_url}/search/image-to-text",
+            files={"file": ("blue.png", f, "image/png")},
+            data={"k": str(k)},
+            timeout=30,
+        ).json()
+    assert page.eval_on_selector_all("#image-query-results .text-list .hit", "els => els.map(e => e.dataset.id)") == [
+        h["id"] for h in api["results"]
+    ]
 
 
 def test_error_message_from_the_api_is_shown(page, base_url, galleries, tmp_path):
@@ -333,6 +382,7 @@ def test_error_message_from_the_api_is_shown(page, base_url, galleries, tmp_path
 
 # ---- browsing: a result searches with itself ---------------------------------------------------
 
+
 def _text_search(pg, text: str) -> None:
     pg.fill("#query", text)
     pg.press("#query", "Enter")
@@ -344,7 +394,9 @@ def _settled(pg, container: str) -> None:
     pg.wait_for_function(
         """(sel) => { const c = document.querySelector(sel);
                       return c.getAttribute('aria-busy') === 'false' && !c.querySelector('.loading-note')
-                             && c.querySelector('.hit, .placeholder') !== null; }""", arg=container)
+                             && c.querySelector('.hit, .placeholder') !== null; }""",
+        arg=container,
+    )
 
 
 def _checked(pg, name: str) -> str:
@@ -353,8 +405,9 @@ def _checked(pg, name: str) -> str:
 
 def _similarities(pg, selector: str) -> list[int]:
     """The similarity badges as shown ("91%"), checked against their data attribute."""
-    badges = pg.eval_on_selector_all(f"{selector} .hit .similarity",
-                                     "els => els.map(e => [e.textContent, e.dataset.similarity])")
+    badges = pg.eval_on_selector_all(
+        f"{selector} .hit .similarity", "els => els.map(e => [e.textContent, e.dataset.similarity])"
+    )
     out = []
     for text, data in badges:
         m = re.fullmatch(r"Similarity (\d+)%", text)
@@ -366,8 +419,12 @@ def _similarities(pg, selector: str) -> list[int]:
 def _image_file_search(base_url: str, image_id: str, target: str, k: int) -> dict:
     """The API's answer to searching `target` with gallery image `image_id`'s stored file."""
     data = httpx.get(f"{base_url}/gallery/images/{quote(image_id, safe='')}/file", timeout=30).content
-    r = httpx.post(f"{base_url}/search/image-to-{target}", files={"file": ("q.png", data, "image/png")},
-                   data={"k": str(k)}, timeout=30)
+    r = httpx.post(
+        f"{base_url}/search/image-to-{target}",
+        files={"file": ("q.png", data, "image/png")},
+        data={"k": str(k)},
+        timeout=30,
+    )
     assert r.status_code == 200, r.text
     return r.json()
 
@@ -396,8 +453,10 @@ def test_clicking_an_image_result_finds_similar_images(page, page_log, base_url,
     assert page_log.requested("GET", f"/gallery/images/{quote(pick, safe='')}/file")
     assert [r[2] for r in page_log.requested("POST", "/search/image-to-image")] == [200]
     sync_api.expect(page.locator("#preview-name")).to_have_text(f"Image {pick}")
-    page.wait_for_function("() => { const i = document.getElementById('preview-img');"
-                           " return !i.hidden && i.complete && i.naturalWidth > 0; }")
+    page.wait_for_function(
+        "() => { const i = document.getElementById('preview-img');"
+        " return !i.hidden && i.complete && i.naturalWidth > 0; }"
+    )
     sync_api.expect(page.locator("#status")).to_contain_text(f"Image → images: {K} results")
     assert page.locator("#error").is_hidden()
     # focus moved to the image panel's query control, whose panel now shows the search
@@ -418,8 +477,10 @@ def test_clicking_an_image_result_finds_similar_images(page, page_log, base_url,
 def test_a_text_result_finds_similar_texts_by_keyboard(page, page_log, base_url, galleries, tmp_path):
     page.set_input_files("#image-file", str(galleries["queries"] / "red.png"))
     _settled(page, "#image-query-results")
-    hits = page.eval_on_selector_all("#image-query-results .text-list .hit",
-                                     "els => els.map(e => [e.dataset.id, e.querySelector('.hit-text').textContent])")
+    hits = page.eval_on_selector_all(
+        "#image-query-results .text-list .hit",
+        "els => els.map(e => [e.dataset.id, e.querySelector('.hit-text').textContent])",
+    )
     assert len(hits) >= 3
     pick_id, pick_text = hits[2]
     assert _checked(page, "text-target") == "image"
@@ -462,8 +523,10 @@ def test_focus_order_of_a_panel(page, tmp_path):
     order = []
     for _ in range(4):
         page.keyboard.press("Tab")
-        order.append(page.evaluate("""() => { const e = document.activeElement;
-            return e.id || (e.name ? `${e.name}=${e.value}` : e.className); }"""))
+        order.append(
+            page.evaluate("""() => { const e = document.activeElement;
+            return e.id || (e.name ? `${e.name}=${e.value}` : e.className); }""")
+        )
     assert order[:3] == ["text-submit", "text-target=image", "hit-open"], order
     _shot(page, tmp_path, "focus")  # the focused result's ring (and the next Tab's) are visible
     page.focus('input[name="text-target"][value="image"]')
@@ -532,8 +595,9 @@ def test_favicon_is_served_as_svg(page, page_log, base_url):
     assert r.status == 200 and r.headers["content-type"].startswith("image/svg+xml"), r.headers
     assert b"<svg" in r.body()
     # the header's logo is the same file: it loads, so the page's network log holds it
-    page.wait_for_function("() => { const i = document.querySelector('.logo');"
-                           " return i.complete && i.naturalWidth > 0; }")
+    page.wait_for_function(
+        "() => { const i = document.querySelector('.logo'); return i.complete && i.naturalWidth > 0; }"
+    )
     svg = [x for x in page_log.responses if x[1] == "/static/favicon.svg"]
     assert svg and all(x[2] in (200, 304) for x in svg) and svg[0][3] == "image/svg+xml", svg
     assert not page_log.bad(), page_log.bad()
@@ -552,8 +616,10 @@ def test_a_browse_session_is_clean(page, page_log, galleries, tmp_path):
     page.locator("#image-query-results .hit .hit-open").first.click()
     _settled(page, "#text-query-results")
     page.select_option("#k", "5")  # re-runs both
-    page.wait_for_function("() => document.querySelectorAll('#text-query-results .hit').length === 5"
-                           " && document.querySelectorAll('#image-query-results .hit').length === 5")
+    page.wait_for_function(
+        "() => document.querySelectorAll('#text-query-results .hit').length === 5"
+        " && document.querySelectorAll('#image-query-results .hit').length === 5"
+    )
     page.set_input_files("#image-file", str(galleries["queries"] / "blue.png"))
     _settled(page, "#image-query-results")
     page.wait_for_load_state("networkidle")
@@ -584,11 +650,13 @@ def test_page_structure_is_accessible(page):
     for sel in ("#text-query-results", "#image-query-results"):
         assert page.get_attribute(sel, "aria-live") is None  # whole lists are not read out on every search
     for name in ("text-target", "image-target"):
-        legend = page.eval_on_selector(f'input[name="{name}"]',
-                                       "e => e.closest('fieldset').querySelector('legend').textContent")
+        legend = page.eval_on_selector(
+            f'input[name="{name}"]', "e => e.closest('fieldset').querySelector('legend').textContent"
+        )
         assert legend == "Find"
-        labels = page.eval_on_selector_all(f'input[name="{name}"]',
-                                           "els => els.map(e => e.labels[0].textContent.trim())")
+        labels = page.eval_on_selector_all(
+            f'input[name="{name}"]', "els => els.map(e => e.labels[0].textContent.trim())"
+        )
         assert sorted(labels) == ["Images", "Texts"]
     assert page.eval_on_selector("#query", "e => e.labels[0].textContent") == "Text to search with"
     assert page.eval_on_selector("#image-file", "e => e.labels.length") == 1

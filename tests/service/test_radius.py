@@ -27,8 +27,9 @@ QUERY_IMAGE = png_bytes(2, seed=21)
 def search(client: TestClient, route: str, radius: int, k: int = 100):
     if ROUTES[route][0] == "text":
         return client.post(route, json={"text": QUERY_TEXT, "k": k, "radius": radius})
-    return client.post(route, files={"file": ("q.png", QUERY_IMAGE, "image/png")},
-                       data={"k": str(k), "radius": str(radius)})
+    return client.post(
+        route, files={"file": ("q.png", QUERY_IMAGE, "image/png")}, data={"k": str(k), "radius": str(radius)}
+    )
 
 
 def everything(settings: Settings, encoder: Encoder, route: str) -> list[tuple[str, int]]:
@@ -42,8 +43,9 @@ def everything(settings: Settings, encoder: Encoder, route: str) -> list[tuple[s
 
 
 @pytest.mark.parametrize("route", list(ROUTES))
-def test_radius_equal_to_bits_returns_every_item(client: TestClient, module_settings: Settings, encoder: Encoder,
-                                                 route: str) -> None:
+def test_radius_equal_to_bits_returns_every_item(
+    client: TestClient, module_settings: Settings, encoder: Encoder, route: str
+) -> None:
     bits = encoder.bits
     r = search(client, route, bits)
     assert r.status_code == 200, r.text
@@ -57,16 +59,20 @@ def test_radius_equal_to_bits_returns_every_item(client: TestClient, module_sett
     if ROUTES[route][0] == "text":
         r = client.post(route, json={"text": QUERY_TEXT, "k": 3, "offset": 2, "radius": bits})
     else:
-        r = client.post(route, files={"file": ("q.png", QUERY_IMAGE, "image/png")},
-                        data={"k": "3", "offset": "2", "radius": str(bits)})
+        r = client.post(
+            route,
+            files={"file": ("q.png", QUERY_IMAGE, "image/png")},
+            data={"k": "3", "offset": "2", "radius": str(bits)},
+        )
     assert r.status_code == 200 and r.json()["total"] == len(expected)
     assert [(h["id"], h["distance"]) for h in r.json()["results"]] == expected[2:5]
     assert [h["rank"] for h in r.json()["results"]] == [3, 4, 5]  # ranks in the whole ranking, not the page
 
 
 @pytest.mark.parametrize("route", list(ROUTES))
-def test_radius_below_bits_returns_exactly_those_within(client: TestClient, module_settings: Settings,
-                                                        encoder: Encoder, route: str) -> None:
+def test_radius_below_bits_returns_exactly_those_within(
+    client: TestClient, module_settings: Settings, encoder: Encoder, route: str
+) -> None:
     expected = everything(module_settings, encoder, route)
     radius = sorted(d for _, d in expected)[len(expected) // 2]  # about half the gallery
     r = search(client, route, radius)

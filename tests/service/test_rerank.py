@@ -36,8 +36,9 @@ def stored(client: TestClient, kind: str) -> list[tuple[str, np.ndarray, dict[st
     return out
 
 
-def oracle(items: list, h: np.ndarray, rerank: Any, radius: int | None = None,
-           flt: dict[str, Any] | None = None) -> list[tuple[str, int]]:
+def oracle(
+    items: list, h: np.ndarray, rerank: Any, radius: int | None = None, flt: dict[str, Any] | None = None
+) -> list[tuple[str, int]]:
     q = (h >= 0).astype(np.uint8)
     rows = []
     for pos, (i, bits, meta) in enumerate(items):
@@ -68,8 +69,9 @@ def test_text_searches_match_the_oracle(api: TestClient, encoder: Encoder, reran
         for offset, k in ((0, 5), (2, 6), (0, 100)):
             r = api.post("/search/text-to-text", json={"text": text, "k": k, "offset": offset, "rerank": rerank})
             assert pairs(r) == want[offset : offset + k], (text, offset, k)
-        r = api.post("/search/text-to-text", json={"text": text, "k": 4, "radius": 6, "rerank": rerank,
-                                                    "filter": {"odd": True}})
+        r = api.post(
+            "/search/text-to-text", json={"text": text, "k": 4, "radius": 6, "rerank": rerank, "filter": {"odd": True}}
+        )
         assert pairs(r) == oracle(texts, h, rerank, 6, {"odd": True})[:4]
         assert r.json()["total"] == len(oracle(texts, h, rerank, 6, {"odd": True}))
         r = api.post("/search/text-to-image", json={"text": text, "k": 8, "rerank": rerank})
@@ -95,13 +97,19 @@ def test_image_searches_by_form_field_and_json(api: TestClient, encoder: Encoder
     h = encoder.image_representations(encoder.preprocess_image(image)[None])[0]
     for rerank in (4, "all"):
         want = oracle(stored(api, "texts"), h, rerank)
-        form = api.post("/search/image-to-text", files={"file": ("q.png", image, "image/png")},
-                        data={"k": "6", "offset": "1", "rerank": str(rerank)})
+        form = api.post(
+            "/search/image-to-text",
+            files={"file": ("q.png", image, "image/png")},
+            data={"k": "6", "offset": "1", "rerank": str(rerank)},
+        )
         assert pairs(form) == want[1:7]
         body = {"image_base64": base64.b64encode(image).decode(), "k": 6, "offset": 1, "rerank": rerank}
         assert pairs(api.post("/search/image-to-text", json=body)) == want[1:7]
-        r = api.post("/search/image-to-image", files={"file": ("q.png", image, "image/png")},
-                     data={"k": "5", "rerank": str(rerank)})
+        r = api.post(
+            "/search/image-to-image",
+            files={"file": ("q.png", image, "image/png")},
+            data={"k": "5", "rerank": str(rerank)},
+        )
         assert pairs(r) == oracle(stored(api, "images"), h, rerank)[:5]
 
 
@@ -122,6 +130,7 @@ def test_bad_rerank_is_refused(api: TestClient, rerank: Any, status: int) -> Non
     assert r.status_code == status, r.text
     if status == 400:
         assert "rerank" in r.json()["error"]["message"] and "50" in r.json()["error"]["message"]
-    form = api.post("/search/image-to-text", files={"file": ("q.png", png_bytes(1), "image/png")},
-                    data={"rerank": str(rerank)})
+    form = api.post(
+        "/search/image-to-text", files={"file": ("q.png", png_bytes(1), "image/png")}, data={"rerank": str(rerank)}
+    )
     assert form.status_code == status, form.text

@@ -32,7 +32,9 @@ def pairs(response) -> list[tuple[str, int]]:
 
 
 @pytest.mark.parametrize("text", ["a small red square", "a bright blue stripes", "plain green circle"])
-def test_text_to_image_matches_brute_force(client: TestClient, module_settings: Settings, encoder: Encoder, text: str) -> None:
+def test_text_to_image_matches_brute_force(
+    client: TestClient, module_settings: Settings, encoder: Encoder, text: str
+) -> None:
     expected = oracle(module_settings.image_gallery, encoder.encode_texts([text]))  # type: ignore[arg-type]
     r = client.post("/search/text-to-image", json={"text": text, "k": 5})
     assert pairs(r) == expected[:5]
@@ -41,15 +43,19 @@ def test_text_to_image_matches_brute_force(client: TestClient, module_settings: 
     assert body["results"][0]["metadata"]["path"].endswith(f"{body['results'][0]['id']}.png")
 
 
-def test_text_to_text_and_image_queries_match_brute_force(client: TestClient, module_settings: Settings,
-                                                          encoder: Encoder) -> None:
+def test_text_to_text_and_image_queries_match_brute_force(
+    client: TestClient, module_settings: Settings, encoder: Encoder
+) -> None:
     text = "a large yellow checks"
     r = client.post("/search/text-to-text", json={"text": text, "k": 12})
     assert pairs(r) == oracle(module_settings.text_gallery, encoder.encode_texts([text]))  # type: ignore[arg-type]
     assert r.json()["results"][0]["metadata"]["text"]
     image = png_bytes(2, seed=99)
     code = encoder.encode_images([image])
-    for route, gallery in (("image-to-text", module_settings.text_gallery), ("image-to-image", module_settings.image_gallery)):
+    for route, gallery in (
+        ("image-to-text", module_settings.text_gallery),
+        ("image-to-image", module_settings.image_gallery),
+    ):
         r = client.post(f"/search/{route}", files={"file": ("q.png", image, "image/png")}, data={"k": "7"})
         assert pairs(r) == oracle(gallery, code)[:7]  # type: ignore[arg-type]
 
@@ -66,7 +72,9 @@ def test_pages_concatenate_to_one_big_page(client: TestClient) -> None:
     assert pairs(beyond) == []
 
 
-def test_radius_lookup_is_inclusive_and_paginated(client: TestClient, module_settings: Settings, encoder: Encoder) -> None:
+def test_radius_lookup_is_inclusive_and_paginated(
+    client: TestClient, module_settings: Settings, encoder: Encoder
+) -> None:
     text = "a small red square"
     expected = oracle(module_settings.image_gallery, encoder.encode_texts([text]))  # type: ignore[arg-type]
     radius = expected[5][1]  # a distance that occurs: items at exactly it must be included
@@ -82,18 +90,24 @@ def test_radius_lookup_is_inclusive_and_paginated(client: TestClient, module_set
         got += page
         offset += 4
     assert got == within
-    r = client.post("/search/image-to-image", files={"file": ("q.png", png_bytes(0), "image/png")},
-                    data={"k": "50", "radius": "0"})
+    r = client.post(
+        "/search/image-to-image", files={"file": ("q.png", png_bytes(0), "image/png")}, data={"k": "50", "radius": "0"}
+    )
     assert all(d == 0 for _, d in pairs(r))
 
 
-def test_concurrent_mixed_searches_each_get_their_own_answer(client: TestClient, module_settings: Settings,
-                                                            encoder: Encoder) -> None:
+def test_concurrent_mixed_searches_each_get_their_own_answer(
+    client: TestClient, module_settings: Settings, encoder: Encoder
+) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    texts = [f"a {adj} {colour}" for adj in ("small", "large") for colour in ("red square", "blue stripes", "green circle")]
+    texts = [
+        f"a {adj} {colour}" for adj in ("small", "large") for colour in ("red square", "blue stripes", "green circle")
+    ]
     with ThreadPoolExecutor(6) as pool:
-        answers = list(pool.map(lambda t: client.post("/search/text-to-image", json={"text": t, "k": 3 + len(t) % 4}), texts))
+        answers = list(
+            pool.map(lambda t: client.post("/search/text-to-image", json={"text": t, "k": 3 + len(t) % 4}), texts)
+        )
     for text, r in zip(texts, answers):
         expected = oracle(module_settings.image_gallery, encoder.encode_texts([text]))  # type: ignore[arg-type]
         assert pairs(r) == expected[: 3 + len(text) % 4]

@@ -18,8 +18,9 @@ from tests.service.conftest import TEST_ACCESS, open_client, png_bytes, wait_rea
 @pytest.fixture(scope="module")
 def app_client(module_settings: Settings) -> Iterator[TestClient]:
     """A ready app with the default Host and client rules (no API key)."""
-    settings = module_settings.model_copy(update={"allowed_hosts": ["127.0.0.1", "localhost", "[::1]"],
-                                                  "anonymous_write_clients": ["127.0.0.0/8", "::1"]})
+    settings = module_settings.model_copy(
+        update={"allowed_hosts": ["127.0.0.1", "localhost", "[::1]"], "anonymous_write_clients": ["127.0.0.0/8", "::1"]}
+    )
     with TestClient(create_app(settings), base_url="http://127.0.0.1:8000", client=("127.0.0.1", 40000)) as client:
         wait_ready(client)
         yield client
@@ -68,8 +69,9 @@ def test_local_host_names_are_served(app_client: TestClient, host: str) -> None:
     assert app_client.get("/healthz", headers={"Host": host}).status_code == 200
 
 
-@pytest.mark.parametrize("host", ["evil.example", "evil.example:8000", "127.0.0.1.evil.example", "localhost@evil",
-                                  "10.0.0.1"])
+@pytest.mark.parametrize(
+    "host", ["evil.example", "evil.example:8000", "127.0.0.1.evil.example", "localhost@evil", "10.0.0.1"]
+)
 def test_other_hosts_are_400(app_client: TestClient, host: str) -> None:
     """DNS rebinding: a page of evil.example resolved to 127.0.0.1 sends Host evil.example."""
     message = expect(app_client.get("/healthz", headers={"Host": host}), 400, "bad_request")
@@ -80,9 +82,11 @@ def test_other_hosts_are_400(app_client: TestClient, host: str) -> None:
 
 
 def test_star_and_bound_address(module_settings: Settings) -> None:
-    for update, host, other in (({"allowed_hosts": ["*"]}, "anything.example", None),
-                                ({"allowed_hosts": ["*.example.org"]}, "cmhash.example.org", "example.org.evil"),
-                                ({"allowed_hosts": [], "host": "192.0.2.7"}, "192.0.2.7:8000", "localhost")):
+    for update, host, other in (
+        ({"allowed_hosts": ["*"]}, "anything.example", None),
+        ({"allowed_hosts": ["*.example.org"]}, "cmhash.example.org", "example.org.evil"),
+        ({"allowed_hosts": [], "host": "192.0.2.7"}, "192.0.2.7:8000", "localhost"),
+    ):
         client = TestClient(create_app(module_settings.model_copy(update=update)))  # no lifespan: /healthz needs none
         assert client.get("/healthz", headers={"Host": host}).status_code == 200, update
         if other is not None:
@@ -92,11 +96,15 @@ def test_star_and_bound_address(module_settings: Settings) -> None:
 def test_cross_origin_writes_are_403(app_client: TestClient) -> None:
     """CSRF: a page of another site posting a form to the local server."""
     files = [("files", ("x.png", png_bytes(1), "image/png"))]
-    for headers in ({"Origin": "https://evil.example"}, {"Origin": "null"},
-                    {"Origin": "http://127.0.0.1:9999"},  # another port is another origin
-                    {"Referer": "https://evil.example/page.html"}):
-        message = expect(app_client.post("/gallery/images", files=files, data={"ids": "csrf"}, headers=headers),
-                         403, "forbidden")
+    for headers in (
+        {"Origin": "https://evil.example"},
+        {"Origin": "null"},
+        {"Origin": "http://127.0.0.1:9999"},  # another port is another origin
+        {"Referer": "https://evil.example/page.html"},
+    ):
+        message = expect(
+            app_client.post("/gallery/images", files=files, data={"ids": "csrf"}, headers=headers), 403, "forbidden"
+        )
         assert "CMHASH_ALLOWED_ORIGINS" in message
         expect(app_client.delete("/gallery/images/i00", headers=headers), 403, "forbidden")
         search = app_client.post("/search/text-to-image", json={"text": "a red square"}, headers=headers)
@@ -111,19 +119,28 @@ def test_same_origin_writes_pass(app_client: TestClient) -> None:
     for headers in ({"Origin": "http://127.0.0.1:8000"}, {"Referer": "http://127.0.0.1:8000/"}, {}):
         r = app_client.post("/search/text-to-image", json={"text": "a red square", "k": 1}, headers=headers)
         assert r.status_code == 200, (headers, r.text)
-    r = app_client.post("/search/text-to-image", json={"text": "a red square", "k": 1},
-                        headers={"Host": "localhost:8000", "Origin": "http://LOCALHOST:8000"})
+    r = app_client.post(
+        "/search/text-to-image",
+        json={"text": "a red square", "k": 1},
+        headers={"Host": "localhost:8000", "Origin": "http://LOCALHOST:8000"},
+    )
     assert r.status_code == 200
 
 
 def test_allowed_origins(make_settings) -> None:
     settings = make_settings(allowed_origins=["https://app.example.org"])
     with open_client(settings) as client:
-        ok = client.post("/search/text-to-text", json={"text": "a red square"},
-                         headers={"Origin": "https://app.example.org"})
+        ok = client.post(
+            "/search/text-to-text", json={"text": "a red square"}, headers={"Origin": "https://app.example.org"}
+        )
         assert ok.status_code == 200
-        expect(client.post("/search/text-to-text", json={"text": "a red square"},
-                           headers={"Origin": "https://other.example.org"}), 403, "forbidden")
+        expect(
+            client.post(
+                "/search/text-to-text", json={"text": "a red square"}, headers={"Origin": "https://other.example.org"}
+            ),
+            403,
+            "forbidden",
+        )
 
 
 def test_anonymous_writes_only_from_loopback(make_settings) -> None:
@@ -134,8 +151,9 @@ def test_anonymous_writes_only_from_loopback(make_settings) -> None:
             stranger = remote(local, address)
             message = expect(stranger.delete("/gallery/images/i00"), 403, "forbidden")
             assert "CMHASH_API_KEY" in message
-            expect(stranger.post("/gallery/texts", json={"items": [{"id": "n", "text": "a red square"}]}),
-                   403, "forbidden")
+            expect(
+                stranger.post("/gallery/texts", json={"items": [{"id": "n", "text": "a red square"}]}), 403, "forbidden"
+            )
             assert stranger.post("/search/text-to-text", json={"text": "a red square"}).status_code == 200  # reads
         assert local.get("/gallery/images/i00").status_code == 200
         for address in ("127.0.0.1", "127.5.6.7", "::1", "::ffff:127.0.0.1"):
@@ -155,8 +173,12 @@ def test_with_a_key_remote_writes_need_it(make_settings) -> None:
 def test_nosniff_everywhere_and_page_policy(app_client: TestClient) -> None:
     file = app_client.get("/gallery/images/i00/file")
     assert file.status_code == 200 and file.headers["x-content-type-options"] == "nosniff"
-    for r in (app_client.get("/healthz"), app_client.get("/no/such/route"), app_client.get("/static/app.js"),
-              app_client.get("/healthz", headers={"Host": "evil.example"})):
+    for r in (
+        app_client.get("/healthz"),
+        app_client.get("/no/such/route"),
+        app_client.get("/static/app.js"),
+        app_client.get("/healthz", headers={"Host": "evil.example"}),
+    ):
         assert r.headers["x-content-type-options"] == "nosniff", r.url
     page = app_client.get("/")
     assert page.status_code == 200
@@ -169,13 +191,20 @@ def test_nosniff_everywhere_and_page_policy(app_client: TestClient) -> None:
 def test_no_server_paths_in_search_results(app_client: TestClient, module_settings: Settings) -> None:
     stored = app_client.app.state.cmhash.galleries["image"].get("i00")["metadata"]["path"]  # type: ignore[attr-defined]
     assert stored.startswith("/")  # what `cmhash index` stores (and the CLI prints) is unchanged
-    roots = {str(module_settings.image_gallery), str(module_settings.text_gallery), str(module_settings.model_dir),
-             "/tmp"}
-    bodies = [app_client.post("/search/text-to-image", json={"text": "a red square", "k": 12}),
-              app_client.post("/search/image-to-image", files={"file": ("q.png", png_bytes(0), "image/png")},
-                              data={"k": "12"}),
-              app_client.post("/search/text-to-text", json={"text": "a red square", "k": 5}),
-              app_client.post("/search/text-to-image", json={"text": "a red square", "radius": 16, "k": 12})]
+    roots = {
+        str(module_settings.image_gallery),
+        str(module_settings.text_gallery),
+        str(module_settings.model_dir),
+        "/tmp",
+    }
+    bodies = [
+        app_client.post("/search/text-to-image", json={"text": "a red square", "k": 12}),
+        app_client.post(
+            "/search/image-to-image", files={"file": ("q.png", png_bytes(0), "image/png")}, data={"k": "12"}
+        ),
+        app_client.post("/search/text-to-text", json={"text": "a red square", "k": 5}),
+        app_client.post("/search/text-to-image", json={"text": "a red square", "radius": 16, "k": 12}),
+    ]
     for r in bodies:
         assert r.status_code == 200, r.text
         assert not any(root in r.text for root in roots), r.text

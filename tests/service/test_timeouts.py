@@ -28,15 +28,28 @@ MAX_HEAD = 8 * 1024
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
     """(host, port) of uvicorn serving an app with 1 s head and body timeouts (no model needed:
     the body is read, or not, before any route runs)."""
-    settings = Settings(model_dir=tmp_path_factory.mktemp("no_model"), device="cpu", header_timeout_s=HEAD_TIMEOUT,
-                        body_timeout_s=BODY_TIMEOUT, keep_alive_s=1, max_connections=100)  # type: ignore[call-arg]
+    settings = Settings(
+        model_dir=tmp_path_factory.mktemp("no_model"),
+        device="cpu",
+        header_timeout_s=HEAD_TIMEOUT,
+        body_timeout_s=BODY_TIMEOUT,
+        keep_alive_s=1,
+        max_connections=100,
+    )  # type: ignore[call-arg]
     options = server_options(settings)
     assert HeadTimeoutProtocol is not None and options["http"] is HeadTimeoutProtocol  # httptools is installed
-    options["http"] = type("Protocol", (HeadTimeoutProtocol,), {"header_timeout": HEAD_TIMEOUT,  # not via the env
-                                                                "max_head_bytes": MAX_HEAD})
+    options["http"] = type(
+        "Protocol",
+        (HeadTimeoutProtocol,),
+        {
+            "header_timeout": HEAD_TIMEOUT,  # not via the env
+            "max_head_bytes": MAX_HEAD,
+        },
+    )
     port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning",
-                                        **options))
+    srv = uvicorn.Server(
+        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning", **options)
+    )
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -76,8 +89,10 @@ def test_settings_reach_uvicorn(tmp_path: Path) -> None:
 
 def test_slow_body_is_408(server: tuple[str, int]) -> None:
     with connect(server) as sock:
-        sock.sendall(b"POST /search/text-to-text HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: 1000\r\n\r\n" + b'{"text": "a')
+        sock.sendall(
+            b"POST /search/text-to-text HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 1000\r\n\r\n" + b'{"text": "a'
+        )
         data, took = read_until_closed(sock)
     assert data.startswith(b"HTTP/1.1 408"), data
     assert b'"request_timeout"' in data and b"nosniff" in data
@@ -87,8 +102,10 @@ def test_slow_body_is_408(server: tuple[str, int]) -> None:
 def test_trickled_body_is_408(server: tuple[str, int]) -> None:
     """A byte every 0.2 s keeps no per-read timer from firing; the whole-body deadline does."""
     with connect(server) as sock:
-        sock.sendall(b"POST /search/text-to-text HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                     b"Transfer-Encoding: chunked\r\n\r\n")
+        sock.sendall(
+            b"POST /search/text-to-text HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+        )
         start = time.monotonic()
         try:
             while time.monotonic() - start < BODY_TIMEOUT + 3:
@@ -149,7 +166,10 @@ def test_an_oversized_head_is_431_and_closed(server: tuple[str, int]) -> None:
         data, _ = read_until_closed(sock)
     assert data.startswith(b"HTTP/1.1 431 ") and b'"header_too_large"' in data
     with connect(server) as sock:  # a head under the limit is served as before
-        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * (MAX_HEAD // 2)
-                     + b"\r\nConnection: close\r\n\r\n")
+        sock.sendall(
+            b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: "
+            + b"a" * (MAX_HEAD // 2)
+            + b"\r\nConnection: close\r\n\r\n"
+        )
         data, _ = read_until_closed(sock)
     assert data.startswith(b"HTTP/1.1 200 ")

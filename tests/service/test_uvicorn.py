@@ -63,15 +63,30 @@ def test_cmhash_serve_process(module_settings: Settings, tmp_path: Path) -> None
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CMHASH_")}
     env["CMHASH_ENCODER_THREADS"] = "1"  # flags come from their CMHASH_ variables too
-    cmd = [sys.executable, "-m", "service.cli", "serve", "--model", str(module_settings.model_dir),
-           "--text-gallery", str(tmp_path / "new_texts"), "--port", str(port), "--device", "cpu", "--api-key", "k"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "service.cli",
+        "serve",
+        "--model",
+        str(module_settings.model_dir),
+        "--text-gallery",
+        str(tmp_path / "new_texts"),
+        "--port",
+        str(port),
+        "--device",
+        "cpu",
+        "--api-key",
+        "k",
+    ]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         base = f"http://127.0.0.1:{port}"
         wait_ready(base)
         assert httpx.get(f"{base}/gallery/texts").json()["count"] == 0  # a new, empty gallery
-        added = httpx.post(f"{base}/gallery/texts", json={"items": [{"id": "a", "text": "a red square"}]},
-                           headers={"X-API-Key": "k"})
+        added = httpx.post(
+            f"{base}/gallery/texts", json={"items": [{"id": "a", "text": "a red square"}]}, headers={"X-API-Key": "k"}
+        )
         assert added.status_code == 201
         assert httpx.post(f"{base}/gallery/texts", json={"items": [{"text": "x"}]}).status_code == 401
         assert httpx.post(f"{base}/search/text-to-image", json={"text": "a red square"}).status_code == 503

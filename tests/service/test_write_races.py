@@ -72,8 +72,9 @@ def expected_present(ids: list[str], adds: Counter[str], deletes: Counter[str]) 
 
 def test_journaled_gallery_adds_and_removes_of_one_id(tmp_path: Path) -> None:
     path = tmp_path / "g"
-    journaled = JournaledGallery(Gallery.create(path, GalleryInfo(kind="text", bits=32, model_checksum="m" * 64)),
-                                 compact_every=50)  # compactions happen in the middle of the race too
+    journaled = JournaledGallery(
+        Gallery.create(path, GalleryInfo(kind="text", bits=32, model_checksum="m" * 64)), compact_every=50
+    )  # compactions happen in the middle of the race too
     ids = ["same", "other"]
 
     def add(item_id: str, n: int) -> bool:
@@ -107,8 +108,11 @@ def test_concurrent_image_adds_and_deletes_of_one_id(make_settings) -> None:
         statuses: Counter[str] = Counter()
 
         def add(item_id: str, n: int) -> bool:
-            r = client.post("/gallery/images", files={"files": (f"{n}.png", blobs[n % len(blobs)], "image/png")},
-                            data={"ids": item_id})
+            r = client.post(
+                "/gallery/images",
+                files={"files": (f"{n}.png", blobs[n % len(blobs)], "image/png")},
+                data={"ids": item_id},
+            )
             statuses[f"add {r.status_code}"] += 1
             assert r.status_code in (201, 409), r.text
             return r.status_code == 201

@@ -28,7 +28,6 @@ __all__ = [
 ]
 
 
-
 def load_dataset(name: DatasetName, path: Path, *, text_features: str = "lda") -> CrossModalDataset:
     """Load dataset `name` from `path` (a folder; the .jsonl file for a manifest).
     `text_features` picks Wikipedia's text features ("lda" or "tfidf"); other datasets have

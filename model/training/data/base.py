@@ -52,8 +52,7 @@ class CrossModalDataset:
             raise DataError(f"{self.name}: {n} ids but sizes {bad}")
         if self.labels.ndim != 2 or self.labels.shape[1] != len(self.label_names):
             raise DataError(
-                f"{self.name}: labels shape {self.labels.shape} does not match "
-                f"{len(self.label_names)} label names"
+                f"{self.name}: labels shape {self.labels.shape} does not match {len(self.label_names)} label names"
             )
 
     def __len__(self) -> int:
@@ -114,8 +113,9 @@ def make_split(n: int, query_size: int, train_size: int | None, seed: int) -> Sp
         train = retrieval.copy()
     else:
         train = np.sort(rng.choice(retrieval, size=train_size, replace=False))
-    return Split(query=query.astype(np.int64), retrieval=retrieval.astype(np.int64),
-                 train=train.astype(np.int64), seed=seed)
+    return Split(
+        query=query.astype(np.int64), retrieval=retrieval.astype(np.int64), train=train.astype(np.int64), seed=seed
+    )
 
 
 def make_folds(n: int, k: int, seed: int) -> list[Split]:
@@ -140,7 +140,7 @@ def carve_validation(train: np.ndarray, fraction: float, seed: int) -> tuple[np.
     inside one evaluation split's training rows)."""
     rng = np.random.default_rng(seed + 7919)
     perm = rng.permutation(train)
-    n_val = max(1, int(round(len(train) * fraction)))
+    n_val = max(1, round(len(train) * fraction))
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 

@@ -92,8 +92,7 @@ def _preset_split(path: Path, splits: list[str | None], linenos: list[int]) -> S
     for split, lineno in zip(splits, linenos):
         if split is None:
             raise DataError(f"{path}:{lineno}: missing field 'split' (other items have one, so all must)")
-    rows = {value: np.array([i for i, s in enumerate(splits) if s == value], dtype=np.int64)
-            for value in SPLIT_VALUES}
+    rows = {value: np.array([i for i, s in enumerate(splits) if s == value], dtype=np.int64) for value in SPLIT_VALUES}
     if not len(rows["query"]) or not len(rows["train+retrieval"]):
         raise DataError(f"{path}: the split needs at least one 'query' and one 'train+retrieval' item")
     return Split(

@@ -19,9 +19,30 @@ from model.training.data.base import CrossModalDataset, read_mat
 
 # The 24 MIRFLICKR-25K concepts in label-column (alphabetical) order.
 MIRFLICKR_CONCEPTS = [
-    "animals", "baby", "bird", "car", "clouds", "dog", "female", "flower", "food", "indoor",
-    "lake", "male", "night", "people", "plant_life", "portrait", "river", "sea", "sky",
-    "structures", "sunset", "transport", "tree", "water",
+    "animals",
+    "baby",
+    "bird",
+    "car",
+    "clouds",
+    "dog",
+    "female",
+    "flower",
+    "food",
+    "indoor",
+    "lake",
+    "male",
+    "night",
+    "people",
+    "plant_life",
+    "portrait",
+    "river",
+    "sea",
+    "sky",
+    "structures",
+    "sunset",
+    "transport",
+    "tree",
+    "water",
 ]
 _MAT_ROLES = ("LAll", "YAll", "IAll")
 _IMAGE_NAME = re.compile(r"im(\d+)\.jpe?g", re.IGNORECASE)
@@ -48,9 +69,7 @@ def _roles_in(path: Path, roles: tuple[str, ...]) -> dict[str, np.ndarray]:
     return {role: variables[role.lower()] for role in roles if role.lower() in variables}
 
 
-def _find_mat_arrays(
-    root: Path, roles: tuple[str, ...] = _MAT_ROLES
-) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+def _find_mat_arrays(root: Path, roles: tuple[str, ...] = _MAT_ROLES) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """The `roles` arrays (LAll / YAll / IAll) under `root`, a folder or one .mat file, and
     the file each came from. In a folder, files named for a role (`*lall*.mat`, any case)
     are used; without any, the first .mat holding both LAll and YAll."""
@@ -205,6 +224,7 @@ def load_mirflickr_image_folder(root: Path) -> CrossModalDataset:
         raise DataError(f"none of the {len(rows)} images listed in {rows_path} is in {image_dir}")
     mat_rows = np.array([int(r["row"]) for r in kept], dtype=np.int64)
     tag_lists = [_vocab_tags(_split_list(r["tags"]), vocab_index) for r in kept]
+
     def rows_of(name: str, columns: list[str], listed_in: Path, what: str) -> np.ndarray:
         """The `mat_rows` of matrix `name`, refused unless it has one column per `columns` entry
         and every referenced row."""
@@ -270,8 +290,11 @@ def _annotation_files(root: Path, image_dir: Path) -> list[Path]:
     for folder in folders:
         if folder.is_dir():
             files = sorted(
-                (p for p in folder.iterdir()
-                 if p.is_file() and p.suffix.lower() == ".txt" and not _NOT_ANNOTATIONS.fullmatch(p.stem)),
+                (
+                    p
+                    for p in folder.iterdir()
+                    if p.is_file() and p.suffix.lower() == ".txt" and not _NOT_ANNOTATIONS.fullmatch(p.stem)
+                ),
                 key=lambda p: p.stem.lower(),
             )
             if files:
@@ -304,9 +327,7 @@ def load_mirflickr_official(root: Path) -> CrossModalDataset:
     annotation_files = _annotation_files(root, image_dir)
     label_names = [p.stem.lower() for p in annotation_files]
     annotated = [_read_ids(p) for p in annotation_files]
-    images = sorted(
-        (int(m.group(1)), p) for p in image_dir.iterdir() if (m := _IMAGE_NAME.fullmatch(p.name))
-    )
+    images = sorted((int(m.group(1)), p) for p in image_dir.iterdir() if (m := _IMAGE_NAME.fullmatch(p.name)))
     if not images:
         raise DataError(f"no images im<N>.jpg in {image_dir}")
     ids, paths_kept, tag_lists, label_rows = [], [], [], []

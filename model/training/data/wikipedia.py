@@ -13,8 +13,16 @@ from model.training.data.base import CrossModalDataset, Split, read_mat
 
 # Class numbers 1..10 of the list files, in order.
 WIKIPEDIA_CLASSES = [
-    "art", "biology", "geography", "history", "literature",
-    "media", "music", "royalty", "sport", "warfare",
+    "art",
+    "biology",
+    "geography",
+    "history",
+    "literature",
+    "media",
+    "music",
+    "royalty",
+    "sport",
+    "warfare",
 ]
 _TEXT_KEYS = {"lda": ("T_tr", "T_te"), "tfidf": ("T_tfidf_tr", "T_tfidf_te")}
 
@@ -62,14 +70,18 @@ def load_wikipedia(root: Path, text_features: Literal["lda", "tfidf"] = "lda") -
     train, test = _read_list(train_list), _read_list(test_list)
     text_tr, text_te = _TEXT_KEYS[text_features]
     mat = read_mat(mat_path, ["I_tr", "I_te", text_tr, text_te])
-    images = np.concatenate([
-        _matrix(mat, "I_tr", len(train), mat_path, train_list),
-        _matrix(mat, "I_te", len(test), mat_path, test_list),
-    ])
-    texts = np.concatenate([
-        _matrix(mat, text_tr, len(train), mat_path, train_list),
-        _matrix(mat, text_te, len(test), mat_path, test_list),
-    ])
+    images = np.concatenate(
+        [
+            _matrix(mat, "I_tr", len(train), mat_path, train_list),
+            _matrix(mat, "I_te", len(test), mat_path, test_list),
+        ]
+    )
+    texts = np.concatenate(
+        [
+            _matrix(mat, text_tr, len(train), mat_path, train_list),
+            _matrix(mat, text_te, len(test), mat_path, test_list),
+        ]
+    )
     rows = train + test
     ids = [text_id for text_id, _, _ in rows]
     if len(set(ids)) != len(ids):

@@ -52,12 +52,14 @@ class HashMethod(ABC):
     def __init__(self, params: MethodParams) -> None:
         self.params = params
 
-    def start(self, state: TrainState) -> None:
+    def start(self, state: TrainState) -> None:  # noqa: B027 (an optional hook: most methods need none)
         """Called once before the first epoch, with the banks filled by an initial pass."""
 
     @abstractmethod
-    def loss(self, image_repr: torch.Tensor, text_repr: torch.Tensor, batch: Batch, state: TrainState) -> dict[str, torch.Tensor]:
+    def loss(
+        self, image_repr: torch.Tensor, text_repr: torch.Tensor, batch: Batch, state: TrainState
+    ) -> dict[str, torch.Tensor]:
         """Loss terms for one batch; key "loss" is the total that is minimised."""
 
-    def end_epoch(self, state: TrainState) -> None:
+    def end_epoch(self, state: TrainState) -> None:  # noqa: B027 (an optional hook)
         """Called after each epoch (DCMH updates its code matrix B here)."""

@@ -55,7 +55,9 @@ class BiNcmh(HashMethod):
     Params = BiNcmhParams
     params: BiNcmhParams
 
-    def loss(self, image_repr: torch.Tensor, text_repr: torch.Tensor, batch: Batch, state: TrainState) -> dict[str, torch.Tensor]:
+    def loss(
+        self, image_repr: torch.Tensor, text_repr: torch.Tensor, batch: Batch, state: TrainState
+    ) -> dict[str, torch.Tensor]:
         p = self.params
         h_v, h_t = F.normalize(image_repr, dim=1), F.normalize(text_repr, dim=1)
         bank_v, bank_t = F.normalize(state.image_bank, dim=1), F.normalize(state.text_bank, dim=1)

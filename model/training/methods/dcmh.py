@@ -34,8 +34,7 @@ class DcmhParams(MethodParams):
     training rows at the `cmhash train` defaults): (0.1, 0.01) 0.596; (0.01, 0.001) 0.596;
     (1, 1) 0.406; (0.1, 0.1) 0.392."""
 
-    gamma: float = Field(0.1, ge=0, description="weight of the quantization term ||B - F||^2 + ||B - G||^2 "
-                         "(paper: 1)")
+    gamma: float = Field(0.1, ge=0, description="weight of the quantization term ||B - F||^2 + ||B - G||^2 (paper: 1)")
     eta: float = Field(0.01, ge=0, description="weight of the bit-balance term ||F 1||^2 + ||G 1||^2 (paper: 1)")
 
 
@@ -53,13 +52,17 @@ class Dcmh(HashMethod):
     def end_epoch(self, state: TrainState) -> None:
         self.codes = sign_codes(state.image_bank + state.text_bank)
 
-    def _one_side(self, own: torch.Tensor, own_bank: torch.Tensor, other_bank: torch.Tensor, s: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _one_side(
+        self, own: torch.Tensor, own_bank: torch.Tensor, other_bank: torch.Tensor, s: torch.Tensor, index: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         nll = negative_log_likelihood(s, own, other_bank)
         quant = quantization_loss(self.codes[index], own)
         column_sum = own_bank.sum(0) - own_bank[index].sum(0) + own.sum(0)
         return nll, quant, balance_loss(column_sum)
 
-    def loss(self, image_repr: torch.Tensor, text_repr: torch.Tensor, batch: Batch, state: TrainState) -> dict[str, torch.Tensor]:
+    def loss(
+        self, image_repr: torch.Tensor, text_repr: torch.Tensor, batch: Batch, state: TrainState
+    ) -> dict[str, torch.Tensor]:
         p = self.params
         s = binary_similarity(batch.labels, state.labels)
         nll_x, quant_x, bal_x = self._one_side(image_repr, state.image_bank, state.text_bank, s, batch.index)

@@ -39,7 +39,9 @@ class Djsrh(HashMethod):
     Params = DjsrhParams
     params: DjsrhParams
 
-    def loss(self, image_repr: torch.Tensor, text_repr: torch.Tensor, batch: Batch, state: TrainState) -> dict[str, torch.Tensor]:
+    def loss(
+        self, image_repr: torch.Tensor, text_repr: torch.Tensor, batch: Batch, state: TrainState
+    ) -> dict[str, torch.Tensor]:
         p = self.params
         s = joint_semantics_affinity(
             batch.image_features,

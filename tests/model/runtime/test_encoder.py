@@ -79,8 +79,9 @@ def test_tampered_graph_is_refused(tiny_model_dir: Path, tmp_path: Path, name: s
         Encoder.load(model_dir, device="cpu")
 
 
-def test_graph_swapped_from_another_model_is_refused(tiny_model_dir: Path, tiny_features_model_dir: Path,
-                                                     tmp_path: Path) -> None:
+def test_graph_swapped_from_another_model_is_refused(
+    tiny_model_dir: Path, tiny_features_model_dir: Path, tmp_path: Path
+) -> None:
     model_dir = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model_dir)
     shutil.copyfile(tiny_features_model_dir / "text.onnx", model_dir / "text.onnx")
@@ -109,7 +110,7 @@ def test_missing_or_invalid_model_json(tiny_model_dir: Path, tmp_path: Path) -> 
         Encoder.load(tmp_path, device="cpu")
     model_dir = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model_dir)
-    (model_dir / "model.json").write_text("{\"bits\": 16}")
+    (model_dir / "model.json").write_text('{"bits": 16}')
     with pytest.raises(ModelDirError, match="not a valid model description"):
         Encoder.load(model_dir, device="cpu")
 
@@ -133,15 +134,18 @@ def test_bad_device_threads_and_batch_size(tiny_model_dir: Path) -> None:
         Encoder.load(tiny_model_dir, device="cpu", batch_size=0)
 
 
-def test_one_thread_and_small_chunks_give_the_same_results(encoder: Encoder, tiny_model_dir: Path,
-                                                           paths: list[Path]) -> None:
+def test_one_thread_and_small_chunks_give_the_same_results(
+    encoder: Encoder, tiny_model_dir: Path, paths: list[Path]
+) -> None:
     small = Encoder.load(tiny_model_dir, device="cpu", threads=1, batch_size=3)
     arrays = np.stack([encoder.preprocess_image(p) for p in paths])
-    np.testing.assert_allclose(small.image_representations(arrays), encoder.image_representations(arrays),
-                               rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(
+        small.image_representations(arrays), encoder.image_representations(arrays), rtol=1e-5, atol=1e-4
+    )
     texts = [item_text(i) for i in range(N_ITEMS)]
-    np.testing.assert_allclose(small.text_representations(texts), encoder.text_representations(texts),
-                               rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        small.text_representations(texts), encoder.text_representations(texts), rtol=1e-6, atol=1e-6
+    )
     h = small.image_representations(arrays)
     near_zero = np.abs(h) <= 1e-3 * np.abs(h).max()
     agree = np.unpackbits(small.encode_images(paths), axis=1) == np.unpackbits(encoder.encode_images(paths), axis=1)
@@ -195,9 +199,12 @@ def test_image_arrays_of_the_wrong_shape(encoder: Encoder) -> None:
 
 
 def test_empty_inputs(encoder: Encoder, tiny_features_model_dir: Path) -> None:
-    for codes in (encoder.encode_images([]), encoder.encode_texts([]),
-                  encoder.encode_image_arrays(np.empty((0, 3, 224, 224), dtype=np.float32)),
-                  encoder.encode_image_arrays(np.empty((0,), dtype=np.float32))):
+    for codes in (
+        encoder.encode_images([]),
+        encoder.encode_texts([]),
+        encoder.encode_image_arrays(np.empty((0, 3, 224, 224), dtype=np.float32)),
+        encoder.encode_image_arrays(np.empty((0,), dtype=np.float32)),
+    ):
         assert codes.shape == (0, BITS // 8) and codes.dtype == np.uint8
     h = encoder.text_representations([])
     assert h.shape == (0, BITS) and h.dtype == np.float32
@@ -242,8 +249,9 @@ def test_texts_must_be_a_sequence_of_strings(encoder: Encoder) -> None:
         encoder.encode_texts(["ok", 3])  # type: ignore[list-item]
 
 
-def test_a_graph_rewritten_while_it_loads_is_refused(tiny_model_dir: Path, tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_graph_rewritten_while_it_loads_is_refused(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The runtime reads the very file that was hashed (by its open descriptor), and the hash is
     taken again after loading: a graph rewritten in place meanwhile is refused."""
     model_dir = tmp_path / "model"

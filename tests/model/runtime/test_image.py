@@ -43,7 +43,7 @@ def test_output_shape_dtype_and_range() -> None:
     noise = Image.fromarray(rng.integers(0, 256, (300, 400, 3), dtype=np.uint8))
     x = to_array(noise, ImagePreprocess())
     assert x.shape == (3, 224, 224) and x.dtype == np.float32
-    assert -1.0 <= float(x.min()) and float(x.max()) <= 1.0
+    assert float(x.min()) >= -1.0 and float(x.max()) <= 1.0
     black = to_array(Image.new("RGB", (50, 80), (0, 0, 0)), ImagePreprocess(size=32))
     white = to_array(Image.new("RGB", (50, 80), (255, 255, 255)), ImagePreprocess(size=32))
     assert np.all(black == -1.0) and np.all(white == 1.0)
@@ -112,9 +112,7 @@ def test_truncated_jpeg_raises_naming_the_file(tmp_path: Path) -> None:
         load_image(path)
 
 
-def test_truncation_is_not_hidden_by_load_truncated_images(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_truncation_is_not_hidden_by_load_truncated_images(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = _truncated_jpeg(tmp_path)
     monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
     with pytest.raises(ImageDecodeError, match="truncated.jpg"):
@@ -136,8 +134,10 @@ def test_non_image_inputs_raise_decode_error(tmp_path: Path) -> None:
 
 # ----------------------------------------------------------------------------- load_for_model
 
+
 def streamed_png(width: int, height: int) -> bytes:
     """A valid all-grey 8-bit greyscale PNG of any size, compressed row by row (never held decoded)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
@@ -298,8 +298,13 @@ def test_decoding_a_huge_jpeg_stays_small_in_memory(tmp_path: Path) -> None:
     path.write_bytes(encoded(Image.new("RGB", (6000, 6000), (200, 100, 50)), "JPEG", quality=80))
     grown = {}
     for how in ("new", "old"):
-        out = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(path), how], capture_output=True, text=True,
-                             check=True, timeout=120)
+        out = subprocess.run(
+            [sys.executable, "-c", MEMORY_PROBE, str(path), how],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=120,
+        )
         grown[how] = int(out.stdout.split()[-1])  # MiB
     assert grown["new"] < 32, grown
     assert grown["old"] > 130, grown  # the probe does see a full decode

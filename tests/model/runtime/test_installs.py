@@ -29,7 +29,9 @@ def test_one_build_is_fine() -> None:
     assert installs.installed("onnxruntime") and not installs.installed("onnxruntime-gpu")
 
 
-def test_a_cuda_provider_that_fell_back_is_refused_for_cuda_and_logged_for_auto(caplog: pytest.LogCaptureFixture) -> None:
+def test_a_cuda_provider_that_fell_back_is_refused_for_cuda_and_logged_for_auto(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     fell_back = [[CPU_PROVIDER], [CPU_PROVIDER]]
     with pytest.raises(UserError, match="CUDA provider of onnxruntime could not be loaded"):
         check_providers("cuda", [CUDA_PROVIDER, CPU_PROVIDER], fell_back)

@@ -60,8 +60,14 @@ def test_constant_bit_fraction() -> None:
 
 
 def codes_dict(q_img, q_txt, r_img, r_txt, q_labels, r_labels) -> dict:
-    return {"query_image_codes": q_img, "query_text_codes": q_txt, "retrieval_image_codes": r_img,
-            "retrieval_text_codes": r_txt, "query_labels": q_labels, "retrieval_labels": r_labels}
+    return {
+        "query_image_codes": q_img,
+        "query_text_codes": q_txt,
+        "retrieval_image_codes": r_img,
+        "retrieval_text_codes": r_txt,
+        "query_labels": q_labels,
+        "retrieval_labels": r_labels,
+    }
 
 
 def test_constant_codes_are_reported_as_collapsed() -> None:
@@ -112,7 +118,8 @@ def test_cmhash_train_prints_the_warning(tmp_path, monkeypatch) -> None:
     ones_q, ones_r = np.ones((10, 8), dtype=np.int8), np.ones((30, 8), dtype=np.int8)
     collapsed = evaluate_codes(codes_dict(ones_q, ones_q, ones_r, ones_r, q_l, r_l))
     monkeypatch.setattr(run_module, "train_run", lambda cfg, progress=True: collapsed)
-    result = CliRunner().invoke(app, ["train", "--dataset", "mirflickr", "--out", str(tmp_path / "r"),
-                                      "--method", "dcmh", "--no-progress"])
+    result = CliRunner().invoke(
+        app, ["train", "--dataset", "mirflickr", "--out", str(tmp_path / "r"), "--method", "dcmh", "--no-progress"]
+    )
     assert result.exit_code == 0, result.output
     assert "WARNING: the codes collapsed" in result.output

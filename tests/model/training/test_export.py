@@ -37,8 +37,15 @@ BITS = 16
 runner = CliRunner()
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 # Texts beyond the training captions: unseen words, accents, CJK, emoji, empty, over-long.
-EXTRA_TEXTS = ["a red circle", "completely unknown words", "Café naïve résumé", "東京タワーの夜景",
-               "sunset 🌅 over the sea", "", "blue " * 400]
+EXTRA_TEXTS = [
+    "a red circle",
+    "completely unknown words",
+    "Café naïve résumé",
+    "東京タワーの夜景",
+    "sunset 🌅 over the sea",
+    "",
+    "blue " * 400,
+]
 
 
 def plain(text: str) -> str:
@@ -107,8 +114,12 @@ def test_model_json_describes_the_run(tiny_model_dir: Path, tiny_run: Path) -> N
     _, _, ckpt = load_checkpoint(tiny_run / "checkpoint.pt")
     assert sorted(p.name for p in tiny_model_dir.iterdir()) == ["image.onnx", "model.json", "text.onnx"]
     assert (info["format_version"], info["method"], info["bits"]) == (1, "bi_ncmh", BITS)
-    assert info["image"] == {"kind": "pixels", "dim": 1280, "preprocess": {"size": 224, "resize": 256},
-                             "backbone": "efficientnet-lite0"}
+    assert info["image"] == {
+        "kind": "pixels",
+        "dim": 1280,
+        "preprocess": {"size": 224, "resize": 256},
+        "backbone": "efficientnet-lite0",
+    }
     assert info["text"]["kind"] == "bow" and info["text"]["tokenizer"] is None
     assert info["text"]["bag_of_words"] == ckpt["bag_of_words"]
     assert info["text"]["dim"] == len(ckpt["bag_of_words"]["vocabulary"])
@@ -201,8 +212,10 @@ def test_features_model_parity_with_pytorch(tiny_features_model_dir: Path, tiny_
         expected_text = model.text_head(torch.from_numpy(ds.text_features)).numpy()
     assert relative_diff(encoder.image_representations(ds.image_features), expected_image) < MAX_RELATIVE_ERROR
     assert relative_diff(encoder.text_feature_representations(ds.text_features), expected_text) < MAX_RELATIVE_ERROR
-    for packed, expected in ((encoder.encode_image_features(ds.image_features), expected_image),
-                             (encoder.encode_text_features(ds.text_features), expected_text)):
+    for packed, expected in (
+        (encoder.encode_image_features(ds.image_features), expected_image),
+        (encoder.encode_text_features(ds.text_features), expected_text),
+    ):
         assert flips_outside_margin(code_bits(packed), expected)[1] == 0
 
 
@@ -213,9 +226,18 @@ def test_features_model_parity_with_pytorch(tiny_features_model_dir: Path, tiny_
 def minilm_run(tiny_manifest: Path, tmp_path_factory) -> Path:
     """A short Bi_NCMH run with MiniLM text embeddings on the tiny manifest."""
     out = tmp_path_factory.mktemp("minilm_runs") / "minilm16"
-    cfg = TrainConfig(dataset="manifest", data=tiny_manifest, out=out, method="bi_ncmh", bits=BITS, epochs=5,
-                      hidden=[32], text_encoder="minilm", cache_dir=tmp_path_factory.mktemp("minilm_cache"),
-                      device="cpu")
+    cfg = TrainConfig(
+        dataset="manifest",
+        data=tiny_manifest,
+        out=out,
+        method="bi_ncmh",
+        bits=BITS,
+        epochs=5,
+        hidden=[32],
+        text_encoder="minilm",
+        cache_dir=tmp_path_factory.mktemp("minilm_cache"),
+        device="cpu",
+    )
     train_run(cfg, progress=False)
     return out
 
@@ -248,8 +270,9 @@ def test_minilm_export_matches_sentence_embeddings(minilm_run: Path, tmp_path: P
 # 4. checksum ---------------------------------------------------------------------------------
 
 
-def test_checksum_changes_with_the_weights(tiny_features_run: Path, tiny_features_model_dir: Path,
-                                           tmp_path: Path) -> None:
+def test_checksum_changes_with_the_weights(
+    tiny_features_run: Path, tiny_features_model_dir: Path, tmp_path: Path
+) -> None:
     original = ModelInfo.model_validate_json((tiny_features_model_dir / "model.json").read_text())
     run = tmp_path / "run"
     shutil.copytree(tiny_features_run, run)
@@ -286,8 +309,9 @@ def test_bad_run_dir_is_refused(tmp_path: Path) -> None:
     assert not (tmp_path / "model").exists()
 
 
-def test_a_graph_that_disagrees_never_ships(tiny_features_run: Path, tiny_features_model_dir: Path,
-                                            tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_graph_that_disagrees_never_ships(
+    tiny_features_run: Path, tiny_features_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """An exporter that writes a slightly wrong graph (here: one bias shifted) is caught by the
     post-export check, and the model directory keeps its previous, working model."""
     out = tmp_path / "model"
@@ -374,19 +398,43 @@ def test_parity_on_real_mirflickr_images(tmp_path: Path) -> None:
     lines = []
     for row in range(32):
         labels = [ds.label_names[j] for j in np.flatnonzero(ds.labels[row])]
-        lines.append(json.dumps({"id": ds.ids[row], "image": str(ds.image_paths[row]), "text": ds.texts[row],
-                                 "labels": labels, "split": "query" if row < 4 else "train+retrieval"}))
+        lines.append(
+            json.dumps(
+                {
+                    "id": ds.ids[row],
+                    "image": str(ds.image_paths[row]),
+                    "text": ds.texts[row],
+                    "labels": labels,
+                    "split": "query" if row < 4 else "train+retrieval",
+                }
+            )
+        )
     manifest = tmp_path / "items.jsonl"
     manifest.write_text("\n".join(lines) + "\n")
     run = tmp_path / "run"
-    train_run(TrainConfig(dataset="manifest", data=manifest, out=run, bits=BITS, epochs=3, hidden=[32],
-                          cache_dir=tmp_path / "cache", device="cpu"), progress=False)
+    train_run(
+        TrainConfig(
+            dataset="manifest",
+            data=manifest,
+            out=run,
+            bits=BITS,
+            epochs=3,
+            hidden=[32],
+            cache_dir=tmp_path / "cache",
+            device="cpu",
+        ),
+        progress=False,
+    )
     export_run(run, tmp_path / "model")
     encoder = Encoder.load(tmp_path / "model", device="cpu")
     paths, texts = list(ds.image_paths[:32]), list(ds.texts[:32])
     expected_image, expected_text = torch_image_h(run, paths), torch_text_h(run, texts)
-    assert relative_diff(encoder.image_representations(np.stack([encoder.preprocess_image(p) for p in paths])),
-                         expected_image) < MAX_RELATIVE_ERROR
+    assert (
+        relative_diff(
+            encoder.image_representations(np.stack([encoder.preprocess_image(p) for p in paths])), expected_image
+        )
+        < MAX_RELATIVE_ERROR
+    )
     assert relative_diff(encoder.text_representations(texts), expected_text) < MAX_RELATIVE_ERROR
     assert flips_outside_margin(code_bits(encoder.encode_images(paths)), expected_image)[1] == 0
     assert flips_outside_margin(code_bits(encoder.encode_texts(texts)), expected_text)[1] == 0

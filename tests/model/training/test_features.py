@@ -126,7 +126,7 @@ def test_text_embeddings_cache(tmp_path: Path, counter: Counter) -> None:
     np.testing.assert_allclose(np.linalg.norm(first, axis=1), 1.0, atol=1e-5)
 
     counter.reset()
-    second = features.text_embeddings(texts + ["a puppy running in a field"], cache, progress=False)
+    second = features.text_embeddings([*texts, "a puppy running in a field"], cache, progress=False)
     assert (counter.builds, counter.items) == (1, 1)
     np.testing.assert_array_equal(second[:3], first)
     reference = MiniLMTextEmbedder().embed(["a puppy running in a field", texts[1]])

@@ -61,7 +61,10 @@ def synthetic(n: int = 36, preset: Split | None = None) -> CrossModalDataset:
     labels = np.eye(2, dtype=np.uint8)[cls]
     centers = np.array([[2.0, 0, 0, 0], [0, 2.0, 0, 0]])
     return CrossModalDataset(
-        name="manifest", ids=[str(i) for i in range(n)], labels=labels, label_names=["a", "b"],
+        name="manifest",
+        ids=[str(i) for i in range(n)],
+        labels=labels,
+        label_names=["a", "b"],
         image_features=(centers[cls] + rng.normal(0, 0.3, (n, 4))).astype(np.float32),
         text_features=(centers[cls][:, ::-1] + rng.normal(0, 0.3, (n, 4))).astype(np.float32),
         preset_split=preset,
@@ -74,8 +77,19 @@ def test_kfold_train_run_writes_folds_and_aggregate(tmp_path, monkeypatch) -> No
 
     ds = synthetic()
     monkeypatch.setattr(train_module, "load_dataset", lambda *a, **k: ds)
-    cfg = TrainConfig(dataset="manifest", data=tmp_path / "m.jsonl", out=tmp_path / "run", method="bi_ncmh",
-                      bits=8, epochs=3, hidden=[16], batch_size=8, folds=3, device="cpu", cache_dir=tmp_path / "c")
+    cfg = TrainConfig(
+        dataset="manifest",
+        data=tmp_path / "m.jsonl",
+        out=tmp_path / "run",
+        method="bi_ncmh",
+        bits=8,
+        epochs=3,
+        hidden=[16],
+        batch_size=8,
+        folds=3,
+        device="cpu",
+        cache_dir=tmp_path / "c",
+    )
     metrics = train_run(cfg, progress=False)
     queries = []
     for i in range(3):
@@ -112,8 +126,16 @@ def test_confidence_interval_is_student_t() -> None:
 
     def fold(m: float) -> dict:
         d = {"map": m, "map@50": m}
-        return {"variants": {"map": "x", "map@50": "y"}, "relevance": "r", "n_query": 10, "n_retrieval": 40,
-                "chance_map": 0.5, "i2t": d, "t2i": d, "collapse": {"collapsed": False, "reasons": [], "rule": "r"}}
+        return {
+            "variants": {"map": "x", "map@50": "y"},
+            "relevance": "r",
+            "n_query": 10,
+            "n_retrieval": 40,
+            "chance_map": 0.5,
+            "i2t": d,
+            "t2i": d,
+            "collapse": {"collapsed": False, "reasons": [], "rule": "r"},
+        }
 
     values = [0.6, 0.7, 0.65, 0.8]
     agg = aggregate_folds([fold(v) for v in values])

@@ -128,9 +128,7 @@ def test_hamming_rejects_bad_codes(query: np.ndarray, retrieval: np.ndarray) -> 
 @pytest.mark.parametrize("top_k", [None, 1, 5, 17, 40, 100])
 def test_average_precisions_match_loop(seed: int, top_k: int | None) -> None:
     q, r, ql, rl = random_case(seed)
-    expected = [
-        loop_ap(q[i].tolist(), r.tolist(), ql[i].tolist(), rl.tolist(), top_k) for i in range(len(q))
-    ]
+    expected = [loop_ap(q[i].tolist(), r.tolist(), ql[i].tolist(), rl.tolist(), top_k) for i in range(len(q))]
     got = average_precisions(q, r, ql, rl, top_k=top_k)
     np.testing.assert_allclose(got, expected, atol=1e-12)
     assert expected[0] == 0.0

@@ -28,8 +28,11 @@ N_SAMPLE = 730
 def sample_like(n: int = N_SAMPLE) -> CrossModalDataset:
     rng = np.random.default_rng(0)
     return CrossModalDataset(
-        name="mirflickr", ids=[str(i) for i in range(n)], labels=(rng.random((n, 24)) < 0.15).astype(np.uint8),
-        label_names=[f"l{i}" for i in range(24)], image_features=np.zeros((n, 2), np.float32),
+        name="mirflickr",
+        ids=[str(i) for i in range(n)],
+        labels=(rng.random((n, 24)) < 0.15).astype(np.uint8),
+        label_names=[f"l{i}" for i in range(24)],
+        image_features=np.zeros((n, 2), np.float32),
         text_features=np.zeros((n, 2), np.float32),
     )
 
@@ -81,14 +84,29 @@ def jobs_for(raw: dict, tmp_path: Path, monkeypatch) -> list:
     path = tmp_path / "settings.json"
     path.write_text(json.dumps(raw))
     monkeypatch.setattr(quality, "load_dataset", lambda *a, **k: sample_like())
-    args = quality.parse_args(["--datasets", "mirflickr", "--methods", "cca_itq", "--bits", "16",
-                               "--settings", str(path), "--out", str(tmp_path / "out")])
+    args = quality.parse_args(
+        [
+            "--datasets",
+            "mirflickr",
+            "--methods",
+            "cca_itq",
+            "--bits",
+            "16",
+            "--settings",
+            str(path),
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     return quality.make_jobs(args, quality.load_settings(path), threads=1)
 
 
 def test_nested_settings_pass_the_leak_check(tmp_path, monkeypatch) -> None:
-    jobs = jobs_for(fold_settings(lambda i: {"split": tune.split_record("mirflickr", i), "bits": 64,
-                                             "validation_fraction": 0.2}), tmp_path, monkeypatch)
+    jobs = jobs_for(
+        fold_settings(lambda i: {"split": tune.split_record("mirflickr", i), "bits": 64, "validation_fraction": 0.2}),
+        tmp_path,
+        monkeypatch,
+    )
     assert [j.cfg.fold for j in jobs] == list(range(5))
     assert quality.check_no_tuning_leak(jobs) == []
     seen = np.concatenate([make_folds(N_SAMPLE, 5, 0)[j.cfg.fold].query for j in jobs])
@@ -99,12 +117,18 @@ def test_settings_tuned_on_another_split_are_refused(tmp_path, monkeypatch) -> N
     """Settings tuned inside fold 0 (whose training rows are the other folds' queries) reused for
     every fold, and settings tuned on one seeded split reused for all (the old protocol):
     the leak check names the folds that would report tuning rows as queries."""
-    reused = fold_settings(lambda i: {"split": tune.split_record("mirflickr", 0), "bits": 64,
-                                      "validation_fraction": 0.2})
+    reused = fold_settings(
+        lambda i: {"split": tune.split_record("mirflickr", 0), "bits": 64, "validation_fraction": 0.2}
+    )
     problems = quality.check_no_tuning_leak(jobs_for(reused, tmp_path, monkeypatch))
     assert len(problems) == 4 and all("were tuning rows" in p for p in problems)
-    seeded = fold_settings(lambda i: {"split": {"kind": "seeded", "query_size": 100, "train_size": None, "seed": 0},
-                                      "bits": 64, "validation_fraction": 0.2})
+    seeded = fold_settings(
+        lambda i: {
+            "split": {"kind": "seeded", "query_size": 100, "train_size": None, "seed": 0},
+            "bits": 64,
+            "validation_fraction": 0.2,
+        }
+    )
     assert len(quality.check_no_tuning_leak(jobs_for(seeded, tmp_path, monkeypatch))) == 5
     unrecorded = fold_settings(lambda i: {"bits": 64})
     assert all("do not record" in p for p in quality.check_no_tuning_leak(jobs_for(unrecorded, tmp_path, monkeypatch)))
@@ -148,7 +172,16 @@ def test_committed_settings_never_tuned_on_a_reported_query_row() -> None:
                 rows = tune.tuning_rows(ds, key, entry["_validation"])
                 assert len(np.intersect1d(rows, reported[part])) == 0, (key, part, method)
                 if protocol["kind"] == "preset":  # one split: disjoint from every reported query set
-                    assert len(np.intersect1d(rows, evaluation_split(ds, quality.TrainConfig(
-                        dataset=dataset, out="/tmp/x", **variant)).query)) == 0
+                    assert (
+                        len(
+                            np.intersect1d(
+                                rows,
+                                evaluation_split(
+                                    ds, quality.TrainConfig(dataset=dataset, out="/tmp/x", **variant)
+                                ).query,
+                            )
+                        )
+                        == 0
+                    )
                 checked += 1
     assert checked > 0

@@ -22,8 +22,14 @@ from model.training.rerank import (
 )
 
 
-def oracle_ap(h: np.ndarray, codes: np.ndarray, q_labels: np.ndarray, r_labels: np.ndarray,
-              candidates: int | None, top_k: int | None = None) -> np.ndarray:
+def oracle_ap(
+    h: np.ndarray,
+    codes: np.ndarray,
+    q_labels: np.ndarray,
+    r_labels: np.ndarray,
+    candidates: int | None,
+    top_k: int | None = None,
+) -> np.ndarray:
     out = []
     for qi in range(len(h)):
         q = [1 if x >= 0 else -1 for x in h[qi]]
@@ -71,8 +77,12 @@ def test_matches_the_brute_force_oracle(seed: int, candidates: int | None, top_k
 def test_continuous_h_and_relations_between_variants() -> None:
     h, codes, ql, rl = data(7, bits=32, n_q=20, n_r=120, grid=False)
     for candidates in (7, 40, None):
-        np.testing.assert_allclose(reranked_average_precisions(h, codes, ql, rl, candidates),
-                                   oracle_ap(h, codes, ql, rl, candidates), rtol=0, atol=1e-12)
+        np.testing.assert_allclose(
+            reranked_average_precisions(h, codes, ql, rl, candidates),
+            oracle_ap(h, codes, ql, rl, candidates),
+            rtol=0,
+            atol=1e-12,
+        )
     q = np.where(h >= 0, 1, -1)
     # re-ranking one candidate is the Hamming ranking; re-ranking them all is "all"
     assert reranked_map(h, codes, ql, rl, 1) == pytest.approx(mean_average_precision(q, codes, ql, rl), abs=1e-12)
@@ -96,11 +106,16 @@ def test_metrics_rerank_schema() -> None:
     rng = np.random.default_rng(3)
     h_img, codes_r_txt, ql, rl = data(4, n_q=15, n_r=80, grid=False)
     h_txt, codes_r_img, _, _ = data(5, n_q=15, n_r=80, grid=False)
-    codes = {"query_image_codes": np.where(h_img >= 0, 1, -1).astype(np.int8),
-             "query_text_codes": np.where(h_txt >= 0, 1, -1).astype(np.int8),
-             "retrieval_image_codes": codes_r_img, "retrieval_text_codes": codes_r_txt,
-             "query_labels": ql, "retrieval_labels": rl,
-             "query_image_h": h_img.astype(np.float32), "query_text_h": h_txt.astype(np.float32)}
+    codes = {
+        "query_image_codes": np.where(h_img >= 0, 1, -1).astype(np.int8),
+        "query_text_codes": np.where(h_txt >= 0, 1, -1).astype(np.int8),
+        "retrieval_image_codes": codes_r_img,
+        "retrieval_text_codes": codes_r_txt,
+        "query_labels": ql,
+        "retrieval_labels": rl,
+        "query_image_h": h_img.astype(np.float32),
+        "query_text_h": h_txt.astype(np.float32),
+    }
     plain = evaluate_codes(codes)
     for candidates in (10, None):
         m = evaluate_rerank(codes, candidates)
@@ -130,8 +145,9 @@ def test_cli_evaluate_rerank(tiny_run: Path, tmp_path: Path) -> None:
     assert metrics["rerank"]["candidates"] == 5 and (run / "metrics.json").read_text() == before
     saved = np.load(run / "codes-rerank.npz")
     for d, h, r in (("i2t", "query_image_h", "retrieval_text_codes"), ("t2i", "query_text_h", "retrieval_image_codes")):
-        assert np.array_equal(np.where(saved[h] >= 0, 1, -1), saved["query_image_codes" if d == "i2t"
-                                                                      else "query_text_codes"])
+        assert np.array_equal(
+            np.where(saved[h] >= 0, 1, -1), saved["query_image_codes" if d == "i2t" else "query_text_codes"]
+        )
         ap = oracle_ap(saved[h].astype(np.float64), saved[r], saved["query_labels"], saved["retrieval_labels"], 5)
         assert metrics[d]["map"] == pytest.approx(ap.mean(), abs=1e-9)
     plain = json.loads(before)

@@ -68,7 +68,10 @@ def test_joint_semantics_matches_numpy_oracle():
     m = 6
     # eq. 3 written out term by term
     expected = (1 - eta) * (beta * si + (1 - beta) * st) + eta / m * (
-        beta**2 * si @ si.T + beta * (1 - beta) * si @ st.T + beta * (1 - beta) * st @ si.T + (1 - beta) ** 2 * st @ st.T
+        beta**2 * si @ si.T
+        + beta * (1 - beta) * si @ st.T
+        + beta * (1 - beta) * st @ si.T
+        + (1 - beta) ** 2 * st @ st.T
     )
     np.testing.assert_allclose(expected, (1 - eta) * s_tilde + eta * s_tilde @ s_tilde.T / m)
     got = joint_semantics_affinity(torch.from_numpy(fi), torch.from_numpy(ft), beta, eta, True, True).double().numpy()

@@ -34,20 +34,36 @@ def synthetic_run(n: int = 360, n_query: int = 60, seed: int = 0) -> PreparedRun
     image = np.abs(latent @ rng.normal(size=(12, 40)) + 0.3 * rng.normal(size=(n, 40))).astype(np.float32)
     text = np.abs(latent @ rng.normal(size=(12, 24)) + 0.3 * rng.normal(size=(n, 24))).astype(np.float32)
     ds = CrossModalDataset(
-        name="synthetic", ids=[str(i) for i in range(n)], labels=labels, label_names=list("abcd"),
-        image_features=image, text_features=text,
+        name="synthetic",
+        ids=[str(i) for i in range(n)],
+        labels=labels,
+        label_names=list("abcd"),
+        image_features=image,
+        text_features=text,
     )
     split = Split(query=np.arange(n_query), retrieval=np.arange(n_query, n), train=np.arange(n_query, n))
     inputs = PreparedInputs(
-        image=torch.from_numpy(image), text=torch.from_numpy(text),
-        labels=torch.from_numpy(labels.astype(np.float32)), bag_of_words=None,
+        image=torch.from_numpy(image),
+        text=torch.from_numpy(text),
+        labels=torch.from_numpy(labels.astype(np.float32)),
+        bag_of_words=None,
     )
     return PreparedRun(ds, split, split, inputs)
 
 
 def _cfg(method: str, tmp_path: Path, **kw) -> TrainConfig:
-    base = dict(dataset="manifest", out=tmp_path, method=method, bits=16, epochs=25, batch_size=32,
-                hidden=[64], lr=1e-3, device="cpu", seed=3)
+    base = dict(
+        dataset="manifest",
+        out=tmp_path,
+        method=method,
+        bits=16,
+        epochs=25,
+        batch_size=32,
+        hidden=[64],
+        lr=1e-3,
+        device="cpu",
+        seed=3,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -68,11 +84,17 @@ def test_method_beats_random_codes(method, run, tmp_path):
     codes = _codes(model, run)
     metrics = evaluate_codes(codes)
     rng = np.random.default_rng(0)
-    random_map = np.mean([
-        mean_average_precision(np.where(rng.random((60, 16)) < 0.5, -1, 1), np.where(rng.random((300, 16)) < 0.5, -1, 1),
-                               codes["query_labels"], codes["retrieval_labels"])
-        for _ in range(5)
-    ])
+    random_map = np.mean(
+        [
+            mean_average_precision(
+                np.where(rng.random((60, 16)) < 0.5, -1, 1),
+                np.where(rng.random((300, 16)) < 0.5, -1, 1),
+                codes["query_labels"],
+                codes["retrieval_labels"],
+            )
+            for _ in range(5)
+        ]
+    )
     for direction in ("i2t", "t2i"):
         assert metrics[direction]["map"] > random_map + 0.2, (method, direction, metrics[direction]["map"], random_map)
     if method != "cca_itq":
@@ -124,11 +146,24 @@ def test_finetune_backbone_trains_it_and_round_trips(tmp_path, monkeypatch):
         paths.append(p)
         labels.append(np.eye(2, dtype=np.uint8)[c])
     labels = np.array(labels)
-    ds = CrossModalDataset(name="tiny", ids=[str(i) for i in range(12)], labels=labels, label_names=["red", "blue"],
-                           image_paths=paths, text_features=labels.astype(np.float32) + 0.1)
+    ds = CrossModalDataset(
+        name="tiny",
+        ids=[str(i) for i in range(12)],
+        labels=labels,
+        label_names=["red", "blue"],
+        image_paths=paths,
+        text_features=labels.astype(np.float32) + 0.1,
+    )
     split = Split(query=np.arange(4), retrieval=np.arange(4, 12), train=np.arange(4, 12))
-    cfg = _cfg("bi_ncmh", tmp_path, epochs=2, batch_size=4, finetune_backbone=True, backbone_lr=1e-3,
-               cache_dir=tmp_path / "cache")
+    cfg = _cfg(
+        "bi_ncmh",
+        tmp_path,
+        epochs=2,
+        batch_size=4,
+        finetune_backbone=True,
+        backbone_lr=1e-3,
+        cache_dir=tmp_path / "cache",
+    )
     run = PreparedRun(ds, split, split, prepare_inputs(ds, split.train, cfg, progress=False))
     from model.training.backbones import build_backbone
 

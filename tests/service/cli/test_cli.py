@@ -86,8 +86,23 @@ def manifest(tmp_path_factory) -> Path:
 
 
 def train_args(manifest: Path, out: Path, *extra: str) -> list[str]:
-    return ["train", "--dataset", "manifest", "--data", str(manifest), "--method", "bi_ncmh",
-            "--hidden", "64", "--lr", "1e-3", "--out", str(out), "--no-progress", *extra]
+    return [
+        "train",
+        "--dataset",
+        "manifest",
+        "--data",
+        str(manifest),
+        "--method",
+        "bi_ncmh",
+        "--hidden",
+        "64",
+        "--lr",
+        "1e-3",
+        "--out",
+        str(out),
+        "--no-progress",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -119,8 +134,13 @@ def test_train_help_lists_every_flag_with_its_env_var() -> None:
     result = invoke("train", "--help")
     assert_clean_exit(result)
     text = plain(result.output)
-    for flag, env in [("--bits", "CMHASH_BITS"), ("--dataset", "CMHASH_DATASET"), ("--hp", "CMHASH_HP"),
-                      ("--query-size", "CMHASH_QUERY_SIZE"), ("--cache-dir", "CMHASH_CACHE_DIR")]:
+    for flag, env in [
+        ("--bits", "CMHASH_BITS"),
+        ("--dataset", "CMHASH_DATASET"),
+        ("--hp", "CMHASH_HP"),
+        ("--query-size", "CMHASH_QUERY_SIZE"),
+        ("--cache-dir", "CMHASH_CACHE_DIR"),
+    ]:
         assert flag in text and env in text, flag
     params = get_command(app).commands["train"].params
     options = [p for p in params if p.param_type_name == "option" and p.name != "help"]
@@ -149,13 +169,25 @@ def test_train_writes_the_run_directory(trained, manifest) -> None:
     out, result = trained
     assert_clean_exit(result)
     assert f"run written to {out}" in result.output
-    for name in ("config.json", "split.json", "checkpoint.pt", "history.json", "metrics.json",
-                 "codes.npz", "pr_curve.png"):
+    for name in (
+        "config.json",
+        "split.json",
+        "checkpoint.pt",
+        "history.json",
+        "metrics.json",
+        "codes.npz",
+        "pr_curve.png",
+    ):
         assert (out / name).is_file(), name
 
     config = json.loads((out / "config.json").read_text())
     assert (config["method"], config["bits"], config["epochs"], config["hidden"], config["lr"]) == (
-        "bi_ncmh", BITS, 15, [64], 1e-3)
+        "bi_ncmh",
+        BITS,
+        15,
+        [64],
+        1e-3,
+    )
     assert Path(config["data"]) == manifest
     assert Path(config["cache_dir"]) == Path(os.environ["CMHASH_CACHE_DIR"])
     assert any(Path(os.environ["CMHASH_CACHE_DIR"]).rglob("*.npy"))  # the cache was used, not ~/.cache
@@ -194,8 +226,10 @@ def test_metrics_match_the_codes_and_beat_random_codes(trained) -> None:
     metrics = json.loads((out / "metrics.json").read_text())
     codes = load_codes(out)
     q_l, r_l = expected_labels(range(N_QUERY)), expected_labels(range(N_QUERY, N_ITEMS))
-    directions = {"i2t": (codes["query_image_codes"], codes["retrieval_text_codes"]),
-                  "t2i": (codes["query_text_codes"], codes["retrieval_image_codes"])}
+    directions = {
+        "i2t": (codes["query_image_codes"], codes["retrieval_text_codes"]),
+        "t2i": (codes["query_text_codes"], codes["retrieval_image_codes"]),
+    }
 
     assert "map" in metrics["variants"] and "map@50" in metrics["variants"]
     assert "whole ranking" in metrics["variants"]["map"] and "50" in metrics["variants"]["map@50"]
@@ -261,16 +295,28 @@ def test_evaluate_recomputes_the_same_metrics_and_codes(trained, tmp_path) -> No
 def test_options_from_environment_variables(manifest, tmp_path) -> None:
     out = tmp_path / "env_run"
     env = {
-        "CMHASH_DATASET": "manifest", "CMHASH_DATA": str(manifest),
-        "CMHASH_BITS": "24", "CMHASH_EPOCHS": "2", "CMHASH_HIDDEN": "32", "CMHASH_LR": "0.002",
-        "CMHASH_HP": "gamma=0.5", "CMHASH_PROGRESS": "false", "CMHASH_SEED": "5",
+        "CMHASH_DATASET": "manifest",
+        "CMHASH_DATA": str(manifest),
+        "CMHASH_BITS": "24",
+        "CMHASH_EPOCHS": "2",
+        "CMHASH_HIDDEN": "32",
+        "CMHASH_LR": "0.002",
+        "CMHASH_HP": "gamma=0.5",
+        "CMHASH_PROGRESS": "false",
+        "CMHASH_SEED": "5",
     }
     result = invoke("train", "--out", out, "--seed", "7", env=env)  # a flag wins over its variable
     assert_clean_exit(result)
     assert "epoch" not in result.output  # no progress bars (CMHASH_PROGRESS=false)
     config = json.loads((out / "config.json").read_text())
     assert (config["bits"], config["epochs"], config["hidden"], config["lr"], config["hp"], config["seed"]) == (
-        24, 2, [32], 0.002, {"gamma": 0.5}, 7)
+        24,
+        2,
+        [32],
+        0.002,
+        {"gamma": 0.5},
+        7,
+    )
     codes = load_codes(out)
     for name in ("query_image_codes", "query_text_codes", "retrieval_image_codes", "retrieval_text_codes"):
         assert codes[name].shape[1] == 24, name
@@ -358,8 +404,9 @@ def test_same_seed_same_codes(manifest, tmp_path) -> None:
     runs = {}
     for name, seed in (("a", "1"), ("b", "1"), ("c", "2")):
         out = tmp_path / name
-        result = invoke(*train_args(manifest, out, "--bits", "16", "--epochs", "3", "--seed", seed,
-                                    "--query-size", str(N_QUERY)))
+        result = invoke(
+            *train_args(manifest, out, "--bits", "16", "--epochs", "3", "--seed", seed, "--query-size", str(N_QUERY))
+        )
         assert_clean_exit(result)
         runs[name] = (json.loads((out / "split.json").read_text()), load_codes(out))
     (split_a, codes_a), (split_b, codes_b), (split_c, codes_c) = runs["a"], runs["b"], runs["c"]

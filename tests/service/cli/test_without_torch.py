@@ -38,8 +38,14 @@ app()
 def cmhash(*args: str | Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """Run `cmhash ARGS` with torch unimportable; no CMHASH_* variable of the caller leaks in."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CMHASH_")}
-    return subprocess.run([sys.executable, "-c", BLOCKER, *map(str, args)], cwd=ROOT, env=env, text=True,
-                          capture_output=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-c", BLOCKER, *map(str, args)],
+        cwd=ROOT,
+        env=env,
+        text=True,
+        capture_output=True,
+        timeout=timeout,
+    )
 
 
 def test_index_and_search_run_without_torch(tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -51,8 +57,9 @@ def test_index_and_search_run_without_torch(tiny_model_dir: Path, tmp_path: Path
     result = cmhash("index", "--model", tiny_model_dir, "--images", folder, "--out", tmp_path / "g", "--no-progress")
     assert result.returncode == 0, result.stderr
     assert "added 6 items" in result.stdout
-    result = cmhash("search", "--model", tiny_model_dir, "--gallery", tmp_path / "g", "--text", "red", "-k", "3",
-                    "--json")
+    result = cmhash(
+        "search", "--model", tiny_model_dir, "--gallery", tmp_path / "g", "--text", "red", "-k", "3", "--json"
+    )
     assert result.returncode == 0, result.stderr
     hits = json.loads(result.stdout)
     assert [h["rank"] for h in hits] == [1, 2, 3]
@@ -68,9 +75,26 @@ def test_serve_runs_without_torch(tiny_model_dir: Path, tmp_path: Path) -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CMHASH_")}
     proc = subprocess.Popen(
-        [sys.executable, "-c", BLOCKER, "serve", "--model", str(tiny_model_dir), "--text-gallery",
-         str(tmp_path / "texts"), "--port", str(port), "--encoder-threads", "1"],
-        cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        [
+            sys.executable,
+            "-c",
+            BLOCKER,
+            "serve",
+            "--model",
+            str(tiny_model_dir),
+            "--text-gallery",
+            str(tmp_path / "texts"),
+            "--port",
+            str(port),
+            "--encoder-threads",
+            "1",
+        ],
+        cwd=ROOT,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         wait_ready(f"http://127.0.0.1:{port}", alive=lambda: proc.poll() is None, timeout=60)
         r = httpx.post(f"http://127.0.0.1:{port}/encode/text", json={"text": "a red circle"}, timeout=10)

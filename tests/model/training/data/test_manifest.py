@@ -34,7 +34,7 @@ ITEMS = [
 
 
 def test_items_labels_and_paths(tmp_path: Path) -> None:
-    path = write_manifest(tmp_path, ITEMS[:2] + [""] + ITEMS[2:])  # a blank line is skipped
+    path = write_manifest(tmp_path, [*ITEMS[:2], "", *ITEMS[2:]])  # a blank line is skipped
     ds = load_manifest(path)
     assert ds.name == "manifest"
     assert ds.ids == ["a", "2", "c"]  # the missing id defaults to the line number
@@ -47,8 +47,9 @@ def test_items_labels_and_paths(tmp_path: Path) -> None:
 
 def test_split_from_manifest(tmp_path: Path) -> None:
     splits = ["train+retrieval", "query", "retrieval", "train+retrieval", "query"]
-    items = [{"id": f"x{i}", "image": f"{i}.jpg", "text": "t", "labels": ["l"], "split": s}
-             for i, s in enumerate(splits)]
+    items = [
+        {"id": f"x{i}", "image": f"{i}.jpg", "text": "t", "labels": ["l"], "split": s} for i, s in enumerate(splits)
+    ]
     split = load_manifest(write_manifest(tmp_path, items)).preset_split
     assert split is not None and split.seed is None
     np.testing.assert_array_equal(split.query, [1, 4])

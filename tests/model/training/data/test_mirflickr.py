@@ -62,7 +62,9 @@ def test_mat_layout_separate_files(tmp_path: Path) -> None:
 def test_mat_layout_single_file_skips_other_mats(tmp_path: Path) -> None:
     arrays = mat_arrays(k=3)
     scipy.io.savemat(tmp_path / "a_other.mat", {"X": np.ones((2, 2))})
-    scipy.io.savemat(tmp_path / "b_flickr.mat", {"lall": arrays["LAll"], "YAll": arrays["YAll"], "IAll": arrays["IAll"]})
+    scipy.io.savemat(
+        tmp_path / "b_flickr.mat", {"lall": arrays["LAll"], "YAll": arrays["YAll"], "IAll": arrays["IAll"]}
+    )
     ds = load_mirflickr(tmp_path)
     assert ds.info["layout"] == "mat"
     np.testing.assert_array_equal(ds.labels, arrays["LAll"])

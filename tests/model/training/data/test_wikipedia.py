@@ -28,9 +28,12 @@ def write_lists(root: Path, train: list = TRAIN, test: list = TEST) -> None:
 def wiki(tmp_path: Path) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(0)
     mats = {
-        "I_tr": rng.random((5, 128)), "I_te": rng.random((3, 128)),
-        "T_tr": rng.random((5, 10)), "T_te": rng.random((3, 10)),
-        "T_tfidf_tr": rng.random((5, 1000)), "T_tfidf_te": rng.random((3, 1000)),
+        "I_tr": rng.random((5, 128)),
+        "I_te": rng.random((3, 128)),
+        "T_tr": rng.random((5, 10)),
+        "T_te": rng.random((3, 10)),
+        "T_tfidf_tr": rng.random((5, 1000)),
+        "T_tfidf_te": rng.random((3, 1000)),
     }
     scipy.io.savemat(tmp_path / "raw_features.mat", mats)
     write_lists(tmp_path)

@@ -28,8 +28,9 @@ def paper_similarity(labels: torch.Tensor) -> torch.Tensor:
     return s
 
 
-def paper_objective(g_v: torch.Tensor, g_t: torch.Tensor, labels: torch.Tensor, alpha: float, beta: float,
-                    gamma: float) -> torch.Tensor:
+def paper_objective(
+    g_v: torch.Tensor, g_t: torch.Tensor, labels: torch.Tensor, alpha: float, beta: float, gamma: float
+) -> torch.Tensor:
     """Eq. 11 over all N items, every sum taken literally (double loops), divided by N^2."""
     n, bits = g_v.shape
     s = paper_similarity(labels)
@@ -38,23 +39,28 @@ def paper_objective(g_v: torch.Tensor, g_t: torch.Tensor, labels: torch.Tensor, 
     b_v = [torch.where(h >= 0, 1.0, -1.0).double() / bits**0.5 for h in h_v]  # eq. 9 (a constant)
     b_t = [torch.where(h >= 0, 1.0, -1.0).double() / bits**0.5 for h in h_t]
     psi1 = sum((s[i, j] - h_v[i] @ h_t[j]) ** 2 for i in range(n) for j in range(n))  # eq. 6
-    psi2 = sum((s[i, j] - h_v[i] @ h_v[j]) ** 2 + (s[i, j] - h_t[i] @ h_t[j]) ** 2
-               for i in range(n) for j in range(n))  # eq. 7
-    psi3 = sum((1 - h_v[i] @ b_v[i]) ** 2 + (1 - h_t[j] @ b_t[j]) ** 2
-               for i in range(n) for j in range(n))  # eq. 10
+    psi2 = sum(
+        (s[i, j] - h_v[i] @ h_v[j]) ** 2 + (s[i, j] - h_t[i] @ h_t[j]) ** 2 for i in range(n) for j in range(n)
+    )  # eq. 7
+    psi3 = sum((1 - h_v[i] @ b_v[i]) ** 2 + (1 - h_t[j] @ b_t[j]) ** 2 for i in range(n) for j in range(n))  # eq. 10
     return (alpha * psi1 + beta * psi2 + gamma * psi3) / n**2
 
 
 def full_batch(labels: torch.Tensor, g_v: torch.Tensor, g_t: torch.Tensor) -> tuple[Batch, TrainState]:
     state = TrainState(labels=labels.float(), image_bank=g_v.detach().clone(), text_bank=g_t.detach().clone())
     index = torch.arange(len(labels))
-    batch = Batch(index=index, labels=labels.float(), image_features=torch.zeros(len(labels), 1),
-                  text_features=torch.zeros(len(labels), 1))
+    batch = Batch(
+        index=index,
+        labels=labels.float(),
+        image_features=torch.zeros(len(labels), 1),
+        text_features=torch.zeros(len(labels), 1),
+    )
     return batch, state
 
 
-@pytest.mark.parametrize(("alpha", "beta", "gamma"),
-                         [(1.0, 0.1, 0.1), (0.5, 1.0, 0.0), (0.0, 1.0, 0.0), (1.0, 0.3, 2.0)])
+@pytest.mark.parametrize(
+    ("alpha", "beta", "gamma"), [(1.0, 0.1, 0.1), (0.5, 1.0, 0.0), (0.0, 1.0, 0.0), (1.0, 0.3, 2.0)]
+)
 def test_gradient_matches_autograd_of_eq_11(alpha: float, beta: float, gamma: float) -> None:
     gen = torch.Generator().manual_seed(3)
     labels = (torch.rand(N, K, generator=gen) < 0.35).to(torch.uint8)

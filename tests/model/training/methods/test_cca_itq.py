@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from scipy import linalg
@@ -95,7 +97,7 @@ def test_rotation_orthogonal_and_itq_lowers_quantisation_loss(bits: int) -> None
 
     losses = [loss(fit_cca_itq(image[:N_TRAIN], text[:N_TRAIN], bits, iterations=k).rotation) for k in (0, 1, 5, 50)]
     assert loss(untrained.rotation) == losses[0] and losses[-1] == loss(model.rotation)
-    assert all(later <= earlier + 1e-9 for earlier, later in zip(losses, losses[1:]))  # ITQ never increases it
+    assert all(later <= earlier + 1e-9 for earlier, later in itertools.pairwise(losses))  # ITQ never increases it
     assert losses[-1] < losses[0]
 
 

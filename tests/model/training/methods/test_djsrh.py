@@ -67,9 +67,15 @@ def test_loss_matches_oracle(image_nonneg: bool, text_nonneg: bool) -> None:
     hi, ht = rng.standard_normal((M, BITS)), rng.standard_normal((M, BITS))
     params = DjsrhParams(beta=0.7, eta=0.4, mu=1.5, lambda1=0.3, lambda2=0.2)
     method = Djsrh(params)
-    batch = Batch(index=torch.arange(M), labels=torch.zeros(M, 2),
-                  image_features=torch.tensor(fi, dtype=torch.float32), text_features=torch.tensor(ft, dtype=torch.float32))
-    state = TrainState(labels=torch.zeros(M, 2), image_bank=torch.zeros(M, BITS), text_bank=torch.zeros(M, BITS), epoch=4)
+    batch = Batch(
+        index=torch.arange(M),
+        labels=torch.zeros(M, 2),
+        image_features=torch.tensor(fi, dtype=torch.float32),
+        text_features=torch.tensor(ft, dtype=torch.float32),
+    )
+    state = TrainState(
+        labels=torch.zeros(M, 2), image_bank=torch.zeros(M, BITS), text_bank=torch.zeros(M, BITS), epoch=4
+    )
     out = method.loss(torch.tensor(hi, dtype=torch.float32), torch.tensor(ht, dtype=torch.float32), batch, state)
     expected = oracle_loss(hi, ht, fi, ft, params, epoch=4)
     # float32 arithmetic on O(1) values: 1e-5 relative is far below the effect of a wrong rescale
