@@ -71,6 +71,7 @@ def main() -> None:
     parser.add_argument("--venv", type=Path, help="serving venv to make or reuse (default: a temporary one)")
     parser.add_argument("--searches", type=int, default=1000)
     args = parser.parse_args()
+    args.model, args.galleries = args.model.resolve(), args.galleries.resolve()  # the server runs in a temp folder
     if not (args.model / "model.json").is_file():
         sys.exit(f"{args.model} is not a model directory: run `make demo` first (or pass --model)")
     work = Path(tempfile.mkdtemp(prefix="cmhash-footprint-"))
