@@ -343,16 +343,17 @@ else:
 
         def data_received(self, data: bytes) -> None:
             """Count the bytes of a request head still in progress: past the limit, answer 431
-            and close (uvicorn applies its head limit to h11 only; httptools buffers any size)."""
-            if getattr(self, "_head_timer", None) is not None:
-                self._head_bytes = getattr(self, "_head_bytes", 0) + len(data)
-                limit = self.max_head_bytes or int(os.environ.get("CMHASH_MAX_HEADER_BYTES") or 64 * 1024)
-                if self._head_bytes > limit:
-                    self._disarm()
-                    self.transport.write(_HEAD_TOO_LARGE)
-                    self.transport.close()
-                    return
+            and close (uvicorn applies its head limit to h11 only; httptools buffers any size).
+            Counted after parsing, so a chunk that completes the head (and carries the start of
+            the body) never counts: only bytes read while the head is still incomplete do."""
             super().data_received(data)
+            if getattr(self, "_head_timer", None) is None or self.transport.is_closing():
+                return  # no head in progress: it completed in this chunk, or the connection is going
+            self._head_bytes = getattr(self, "_head_bytes", 0) + len(data)
+            if self._head_bytes > self._head_limit():
+                self._disarm()
+                self.transport.write(_HEAD_TOO_LARGE)
+                self.transport.close()
 
         def _head_timed_out(self) -> None:
             self._head_timer = None
@@ -363,13 +364,37 @@ else:
             super().connection_made(transport)
             self._arm()
 
+        def _head_limit(self) -> int:
+            return self.max_head_bytes or int(os.environ.get("CMHASH_MAX_HEADER_BYTES") or 64 * 1024)
+
         def on_message_begin(self) -> None:
             super().on_message_begin()
+            self._head_size = 0
             self._arm()
 
+        def on_url(self, url: bytes) -> None:
+            self._head_size = getattr(self, "_head_size", 0) + len(url)
+            super().on_url(url)
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self._head_size = getattr(self, "_head_size", 0) + len(name) + len(value) + 4
+            super().on_header(name, value)
+
         def on_headers_complete(self) -> None:
+            """A head that arrived whole (one read) is measured here, before the app sees it: past
+            the limit the parser is stopped and `send_400_response` answers 431 instead."""
             self._disarm()
+            if getattr(self, "_head_size", 0) > self._head_limit():
+                self._head_too_large = True
+                raise ValueError("request head over max_header_bytes")  # httptools: HttpParserCallbackError
             super().on_headers_complete()
+
+        def send_400_response(self, msg: str) -> None:
+            if getattr(self, "_head_too_large", False):
+                self.transport.write(_HEAD_TOO_LARGE)
+                self.transport.close()
+                return
+            super().send_400_response(msg)
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()

@@ -173,3 +173,17 @@ def test_an_oversized_head_is_431_and_closed(server: tuple[str, int]) -> None:
         )
         data, _ = read_until_closed(sock)
     assert data.startswith(b"HTTP/1.1 200 ")
+
+
+def test_a_large_body_behind_a_small_head_is_not_a_large_head(server: tuple[str, int]) -> None:
+    """The head limit counts the head only: a body bigger than it, sent with the head in one go,
+    reaches the app (here a 404 for a path with no route, not a 431)."""
+    body = b"x" * (4 * MAX_HEAD)
+    with connect(server) as sock:
+        sock.sendall(
+            b"POST /no-such-route HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/octet-stream\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+        )
+        data, _ = read_until_closed(sock)
+    assert not data.startswith(b"HTTP/1.1 431 "), data[:200]
+    assert data.startswith(b"HTTP/1.1 404 ") or data.startswith(b"HTTP/1.1 405 "), data[:200]
