@@ -41,11 +41,12 @@ from bench.flags import write_result  # noqa: E402
 class Mutant:
     name: str  # short label
     file: str  # repository-relative path
-    original: str  # exact snippet, present exactly once in the file
+    original: str  # exact snippet, present `occurrences` times in the file (every one is mutated)
     replacement: str
     tests: tuple[str, ...]  # test files that must catch it
     why: str = ""  # the bug it stands for
     args: tuple[str, ...] = ()  # extra pytest options (e.g. a -k filter)
+    occurrences: int = 1  # how often the snippet occurs (a bug repeated in the Hamming and re-ranked paths: 2)
 
 
 FAISS = "tests/index/test_faiss_store.py"
@@ -142,8 +143,8 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "search: rank ignores offset",
         "index/search.py",
-        "hits.append(Hit(rank=offset + position + 1,",
-        "hits.append(Hit(rank=position + 1,",
+        "rank=offset + position + 1,",
+        "rank=position + 1,",
         (SEARCH, RADIUS),
         "ranks restart at 1 on every page",
     ),
@@ -158,10 +159,11 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "search: radius total counts the page",
         "index/search.py",
-        "pages.append(Page(hits, len(all_ids), nearest))",
-        "pages.append(Page(hits, len(hits), nearest))",
+        "explain = radius is not None and not len(all_ids) and explain_empty\n        pages.append(Page(hits, len(all_ids),",
+        "explain = radius is not None and not len(all_ids) and explain_empty\n        pages.append(Page(hits, len(hits),",
         (SEARCH, RADIUS),
         "a radius search's total is the page size",
+        occurrences=2,
     ),
     # ---- service/deps.py (the route-level radius check)
     Mutant(
@@ -219,8 +221,8 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "gallery: id length limit off by one",
         "service/routers/gallery.py",
-        "len(item_id) > MAX_ID_CHARS or",
-        "len(item_id) > MAX_ID_CHARS + 1 or",
+        "or len(item_id) > MAX_ID_CHARS\n",
+        "or len(item_id) > MAX_ID_CHARS + 1\n",
         (HOSTILE,),
         "a 257-character id is accepted",
         NO_FUZZ,
@@ -352,7 +354,7 @@ def apply(root: Path, mutant: Mutant) -> None:
     path = root / mutant.file
     text = path.read_text(encoding="utf-8")
     count = text.count(mutant.original)
-    if count != 1:
+    if count != mutant.occurrences:
         raise ValueError(f"{mutant.name}: the original snippet occurs {count} times in {mutant.file}")
     path.write_text(text.replace(mutant.original, mutant.replacement), encoding="utf-8")
 
@@ -410,7 +412,7 @@ def main() -> int:
         copy_tree(base, files)
         for m in mutants:  # every snippet is found, once, before anything runs
             count = (base / m.file).read_text(encoding="utf-8").count(m.original)
-            if count != 1:
+            if count != m.occurrences:
                 print(f"{m.name}: the original snippet occurs {count} times in {m.file}", file=sys.stderr)
                 return 2
         check = subprocess.run(
