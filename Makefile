@@ -87,7 +87,7 @@ results: $(VENV)/.installed-$(TEST_EXTRAS) $(DEMO)/model/model.json
 	$(BIN)/python bench/reliability.py
 	$(BIN)/python bench/mutation.py
 	$(BIN)/python bench/mih_scale.py --sizes 1000000,10000000 --bits 64 --queries 10 --radii 0,2,4,6
-	$(BIN)/python bench/rerank.py --datasets wikipedia-lda --epochs 10
+	$(BIN)/python bench/rerank.py --datasets wikipedia-lda
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
