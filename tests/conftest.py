@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.tiny_data import write_manifest
+from tests.tiny_data import write_manifest, write_wikipedia_miniature
 
 TINY_BITS = 16
 
@@ -86,30 +86,6 @@ def tiny_run(tiny_manifest, tmp_path_factory) -> Path:
 def tiny_model_dir(tiny_run, tmp_path_factory) -> Path:
     """tiny_run exported (pixels through EfficientNet-Lite0, a bag of words)."""
     return export_tiny(tmp_path_factory, tiny_run)
-
-
-def write_wikipedia_miniature(root: Path, n_train: int = 40, n_test: int = 8, seed: int = 0) -> Path:
-    """A Wikipedia-layout dataset (raw_features.mat and the two list files) of 4 classes whose
-    128-d "SIFT" histograms and 10-d "LDA" topics cluster by class: feature vectors only, no
-    vocabulary, like the real one."""
-    import numpy as np
-    import scipy.io
-
-    rng = np.random.default_rng(seed)
-    root.mkdir(parents=True, exist_ok=True)
-    mats: dict[str, np.ndarray] = {}
-    for part, n, prefix in (("tr", n_train, "t"), ("te", n_test, "q")):
-        classes = np.arange(n) % 4
-        image = rng.random((n, 128)) + 3.0 * (np.arange(128)[None, :] // 32 == classes[:, None])
-        text = rng.random((n, 10)) + 4.0 * (np.arange(10)[None, :] == classes[:, None])
-        tfidf = rng.random((n, 1000))
-        mats[f"I_{part}"] = image / image.sum(axis=1, keepdims=True)
-        mats[f"T_{part}"] = text / text.sum(axis=1, keepdims=True)
-        mats[f"T_tfidf_{part}"] = tfidf / np.linalg.norm(tfidf, axis=1, keepdims=True)
-        name = "trainset_txt_img_cat.list" if part == "tr" else "testset_txt_img_cat.list"
-        (root / name).write_text("".join(f"{prefix}{i}\t{prefix}img{i}\t{c + 1}\n" for i, c in enumerate(classes)))
-    scipy.io.savemat(root / "raw_features.mat", mats)
-    return root
 
 
 @pytest.fixture(scope="session")

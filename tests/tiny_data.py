@@ -80,3 +80,66 @@ def write_manifest(root: Path, n_items: int = N_ITEMS, seed: int = 0) -> Path:
     path = root / "items.jsonl"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+# Words of the miniature's articles: a few per class, plus words every class shares.
+WIKI_CLASS_WORDS = [
+    ["painting", "museum", "sculpture", "canvas"],
+    ["cell", "species", "protein", "gene"],
+    ["river", "mountain", "valley", "coast"],
+    ["empire", "treaty", "century", "dynasty"],
+]
+WIKI_COMMON_WORDS = ["the", "of", "and", "was", "in", "a", "which", "first", "his"]
+
+
+def wikipedia_article(text_id: str, cls: int) -> tuple[str, str]:
+    """(file content, expected article text) of `texts/<text_id>.xml` ("t3", "q0"...) for
+    class `cls`, seeded by the id: every third file is not well-formed XML (a raw `&`, HTML
+    entities), as in the real folder."""
+    import zlib
+
+    import numpy as np
+
+    rng = np.random.default_rng(zlib.crc32(text_id.encode()))
+    words = [str(w) for w in rng.choice(WIKI_CLASS_WORDS[cls] + WIKI_COMMON_WORDS, size=30)]
+    body, article = " ".join(words), " ".join(words)
+    if int(text_id[1:]) % 3 == 0:
+        body = f"{body} Tom &amp; Jerry&nbsp;caf&eacute; R&D"
+        article = f"{article} Tom & Jerry\xa0café R&D"
+    content = (
+        f'<document id="{text_id}" name="Name_{text_id}" cat="{cls + 7}">\n<text>\n{body}\n</text>\n'
+        f'<imageset><image id="img{text_id}" name="img{text_id}.jpg"/></imageset></document>\n'
+    )
+    return content, " ".join(article.split())
+
+
+def write_wikipedia_miniature(
+    root: Path, n_train: int = 40, n_test: int = 8, seed: int = 0, texts: bool = False
+) -> Path:
+    """A Wikipedia-layout dataset (raw_features.mat and the two list files) of 4 classes whose
+    128-d "SIFT" histograms and 10-d "LDA" topics cluster by class: feature vectors only, no
+    vocabulary, like the real one. With `texts`, also `texts/<text_id>.xml` articles whose
+    words depend on the class (see `wikipedia_article`)."""
+    import numpy as np
+    import scipy.io
+
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    mats: dict[str, np.ndarray] = {}
+    for part, n, prefix in (("tr", n_train, "t"), ("te", n_test, "q")):
+        classes = np.arange(n) % 4
+        image = rng.random((n, 128)) + 3.0 * (np.arange(128)[None, :] // 32 == classes[:, None])
+        text = rng.random((n, 10)) + 4.0 * (np.arange(10)[None, :] == classes[:, None])
+        tfidf = rng.random((n, 1000))
+        mats[f"I_{part}"] = image / image.sum(axis=1, keepdims=True)
+        mats[f"T_{part}"] = text / text.sum(axis=1, keepdims=True)
+        mats[f"T_tfidf_{part}"] = tfidf / np.linalg.norm(tfidf, axis=1, keepdims=True)
+        name = "trainset_txt_img_cat.list" if part == "tr" else "testset_txt_img_cat.list"
+        (root / name).write_text("".join(f"{prefix}{i}\t{prefix}img{i}\t{c + 1}\n" for i, c in enumerate(classes)))
+        if texts:
+            (root / "texts").mkdir(exist_ok=True)
+            for i, c in enumerate(classes):
+                content, _ = wikipedia_article(f"{prefix}{i}", int(c))
+                (root / "texts" / f"{prefix}{i}.xml").write_text(content, encoding="utf-8")
+    scipy.io.savemat(root / "raw_features.mat", mats)
+    return root

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from model.runtime.choices import Device
 from model.runtime.errors import DataError
@@ -18,7 +18,7 @@ DATASET_DIRS = {"wikipedia": "wikipedia", "mirflickr": "mirflickr25k"}
 DatasetName = Literal["wikipedia", "mirflickr", "manifest"]
 MethodName = Literal["bi_ncmh", "dcmh", "djsrh", "cca_itq"]
 OptimizerName = Literal["adam", "sgd"]
-TextFeatures = Literal["lda", "tfidf"]
+TextFeatures = Literal["lda", "tfidf", "raw"]  # raw: the articles, read by --text-encoder
 TextEncoderName = Literal["bow", "minilm"]
 BackboneName = Literal["efficientnet-lite0", "efficientnet-lite2"]
 
@@ -53,7 +53,7 @@ class TrainConfig(BaseModel):
     hidden: list[int] = Field(default_factory=lambda: [2048])  # hidden widths of both hash heads
     dropout: float = Field(0.0, ge=0, lt=1)  # dropout after hidden layers
     hp: dict[str, float] = Field(default_factory=dict)  # method hyper-parameter overrides (alpha=..)
-    text_features: TextFeatures = "lda"  # Wikipedia text features
+    text_features: TextFeatures = "lda"  # Wikipedia text: LDA / tf-idf vectors, or raw articles (see text_encoder)
     text_encoder: TextEncoderName = "bow"  # bag of words, or MiniLM sentence embeddings
     min_word_count: int = Field(1, ge=1)  # vocabulary cut-off when a BoW is built from raw texts
     image_backbone: BackboneName = "efficientnet-lite0"  # pixels only
@@ -84,6 +84,16 @@ class TrainConfig(BaseModel):
         if v is not None and (folds is None or v >= folds):
             raise ValueError(f"fold {v} needs folds > {v} (got folds={folds})")
         return v
+
+    @model_validator(mode="after")
+    def _minilm_reads_wikipedia_articles(self) -> TrainConfig:
+        # MiniLM reads raw text; on Wikipedia that is "raw", never the LDA / tf-idf vectors
+        if self.dataset == "wikipedia" and self.text_encoder == "minilm" and self.text_features != "raw":
+            raise ValueError(
+                f"--text-encoder minilm reads the Wikipedia articles: use --text-features raw "
+                f"(got --text-features {self.text_features})"
+            )
+        return self
 
     def data_path(self) -> Path:
         """The dataset path, defaulting to the shared data folder."""

@@ -3,7 +3,9 @@ stored one .npy per item, so later calls (and later epochs or runs) only compute
 items, and an interrupted extraction resumes where it stopped.
 
 Image keys: backbone name + weights file + ImagePreprocess + resolved path, size and mtime_ns.
-Text keys: model name + max_seq_length + the text itself. Writes are atomic (temp file + rename),
+Text keys: model name + max_seq_length + the text itself. Long texts (articles) are embedded
+as chunks of at most `chunk_words` words whose embeddings are mean-pooled; the cache holds
+one row per chunk, and a text of one chunk is keyed by the text itself, as without chunking. Writes are atomic (temp file + rename),
 so concurrent runs sharing a cache directory never read half-written rows."""
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from model.training.backbones import (
 
 CACHE_VERSION = 1
 _PREFETCH_BATCHES = 2  # decoded batches queued ahead of the forward pass
+TEXT_CHUNK_WORDS = 200  # MiniLM reads 256 word pieces: about 200 English words
 
 
 def _digest(namespace: dict[str, Any], item: dict[str, Any] | str) -> str:
@@ -163,16 +166,38 @@ def image_features(
     return _cached(keys, EfficientNetLiteBackbone.feature_dim, store, compute)
 
 
+def text_chunks(text: str, chunk_words: int) -> list[str]:
+    """`text` itself when it has at most `chunk_words` words, else its words cut into the
+    fewest near-equal runs of at most `chunk_words` words (no tiny last chunk)."""
+    words = text.split()
+    if len(words) <= chunk_words:
+        return [text]
+    n = -(-len(words) // chunk_words)
+    return [" ".join(part) for part in np.array_split(np.asarray(words, dtype=object), n)]
+
+
 def text_embeddings(
     texts: Sequence[str],
     cache_dir: Path | None,
     batch_size: int = 64,
     progress: bool = True,
     device: str | torch.device = "cpu",
+    chunk_words: int | None = None,
 ) -> np.ndarray:
-    """n x 384 float32 L2-normalised MiniLM embeddings of texts, in order, cached in `cache_dir`
-    (None: no cache) by text hash; the model is only loaded when something must be computed."""
+    """n x 384 float32 MiniLM embeddings of texts, in order, cached in `cache_dir` (None: no
+    cache) by text hash; the model is only loaded when something must be computed. Rows are
+    L2-normalised, except that with `chunk_words` a longer text is the mean of its chunks'
+    (unit) embeddings, so its tail is read instead of truncated."""
     texts = list(texts)
+    if chunk_words is not None:
+        chunks = [text_chunks(t, chunk_words) for t in texts]
+        flat = list(dict.fromkeys(c for parts in chunks for c in parts))
+        rows = text_embeddings(flat, cache_dir, batch_size, progress, device)
+        position = {c: i for i, c in enumerate(flat)}
+        out = np.empty((len(texts), MiniLMTextEmbedder.dim), dtype=np.float32)
+        for i, parts in enumerate(chunks):
+            out[i] = rows[[position[c] for c in parts]].mean(axis=0)
+        return out
     namespace = {
         "kind": "text",
         "model": MiniLMTextEmbedder.name,

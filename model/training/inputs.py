@@ -73,9 +73,12 @@ def prepare_inputs(
     if cfg.text_encoder == "minilm":
         if ds.texts is None:
             raise DataError(f"{ds.name}: --text-encoder minilm needs raw texts, this dataset has only text features")
-        from model.training.features import text_embeddings
+        from model.training.features import TEXT_CHUNK_WORDS, text_embeddings
 
-        text = text_embeddings(ds.texts, cfg.cache_dir)
+        # Wikipedia's articles are mean-pooled over ~200-word chunks. Other texts keep MiniLM's own
+        # 256-token cut, which is what the exported text graph does at serving time.
+        chunks = TEXT_CHUNK_WORDS if ds.name == "wikipedia" else None
+        text = text_embeddings(ds.texts, cfg.cache_dir, progress=progress, chunk_words=chunks)
     elif ds.text_features is not None:
         text = np.asarray(ds.text_features, dtype=np.float32)
         if ds.vocabulary is not None:

@@ -30,8 +30,8 @@ __all__ = [
 
 def load_dataset(name: DatasetName, path: Path, *, text_features: str = "lda") -> CrossModalDataset:
     """Load dataset `name` from `path` (a folder; the .jsonl file for a manifest).
-    `text_features` picks Wikipedia's text features ("lda" or "tfidf"); other datasets have
-    a single text input and ignore it."""
+    `text_features` picks Wikipedia's text input ("lda", "tfidf", or "raw": the articles as
+    `texts`, no feature vectors); other datasets have a single text input and ignore it."""
     path = Path(path)
     if name == "wikipedia":
         return load_wikipedia(path, text_features=text_features)  # type: ignore[arg-type]

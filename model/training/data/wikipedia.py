@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Literal
@@ -25,6 +27,31 @@ WIKIPEDIA_CLASSES = [
     "warfare",
 ]
 _TEXT_KEYS = {"lda": ("T_tr", "T_te"), "tfidf": ("T_tfidf_tr", "T_tfidf_te")}
+TEXT_FEATURES = ("lda", "tfidf", "raw")  # "raw": the articles themselves, from texts/<text_id>.xml
+_TEXT_ELEMENT = re.compile(r"<text>(.*?)</text>", re.DOTALL)
+
+
+def read_article(path: Path) -> str:
+    """The article section of one `texts/<text_id>.xml`: what stands between `<text>` and
+    `</text>`, HTML entities unescaped, whitespace collapsed. A regular expression rather
+    than an XML parser, because about a third of the files are not well-formed XML (raw `&`,
+    HTML entities such as `&nbsp;`)."""
+    try:
+        raw = path.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise DataError(f"cannot read Wikipedia text {path}: {exc}") from exc
+    match = _TEXT_ELEMENT.search(raw)
+    if match is None:
+        raise DataError(f"{path} has no <text>...</text> element")
+    return " ".join(html.unescape(match.group(1)).split())
+
+
+def read_articles(texts_dir: Path, ids: list[str]) -> list[str]:
+    """The article of every text id, in the order of `ids`; a missing file is named."""
+    missing = [i for i in ids if not (texts_dir / f"{i}.xml").is_file()]
+    if missing:
+        raise DataError(f"{len(missing)} Wikipedia texts missing from {texts_dir}, e.g. {missing[0]}.xml")
+    return [read_article(texts_dir / f"{i}.xml") for i in ids]
 
 
 def _read_list(path: Path) -> list[tuple[str, str, int]]:
@@ -54,12 +81,16 @@ def _matrix(mat: dict[str, np.ndarray], key: str, rows: int, mat_path: Path, lis
     return array
 
 
-def load_wikipedia(root: Path, text_features: Literal["lda", "tfidf"] = "lda") -> CrossModalDataset:
+def load_wikipedia(root: Path, text_features: Literal["lda", "tfidf", "raw"] = "lda") -> CrossModalDataset:
     """Train rows then test rows of the released features (SIFT BoVW images, LDA or tf-idf
     texts), one-hot over the 10 categories, with the official split: the 693 test items
-    query the 2,173 training items, which are also the training data."""
-    if text_features not in _TEXT_KEYS:
-        raise DataError(f"Wikipedia text features must be one of {sorted(_TEXT_KEYS)}, got {text_features!r}")
+    query the 2,173 training items, which are also the training data.
+
+    `texts` holds the raw articles (row order) whenever a `texts/` folder stands beside the
+    .mat; `text_features` holds the LDA or tf-idf matrix, and is None for "raw" (which then
+    needs `texts/`), so a trainer turns the articles into a bag of words or MiniLM embeddings."""
+    if text_features not in TEXT_FEATURES:
+        raise DataError(f"Wikipedia text features must be one of {list(TEXT_FEATURES)}, got {text_features!r}")
     root = Path(root)
     mat_path = root / "raw_features.mat"
     train_list = root / "trainset_txt_img_cat.list"
@@ -67,26 +98,32 @@ def load_wikipedia(root: Path, text_features: Literal["lda", "tfidf"] = "lda") -
     for path in (mat_path, train_list, test_list):
         if not path.is_file():
             raise DataError(f"Wikipedia file not found: {path}")
+    texts_dir = root / "texts"
+    if text_features == "raw" and not texts_dir.is_dir():
+        raise DataError(f"--text-features raw reads the articles, but {texts_dir} is not a folder")
     train, test = _read_list(train_list), _read_list(test_list)
-    text_tr, text_te = _TEXT_KEYS[text_features]
-    mat = read_mat(mat_path, ["I_tr", "I_te", text_tr, text_te])
+    text_keys = _TEXT_KEYS.get(text_features)
+    mat = read_mat(mat_path, ["I_tr", "I_te", *(text_keys or ())])
     images = np.concatenate(
         [
             _matrix(mat, "I_tr", len(train), mat_path, train_list),
             _matrix(mat, "I_te", len(test), mat_path, test_list),
         ]
     )
-    texts = np.concatenate(
-        [
-            _matrix(mat, text_tr, len(train), mat_path, train_list),
-            _matrix(mat, text_te, len(test), mat_path, test_list),
-        ]
-    )
+    features = None
+    if text_keys is not None:
+        features = np.concatenate(
+            [
+                _matrix(mat, text_keys[0], len(train), mat_path, train_list),
+                _matrix(mat, text_keys[1], len(test), mat_path, test_list),
+            ]
+        )
     rows = train + test
     ids = [text_id for text_id, _, _ in rows]
     if len(set(ids)) != len(ids):
         duplicates = sorted(i for i, c in Counter(ids).items() if c > 1)[:5]
         raise DataError(f"duplicate text ids across {train_list} and {test_list}: {duplicates}")
+    articles = read_articles(texts_dir, ids) if texts_dir.is_dir() else None
     labels = np.zeros((len(rows), len(WIKIPEDIA_CLASSES)), dtype=np.uint8)
     labels[np.arange(len(rows)), [cls - 1 for _, _, cls in rows]] = 1
     n_train = len(train)
@@ -103,12 +140,14 @@ def load_wikipedia(root: Path, text_features: Literal["lda", "tfidf"] = "lda") -
         labels=labels,
         label_names=list(WIKIPEDIA_CLASSES),
         image_features=images,
-        text_features=texts,
+        text_features=features,
+        texts=articles,
         preset_split=split,
         info={
             "root": str(root),
             "text_features": text_features,
             "image_features": "sift_bovw_128",
+            "texts": None if articles is None else str(texts_dir),
             "image_ids": [image_id for _, image_id, _ in rows],
             "n_train": n_train,
             "n_test": len(test),

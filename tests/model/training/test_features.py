@@ -131,3 +131,29 @@ def test_text_embeddings_cache(tmp_path: Path, counter: Counter) -> None:
     np.testing.assert_array_equal(second[:3], first)
     reference = MiniLMTextEmbedder().embed(["a puppy running in a field", texts[1]])
     np.testing.assert_allclose(second[[3, 1]], reference, atol=1e-5)
+
+
+def test_text_chunks_are_near_equal_runs_of_words() -> None:
+    assert features.text_chunks("a short caption", 200) == ["a short caption"]
+    words = [f"w{i}" for i in range(450)]
+    chunks = features.text_chunks("  ".join(words), 200)
+    assert [len(c.split()) for c in chunks] == [150, 150, 150]
+    assert " ".join(chunks).split() == words
+
+
+@pytest.mark.slow
+def test_chunked_embedding_is_the_mean_of_chunk_embeddings(tmp_path: Path, counter: Counter) -> None:
+    long_text = " ".join(
+        f"sentence {i} about rivers, mountains and the empire of the {i}th century." for i in range(40)
+    )
+    short = "a dog runs on the grass"
+    out = features.text_embeddings([long_text, short], tmp_path / "cache", progress=False, chunk_words=100)
+    chunks = features.text_chunks(long_text, 100)
+    assert len(chunks) > 2
+    reference = MiniLMTextEmbedder().embed([*chunks, short])
+    np.testing.assert_allclose(out[0], reference[:-1].mean(axis=0), atol=1e-5)
+    np.testing.assert_allclose(out[1], reference[-1], atol=1e-5)  # one chunk: the plain embedding
+    counter.reset()  # cached per chunk: nothing is embedded again
+    again = features.text_embeddings([long_text, short], tmp_path / "cache", progress=False, chunk_words=100)
+    assert counter.items == 0
+    np.testing.assert_array_equal(again, out)

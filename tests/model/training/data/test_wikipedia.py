@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from xml.etree import ElementTree
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ import scipy.io
 from model.runtime.errors import DataError
 from model.training.config import shared_data_root
 from model.training.data.wikipedia import WIKIPEDIA_CLASSES, load_wikipedia
+from tests.tiny_data import wikipedia_article, write_wikipedia_miniature
 
 # The same resolution as the code ($CMHASH_DATA_ROOT, else the default beside the repo).
 SHARED = shared_data_root()
@@ -106,3 +108,31 @@ def test_real_wikipedia() -> None:
     assert (ds.labels.sum(1) == 1).all()
     np.testing.assert_allclose(ds.image_features.sum(1), 1.0, atol=1e-4)  # SIFT BoVW histograms
     assert load_wikipedia(root, text_features="tfidf").text_features.shape == (2866, 1000)
+    assert ds.texts is not None and len(ds.texts) == 2866 and all(len(t.split()) >= 20 for t in ds.texts)
+    assert not any("&nbsp;" in t or "&amp;" in t or "<text>" in t for t in ds.texts)
+
+
+def test_raw_texts_in_row_order_from_malformed_xml(tmp_path: Path) -> None:
+    root = write_wikipedia_miniature(tmp_path / "wiki", n_train=7, n_test=5, texts=True)
+    ds = load_wikipedia(root, text_features="raw")
+    assert ds.text_features is None and ds.texts is not None and ds.info["text_features"] == "raw"
+    assert ds.ids == [f"t{i}" for i in range(7)] + [f"q{i}" for i in range(5)]
+    expected = [wikipedia_article(text_id, row % 4)[1] for row, text_id in zip([*range(7), *range(5)], ds.ids)]
+    assert ds.texts == expected
+    assert "Tom & Jerry café R&D" in ds.texts[0] and "&amp;" not in ds.texts[0]  # t0: malformed, with entities
+    with pytest.raises(ElementTree.ParseError):
+        ElementTree.parse(root / "texts" / "t0.xml")
+    # lda / tfidf keep their vectors and carry the articles too
+    lda = load_wikipedia(root)
+    assert lda.text_features is not None and lda.texts == expected
+
+
+def test_raw_texts_need_the_texts_folder(tmp_path: Path) -> None:
+    root = write_wikipedia_miniature(tmp_path / "wiki", n_train=4, n_test=2)
+    assert load_wikipedia(root).texts is None
+    with pytest.raises(DataError, match="texts"):
+        load_wikipedia(root, text_features="raw")
+    root = write_wikipedia_miniature(tmp_path / "wiki2", n_train=4, n_test=2, texts=True)
+    (root / "texts" / "q1.xml").unlink()
+    with pytest.raises(DataError, match=r"q1\.xml"):
+        load_wikipedia(root, text_features="raw")
