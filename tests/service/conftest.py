@@ -134,7 +134,7 @@ def open_client(settings: Settings) -> Iterator[TestClient]:
 def module_settings(
     tiny_model_dir: Path, gallery_templates: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Settings:
-    """Settings over copies of the template galleries shared by one module's read-only tests."""
+    """Settings over copies of the template galleries, one copy per test module."""
     root = tmp_path_factory.mktemp("service_module")
     shutil.copytree(gallery_templates / "images", root / "images")
     shutil.copytree(gallery_templates / "texts", root / "texts")

@@ -34,25 +34,10 @@ _ids = itertools.count()
 
 
 @pytest.fixture(scope="module")
-def limits_settings(
-    tiny_model_dir: Path, gallery_templates: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Settings:
-    root = tmp_path_factory.mktemp("service_metadata")
-    shutil.copytree(gallery_templates / "images", root / "images")
-    shutil.copytree(gallery_templates / "texts", root / "texts")
-    return Settings(
-        model_dir=tiny_model_dir,
-        image_gallery=root / "images",
-        text_gallery=root / "texts",
-        device="cpu",
-        encoder_threads=1,
-    )
-
-
-@pytest.fixture(scope="module")
-def api(limits_settings: Settings) -> Iterator[TestClient]:
-    """A ready app (500s answered, not raised) whose galleries these tests add to."""
-    with open_client(limits_settings) as ready:
+def api(module_settings: Settings) -> Iterator[TestClient]:
+    """A ready app (500s answered, not raised) over this module's own gallery copies, which
+    these tests add to."""
+    with open_client(module_settings) as ready:
         yield TestClient(ready.app, raise_server_exceptions=False)
 
 
@@ -148,7 +133,7 @@ def test_hostile_text_metadata(api: TestClient, metadata: Any, raw: bytes | None
     ("metadata", "raw", "accepted"), [pytest.param(m, r, a, id=n) for n, m, r, a in HOSTILE if "9-MB" not in n]
 )
 def test_hostile_image_metadata(
-    api: TestClient, limits_settings: Settings, metadata: Any, raw: bytes | None, accepted: bool
+    api: TestClient, module_settings: Settings, metadata: Any, raw: bytes | None, accepted: bool
 ) -> None:
     item_id = f"im{next(_ids)}"
     text = raw if raw is not None else json.dumps(metadata).encode()
@@ -159,7 +144,7 @@ def test_hostile_image_metadata(
     )
     expected = accepted and len(text) < 15 * 1024  # the stored path and file name count too
     assert check_outcome(api, "images", item_id, r, metadata) == expected, r.text[:300]
-    uploads = limits_settings.image_gallery / "uploads"  # type: ignore[operator]
+    uploads = module_settings.image_gallery / "uploads"  # type: ignore[operator]
     assert not list(uploads.glob("*.tmp"))
 
 
