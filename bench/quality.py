@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
-from flags import boolean, command_line, env, machine_base, usable_cpus
+from flags import boolean, command_line, env, machine_base, usable_cpus, write_result
 from tune import PROTOCOLS, tuning_rows
 
 matplotlib.use("Agg")
@@ -464,6 +464,37 @@ def git_commit() -> str | None:
     return done.stdout.strip()
 
 
+def commit_result(key: str, records: list[dict], args: argparse.Namespace) -> Path:
+    """docs/results/quality_<key>.json (bench/flags.py:write_result: only from a clean tree, and
+    never for a smoke run with --epochs): every run of one dataset without its P-R arrays, and
+    the fold aggregates of a k-fold dataset."""
+    runs = [
+        {
+            **{k: r[k] for k in ("method", "bits", "seed", "fold", "replica", "wall_seconds")},
+            "metrics": {
+                **{k: v for k, v in r["metrics"].items() if k not in ("i2t", "t2i", "train")},
+                **{d: {k: v for k, v in r["metrics"][d].items() if k != "pr_curve"} for d, _ in DIRECTIONS},
+                "train": {
+                    k: r["metrics"]["train"][k]
+                    for k in ("epochs", "seconds_per_epoch_mean", "peak_rss_mib", "n_train", "evaluated_on")
+                },
+            },
+            "settings": {k: v for k, v in r["settings"].items() if k not in ("data", "cache_dir")},
+        }
+        for r in records
+        if r["dataset"] == key
+    ]
+    result = {
+        "dataset": key,
+        "protocol": PROTOCOLS[key],
+        "seeds": replica_ids(key, args),
+        "settings_file": str(args.settings.name),
+        "runs": runs,
+        "fold_aggregates": [a for a in fold_aggregates(records) if a["dataset"] == key],
+    }
+    return write_result(f"quality_{key}", result, out_dir=args.out if args.epochs is not None else None)
+
+
 def write_results(path: Path, meta: dict, records: list[dict], complete: bool) -> None:
     """results.json: provenance and every run so far (rewritten after each run)."""
     path.write_text(json.dumps({**meta, "complete": complete, "runs": records}, indent=1))
@@ -718,6 +749,13 @@ def main() -> None:
         plot_dataset_pr(runs, key, args.methods, cbits, first, args.out / f"pr_{key}_{cbits}bits.png")
     text = report(records, args, meta)
     (args.out / "quality.md").write_text(text)
+    for key in args.datasets:
+        committed = commit_result(key, records, args)
+        first = replica_ids(key, args)[0]
+        plot_dataset_pr(
+            runs, key, args.methods, cbits, first, committed.parent / f"{committed.stem}_pr_{cbits}bits.png"
+        )
+        print(f"{key}: {committed}")
     print("\n" + text)
     print(f"written to {args.out}: results.json, quality.md, pr_*.png" + (", runs/" if args.keep_runs else ""))
 
