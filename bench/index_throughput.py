@@ -13,27 +13,25 @@ Stages timed (best of --repeats each):
            encoding, adding, and the final crash-safe save
 
 Every flag can also be set by an environment variable CMHASH_BENCH_<FLAG>. Writes
-bench/out/index_throughput.json.
+index_throughput.json with bench/flags.write_result (docs/results/ from a clean tree).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from flags import env
+from flags import env, write_result
 
 from index.commands import build_gallery
 from index.sources import image_listing
 from model.runtime.encoder import Encoder
-from model.training.config import REPO_ROOT, shared_data_root
+from model.training.config import shared_data_root
 
 
 def parse_args() -> argparse.Namespace:
@@ -77,12 +75,6 @@ def parse_args() -> argparse.Namespace:
         type=int,
         default=int(env("repeats", "2")),
         help="repetitions per stage, best kept [CMHASH_BENCH_REPEATS]",
-    )
-    p.add_argument(
-        "--out",
-        type=Path,
-        default=Path(env("out", str(REPO_ROOT / "bench" / "out"))),
-        help="output folder [CMHASH_BENCH_OUT]",
     )
     return p.parse_args()
 
@@ -146,7 +138,6 @@ def main() -> None:
         "bits": encoder.bits,
         "images_per_second": rates,
         "pipeline_over_encoder": rates["pipeline"] / rates["encoder"],
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
         "seconds": {"decode": t_decode, "encoder": t_encode, "pipeline": t_pipeline},
     }
     print(
@@ -160,8 +151,7 @@ def main() -> None:
         f"pipeline / bare encoder = {result['pipeline_over_encoder']:.2f} (goal >= 0.8); "
         f"pipeline / serial decode+encode = {rates['pipeline'] / rates['serial']:.2f}"
     )
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "index_throughput.json").write_text(json.dumps(result, indent=1))
+    print(f"written to {write_result('index_throughput', result)}")
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+# --quick and an explicit --out write here; a full run writes docs/results/ (from a clean tree)
 DEFAULT_OUT = Path(__file__).resolve().parent / "out"
 QUICK = {"sizes": "200000", "queries": "100", "nlist": "256,1024", "nprobe": "8,32,128"}
 
@@ -317,13 +318,12 @@ def measure(store: Any, queries: Any, ref_ids: list[list[str]], ref_d: Any, k: i
 
 def main(argv: list[str] | None = None) -> int:
     import argparse
-    import datetime
     import json
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     import numpy as np
-    from flags import command_line, env, ints, machine_base, positive
+    from flags import env, ints, positive, write_result
 
     from index.faiss_store import FaissCodeStore
     from index.milvus_store import MilvusCodeStore
@@ -395,20 +395,16 @@ def main(argv: list[str] | None = None) -> int:
     print("|" + "---|" * len(header))
     for row in rows:
         print("| " + " | ".join("" if row[h] is None else str(row[h]) for h in header) + " |")
-    args.out.mkdir(parents=True, exist_ok=True)
     result = {
         "benchmark": "milvus_recall",
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "command": command_line(),
-        "machine": machine_base(),
         "server": "PyPI milvus 2.3.5 standalone (embedded etcd + rocksmq), one process, 127.0.0.1",
         "k": k,
         "queries": args.queries,
         "recall": "recall_at_k: share of results within the oracle's k-th distance; id_recall_at_k: id overlap",
         "rows": rows,
     }
-    (args.out / "milvus_recall.json").write_text(json.dumps(result, indent=1) + "\n")
-    print(f"\nwrote {args.out / 'milvus_recall.json'}")
+    path = write_result("milvus_recall", result, out_dir=args.out if args.out != DEFAULT_OUT or args.quick else None)
+    print(f"\nwrote {path}")
     return 0
 
 

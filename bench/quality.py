@@ -31,6 +31,7 @@ from pathlib import Path
 
 import matplotlib
 from flags import boolean, command_line, env, machine_base, usable_cpus, write_result
+from tune import DATASETS as TUNE_DATASETS
 from tune import PROTOCOLS, tuning_rows
 
 matplotlib.use("Agg")
@@ -54,11 +55,11 @@ from model.training.train import (
     train_model,
 )
 
-# Benchmark dataset keys: (TrainConfig.dataset, the fields that select the data variant).
-DATASETS: dict[str, tuple[str, dict[str, str]]] = {
-    "wikipedia-lda": ("wikipedia", {"text_features": "lda"}),
-    "wikipedia-tfidf": ("wikipedia", {"text_features": "tfidf"}),
-    "mirflickr": ("mirflickr", {}),
+# Benchmark dataset keys (bench/tune.py DATASETS): (TrainConfig.dataset, the fields that select
+# the data variant).
+DATASETS: dict[str, tuple[str, dict]] = {
+    key: (fields["dataset"], {f: v for f, v in fields.items() if f != "dataset"})
+    for key, fields in TUNE_DATASETS.items()
 }
 METHODS = ("bi_ncmh", "dcmh", "djsrh", "cca_itq")
 # TrainConfig fields the benchmark sets itself; bench/settings.json may not set them.

@@ -41,16 +41,19 @@ from model.training.evaluate import evaluate_codes, split_codes
 from model.training.train import evaluation_split, prepare_run, train_model
 
 SETTINGS = Path(__file__).resolve().parent / "settings.json"
-DATASETS = {
+# Benchmark dataset keys: the TrainConfig fields that select the data and its text input.
+# bench/quality.py and bench/rerank.py read the same table. wikipedia-minilm reads the article
+# sections themselves through MiniLM, mean-pooled over 200-word chunks (the `minilm` extra).
+DATASETS: dict[str, dict] = {
     "wikipedia-lda": {"dataset": "wikipedia", "text_features": "lda"},
     "wikipedia-tfidf": {"dataset": "wikipedia", "text_features": "tfidf"},
+    "wikipedia-minilm": {"dataset": "wikipedia", "text_features": "raw", "text_encoder": "minilm"},
     "mirflickr": {"dataset": "mirflickr"},
 }
 # The evaluation protocol of each benchmark dataset: the published split, or k folds of the
 # 730-item MIRFLICKR sample (every item a query once). bench/quality.py reads the same table.
 PROTOCOLS: dict[str, dict] = {
-    "wikipedia-lda": {"kind": "preset"},
-    "wikipedia-tfidf": {"kind": "preset"},
+    **{key: {"kind": "preset"} for key in DATASETS if key.startswith("wikipedia-")},
     "mirflickr": {"kind": "folds", "folds": 5, "seed": 0},
 }
 VALIDATION_FRACTION = 0.2

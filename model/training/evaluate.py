@@ -1,9 +1,11 @@
 """Evaluation of a trained hasher: codes of the query and retrieval sets in both modalities,
-MAP (whole ranking and MAP@50), precision@k, hash-lookup P-R curves, and the run's files."""
+MAP (whole ranking and MAP@50, and per label), precision@k, hash-lookup P-R curves, the run's
+files and the printed report."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +16,10 @@ from model.training.encoders import CrossModalHasher
 from model.training.inputs import PixelImages, PreparedInputs
 from model.training.losses import sign_codes
 from model.training.metrics import (
+    average_precisions,
     map_variant_name,
     mean_average_precision,
+    per_label_map,
     precision_at_k,
     precision_recall_by_radius,
 )
@@ -25,6 +29,9 @@ MAP_TOP_K = 50  # DJSRH's MAP@50
 PRECISION_KS = (1, 10, 50, 100, 500, 1000)  # precision@top-R cut-offs (those within the retrieval set)
 COLLAPSE_CONSTANT_BITS = 0.5  # collapsed when more than this fraction of bits is constant over the retrieval set
 COLLAPSE_MAP_MARGIN = 0.05  # ... or when MAP <= chance + this x (1 - chance), in either direction
+REPORT_ALL_LABELS = 30  # the report lists every label up to this many, else the best and worst few
+REPORT_EXTREMES = 5  # ... this many best and this many worst
+DIRECTIONS = (("i2t", "I->T"), ("t2i", "T->I"))
 
 
 def encode_codes(
@@ -39,13 +46,19 @@ def encode_codes(
 
 
 def direction_metrics(
-    query: np.ndarray, retrieval: np.ndarray, q_labels: np.ndarray, r_labels: np.ndarray
+    query: np.ndarray,
+    retrieval: np.ndarray,
+    q_labels: np.ndarray,
+    r_labels: np.ndarray,
+    average_precision: np.ndarray,
 ) -> dict[str, Any]:
-    """MAP, MAP@50, precision@k and the P-R curve of one retrieval direction."""
+    """MAP, MAP@50, precision@k and the P-R curve of one retrieval direction; the MAP is the
+    mean of `average_precision`, the direction's `average_precisions` (computed once by the
+    caller, which also needs them per label)."""
     ks = [k for k in PRECISION_KS if k <= len(retrieval)]
     pr = precision_recall_by_radius(query, retrieval, q_labels, r_labels)
     return {
-        "map": mean_average_precision(query, retrieval, q_labels, r_labels),
+        "map": float(np.mean(average_precision)),
         f"map@{MAP_TOP_K}": mean_average_precision(query, retrieval, q_labels, r_labels, top_k=MAP_TOP_K),
         "precision_at_k": {str(k): v for k, v in precision_at_k(query, retrieval, q_labels, r_labels, ks).items()},
         "pr_curve": {
@@ -89,7 +102,7 @@ def detect_collapse(codes: dict[str, np.ndarray], metrics: dict[str, Any]) -> di
         for m, frac in constant.items()
         if frac > COLLAPSE_CONSTANT_BITS
     ]
-    for d, name in (("i2t", "I->T"), ("t2i", "T->I")):
+    for d, name in DIRECTIONS:
         value = metrics[d]["map"]
         if value <= chance + margin:
             reasons.append(f"{name} MAP {value:.4f} is within {margin:.4f} of chance {chance:.4f}")
@@ -104,28 +117,92 @@ def detect_collapse(codes: dict[str, np.ndarray], metrics: dict[str, Any]) -> di
     }
 
 
-def evaluate_codes(codes: dict[str, np.ndarray]) -> dict[str, Any]:
+def per_label_metrics(
+    label_names: Sequence[str], q_labels: np.ndarray, r_labels: np.ndarray, aps: dict[str, np.ndarray]
+) -> list[dict[str, Any]]:
+    """The "per_label" entry of metrics.json: per label, the number of queries carrying it, its
+    frequency in the retrieval set, and per direction the MAP (whole ranking) over its queries
+    (`metrics.per_label_map` of the direction's APs in `aps`; None when no query carries it)."""
+    q = np.asarray(q_labels) != 0
+    if q.shape[1] != len(label_names):
+        raise ValueError(f"{len(label_names)} label names for {q.shape[1]} label columns")
+    fraction = (np.asarray(r_labels) != 0).mean(axis=0)
+    maps = {d: per_label_map(ap, q_labels) for d, ap in aps.items()}
+    return [
+        {
+            "label": name,
+            "n_query": int(q[:, j].sum()),
+            "retrieval_fraction": float(fraction[j]),
+            **{d: None if np.isnan(maps[d][j]) else float(maps[d][j]) for d, _ in DIRECTIONS},
+        }
+        for j, name in enumerate(label_names)
+    ]
+
+
+def evaluate_codes(codes: dict[str, np.ndarray], label_names: Sequence[str] | None = None) -> dict[str, Any]:
     """Both directions over a `codes.npz`-style dict[str, Any]: I->T ranks retrieval texts by image
     queries, T->I ranks retrieval images by text queries. Also the chance MAP of a random
-    ranking and the "collapse" check (`detect_collapse`)."""
+    ranking, the "collapse" check (`detect_collapse`) and, given the names of the label
+    columns, the per-label MAPs (`per_label_metrics`; callers that re-rank or only compare
+    MAPs leave them out)."""
     q_l, r_l = codes["query_labels"], codes["retrieval_labels"]
-    metrics = {
+    query = {"i2t": codes["query_image_codes"], "t2i": codes["query_text_codes"]}
+    retrieval = {"i2t": codes["retrieval_text_codes"], "t2i": codes["retrieval_image_codes"]}
+    aps = {d: average_precisions(query[d], retrieval[d], q_l, r_l) for d, _ in DIRECTIONS}
+    metrics: dict[str, Any] = {
         "variants": {"map": map_variant_name(None), f"map@{MAP_TOP_K}": map_variant_name(MAP_TOP_K)},
         "relevance": "query and item share at least one label",
         "n_query": len(q_l),
         "n_retrieval": len(r_l),
         "chance_map": chance_map(q_l, r_l),
-        "i2t": direction_metrics(codes["query_image_codes"], codes["retrieval_text_codes"], q_l, r_l),
-        "t2i": direction_metrics(codes["query_text_codes"], codes["retrieval_image_codes"], q_l, r_l),
+        **{d: direction_metrics(query[d], retrieval[d], q_l, r_l, aps[d]) for d, _ in DIRECTIONS},
     }
     metrics["collapse"] = detect_collapse(codes, metrics)
+    if label_names is not None:
+        metrics["per_label"] = per_label_metrics(label_names, q_l, r_l, aps)
     return metrics
+
+
+def aggregate_per_label(fold_per_label: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The "per_label" entry of a k-fold run: per label, the MAP over every query carrying it
+    in all folds together (each item is a query in exactly one fold), i.e. the folds' per-label
+    MAPs weighted by their query counts; the query counts summed and the retrieval fraction
+    averaged over folds."""
+    names = [entry["label"] for entry in fold_per_label[0]]
+    if any([entry["label"] for entry in per] != names for per in fold_per_label):
+        raise ValueError("the folds' per-label entries name different labels")
+    out = []
+    for j, name in enumerate(names):
+        entries = [per[j] for per in fold_per_label]
+        n_query = sum(e["n_query"] for e in entries)
+        maps = {
+            d: sum(e["n_query"] * e[d] for e in entries if e[d] is not None) / n_query if n_query else None
+            for d, _ in DIRECTIONS
+        }
+        fraction = float(np.mean([e["retrieval_fraction"] for e in entries]))
+        out.append({"label": name, "n_query": n_query, "retrieval_fraction": fraction, **maps})
+    return out
+
+
+def aggregate_warnings(fold_warnings: list[list[str]]) -> list[str]:
+    """The data warnings of a k-fold run: each distinct warning once, in order of appearance,
+    prefixed with the folds it comes from unless every fold has it."""
+    folds_of: dict[str, list[int]] = {}
+    for i, warnings in enumerate(fold_warnings):
+        for warning in warnings:
+            folds_of.setdefault(warning, []).append(i)
+    k = len(fold_warnings)
+    return [
+        w if len(f) == k else f"fold{'s' * (len(f) > 1)} {', '.join(map(str, f))}: {w}" for w, f in folds_of.items()
+    ]
 
 
 def aggregate_folds(fold_metrics: list[dict[str, Any]]) -> dict[str, Any]:
     """metrics.json of a k-fold run: per-fold MAPs, and per direction and MAP variant the mean
     over folds with a 95% confidence interval (Student t, k - 1 degrees of freedom). The
-    top-level "map" values are the means, so readers of single-run metrics still work."""
+    top-level "map" values are the means, so readers of single-run metrics still work. When
+    every fold has them, also the per-label MAPs (`aggregate_per_label`) and the data warnings
+    (`aggregate_warnings`)."""
     from scipy import stats
 
     k = len(fold_metrics)
@@ -166,6 +243,10 @@ def aggregate_folds(fold_metrics: list[dict[str, Any]]) -> dict[str, Any]:
         "reasons": [f"fold {i}: {r}" for i in collapsed for r in fold_metrics[i]["collapse"]["reasons"]],
         "rule": first["collapse"]["rule"],
     }
+    if all("per_label" in m for m in fold_metrics):
+        out["per_label"] = aggregate_per_label([m["per_label"] for m in fold_metrics])
+    if all("warnings" in m for m in fold_metrics):
+        out["warnings"] = aggregate_warnings([m["warnings"] for m in fold_metrics])
     return out
 
 
@@ -186,14 +267,18 @@ def split_codes(
     return out
 
 
-def write_evaluation(run_dir: Path, codes: dict[str, np.ndarray], title: str) -> dict[str, Any]:
-    """Write codes.npz, metrics.json and pr_curve.png into `run_dir`; return the metrics."""
+def write_evaluation(
+    run_dir: Path, codes: dict[str, np.ndarray], title: str, label_names: Sequence[str], warnings: list[str]
+) -> dict[str, Any]:
+    """Write codes.npz, metrics.json and pr_curve.png into `run_dir`; return the metrics (with
+    the per-label MAPs over `label_names` and the data warnings `warnings`, see data_checks)."""
     run_dir = Path(run_dir)
     np.savez_compressed(run_dir / "codes.npz", **codes)  # type: ignore[arg-type]  # numpy's stub types **kwds as its `allow_pickle`
-    metrics = evaluate_codes(codes)
+    metrics = evaluate_codes(codes, label_names)
+    metrics["warnings"] = warnings
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     curves = {}
-    for key, name in (("i2t", "I->T"), ("t2i", "T->I")):
+    for key, name in DIRECTIONS:
         pr = metrics[key]["pr_curve"]
         curves[name] = {
             "precision": np.array([np.nan if v is None else v for v in pr["precision"]]),
@@ -212,9 +297,9 @@ def collapse_warning(metrics: dict[str, Any]) -> str | None:
     return "WARNING: the codes collapsed (" + "; ".join(collapse["reasons"]) + "): retrieval is near chance"
 
 
-def summary_line(metrics: dict[str, Any]) -> str:
-    """Printable lines with both directions and the MAP variants named (with the 95% interval
-    over folds for a k-fold run), the chance MAP, and the collapse warning when there is one."""
+def _map_lines(metrics: dict[str, Any]) -> list[str]:
+    """Both directions' MAPs with their variants named (and the 95% interval over folds for a
+    k-fold run), then the chance MAP."""
     k = f"map@{MAP_TOP_K}"
 
     def cell(d: str, key: str) -> str:
@@ -228,7 +313,72 @@ def summary_line(metrics: dict[str, Any]) -> str:
     ]
     if "chance_map" in metrics:
         lines.append(f"chance MAP (random ranking) {metrics['chance_map']:.4f}")
+    return lines
+
+
+def summary_line(metrics: dict[str, Any]) -> str:
+    """Printable lines with both directions and the MAP variants named (with the 95% interval
+    over folds for a k-fold run), the chance MAP, and the collapse warning when there is one."""
     warning = collapse_warning(metrics)
-    if warning:
-        lines.append(warning)
+    return "\n".join([*_map_lines(metrics), *([warning] if warning else [])])
+
+
+def _label_rows(entries: list[dict[str, Any]]) -> list[str]:
+    """Aligned table lines (header first) of per-label entries: label, queries, share of the
+    retrieval set, I->T and T->I MAP ("-" where no query carries the label)."""
+    width = max(len("label"), *(len(e["label"]) for e in entries))
+
+    def value(v: float | None) -> str:
+        return f"{'-' if v is None else f'{v:.4f}':>7}"
+
+    header = f"  {'label':<{width}}  queries  retrieval     I->T     T->I"
+    return [header] + [
+        f"  {e['label']:<{width}}  {e['n_query']:>7}  {e['retrieval_fraction']:>9.1%}  {value(e['i2t'])}  {value(e['t2i'])}"
+        for e in entries
+    ]
+
+
+def per_label_lines(metrics: dict[str, Any]) -> list[str]:
+    """The report's per-label part: every label when there are at most REPORT_ALL_LABELS, else
+    the REPORT_EXTREMES best and worst by the mean of both directions (labels with queries)."""
+    entries: list[dict[str, Any]] = metrics.get("per_label") or []
+    if not entries:
+        return []
+    scope = "all folds' queries" if metrics.get("folds") else "the queries"
+    title = f"per-label MAP (whole ranking, over {scope} carrying the label; retrieval = share of the retrieval set)"
+    if len(entries) <= REPORT_ALL_LABELS:
+        return [f"{title}:", *_label_rows(entries)]
+    scored = sorted((e for e in entries if e["n_query"]), key=lambda e: (e["i2t"] + e["t2i"]) / 2, reverse=True)
+    best, worst = scored[:REPORT_EXTREMES], scored[max(REPORT_EXTREMES, len(scored) - REPORT_EXTREMES) :]
+    rows = _label_rows(best + worst)
+    lines = [
+        f"{title}: the {len(best)} best and {len(worst)} worst of {len(entries)} labels by the mean of I->T and "
+        'T->I (all of them under "per_label" in metrics.json)',
+        *rows[: len(best) + 1],
+        *(["  ...", *rows[len(best) + 1 :]] if worst else []),
+    ]
+    no_query = len(entries) - len(scored)
+    if no_query:
+        lines.append(f"  ({no_query} label(s) carried by no query have no MAP)")
+    return lines
+
+
+def report(metrics: dict[str, Any], run_dir: Path) -> str:
+    """What `cmhash train` prints: `summary_line`'s MAPs and chance MAP, the per-label MAPs
+    (`per_label_lines`), the collapse and data warnings as "WARNING:" lines, and where the
+    P-R curves are (one pr_curve.png per fold for a k-fold run)."""
+    warning = collapse_warning(metrics)
+    lines = [
+        *_map_lines(metrics),
+        *per_label_lines(metrics),
+        *([warning] if warning else []),
+        *(f"WARNING: {w}" for w in metrics.get("warnings", [])),
+    ]
+    run_dir = Path(run_dir)
+    folds = metrics.get("fold_dirs")
+    if folds:
+        curves = [run_dir / folds[0] / "pr_curve.png", run_dir / folds[-1] / "pr_curve.png"]
+        lines.append(f"P-R curves, one per fold: {curves[0]} ... {curves[1]}")
+    else:
+        lines.append(f"P-R curve: {run_dir / 'pr_curve.png'}")
     return "\n".join(lines)

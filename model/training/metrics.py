@@ -1,4 +1,5 @@
-"""Hash-retrieval metrics over {-1,+1} codes: Hamming distances, MAP / MAP@k, P-R by radius, P@k.
+"""Hash-retrieval metrics over {-1,+1} codes: Hamming distances, MAP / MAP@k (per query and per
+label), P-R by radius, P@k.
 
 Conventions shared by every metric here:
 - an item is relevant to a query when their multi-hot label vectors share at least one label;
@@ -165,6 +166,21 @@ def mean_average_precision(
     """
     ap = average_precisions(query_codes, retrieval_codes, query_labels, retrieval_labels, top_k)
     return float(ap.mean()) if len(ap) else 0.0
+
+
+def per_label_map(average_precision: np.ndarray, query_labels: np.ndarray) -> np.ndarray:
+    """Per label column, the mean of the per-query APs (from `average_precisions`) over the
+    queries that carry the label: the MAP of that label's queries, with the headline MAP's
+    relevance and tie rules, so a weak label shows even when the overall MAP looks fine.
+    float64 of length K; NaN for a label no query carries."""
+    ap = np.asarray(average_precision, dtype=np.float64)
+    if ap.ndim != 1:
+        raise ValueError(f"average_precision must be 1-D (one AP per query), got shape {ap.shape}")
+    carries = _check_labels(query_labels, len(ap), "query_labels").astype(np.float64)
+    counts = carries.sum(axis=0)
+    out = np.full(carries.shape[1], np.nan)
+    means: np.ndarray = np.divide(ap @ carries, counts, out=out, where=counts > 0)
+    return means
 
 
 def precision_at_k(

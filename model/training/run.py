@@ -1,9 +1,12 @@
 """A training run as files: RUN_DIR holds config.json, split.json, checkpoint.pt,
 history.json, metrics.json, codes.npz and pr_curve.png; `evaluate_run` recomputes them.
+metrics.json also holds the per-label MAPs and the warnings about the training data
+(`data_checks.data_warnings` of the rows trained on).
 
 A k-fold run (`folds` set) is RUN_DIR/fold-0 ... fold-(k-1), each such a run directory, plus
 RUN_DIR/config.json and RUN_DIR/metrics.json with the per-fold MAPs, their mean and its 95%
-confidence interval (`evaluate.aggregate_folds`)."""
+confidence interval, the per-label MAPs over all folds' queries and the folds' data warnings
+(`evaluate.aggregate_folds`)."""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from typing import Any
 
 from model.training.config import TrainConfig
 from model.training.data import Split
+from model.training.data_checks import data_warnings
 from model.training.encoders import CrossModalHasher
 from model.training.evaluate import aggregate_folds, split_codes, write_evaluation
 from model.training.train import (
@@ -39,6 +43,11 @@ def fold_configs(cfg: TrainConfig) -> list[TrainConfig]:
     """One config per fold of a k-fold config, each writing RUN_DIR/fold-i."""
     assert cfg.folds is not None
     return [cfg.model_copy(update={"fold": i, "out": fold_dir(cfg.out, i)}) for i in range(cfg.folds)]
+
+
+def run_warnings(cfg: TrainConfig, run: PreparedRun) -> list[str]:
+    """`data_warnings` of the run: the labels of the rows the model trains on, for `cfg.bits`."""
+    return data_warnings(run.dataset.labels[run.eval_split.train], run.dataset.label_names, cfg.bits)
 
 
 def train_summary(cfg: TrainConfig, run: PreparedRun, history: TrainHistory) -> dict[str, Any]:
@@ -68,7 +77,7 @@ def write_run_dir(
     run.split.save(out / "split.json")
     save_checkpoint(out / "checkpoint.pt", model, cfg, run)
     (out / "history.json").write_text(json.dumps(history.to_json(), indent=2))
-    metrics = write_evaluation(out, codes, _title(cfg))
+    metrics = write_evaluation(out, codes, _title(cfg), run.dataset.label_names, run_warnings(cfg, run))
     metrics["train"] = train
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
@@ -115,7 +124,9 @@ def evaluate_run(run_dir: Path, progress: bool = True) -> dict[str, Any]:
         run.eval_split = saved
     previous = run_dir / "metrics.json"
     train_info = json.loads(previous.read_text()).get("train") if previous.exists() else None
-    metrics = write_evaluation(run_dir, _codes(model, run), _title(cfg))
+    metrics = write_evaluation(
+        run_dir, _codes(model, run), _title(cfg), run.dataset.label_names, run_warnings(cfg, run)
+    )
     if train_info is not None:
         metrics["train"] = train_info
         previous.write_text(json.dumps(metrics, indent=2))

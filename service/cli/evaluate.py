@@ -32,7 +32,7 @@ def run(
     if rerank is not None:
         return _rerank(run_dir, rerank, progress)
     try:
-        from model.training.evaluate import summary_line
+        from model.training.evaluate import report
         from model.training.run import evaluate_run
     except ModuleNotFoundError as exc:
         if exc.name and exc.name.split(".")[0] == "torch":
@@ -40,7 +40,7 @@ def run(
         raise
     with user_errors():
         metrics = evaluate_run(run_dir, progress=progress)
-    typer.echo(summary_line(metrics))
+    typer.echo(report(metrics, run_dir))
     typer.echo(json.dumps({k: {m: metrics[k][m] for m in ("map", "map@50")} for k in ("i2t", "t2i")}))
 
 

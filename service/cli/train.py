@@ -104,7 +104,8 @@ def run(
     ] = None,
     progress: Annotated[bool, env_option("Show progress bars.", "PROGRESS")] = True,
 ) -> None:
-    """Train a cross-modal hashing model and evaluate it (MAP over the whole ranking and MAP@50)."""
+    """Train a cross-modal hashing model and evaluate it (MAP over the whole ranking and MAP@50,
+    per label, and warnings about the training data)."""
     fields = dict(
         dataset=str(dataset),
         out=out,
@@ -138,12 +139,12 @@ def run(
     with user_errors():
         cfg = TrainConfig(**fields)
         try:
-            from model.training.evaluate import summary_line
+            from model.training.evaluate import report
             from model.training.run import train_run
         except ModuleNotFoundError as exc:
             if exc.name and exc.name.split(".")[0] == "torch":
                 needs_training_extra()
             raise
         metrics = train_run(cfg, progress=progress)
-    typer.echo(summary_line(metrics))
+    typer.echo(report(metrics, out))
     typer.echo(f"run written to {out}")

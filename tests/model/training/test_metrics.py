@@ -11,6 +11,7 @@ from model.training.metrics import (
     hamming_distances,
     map_variant_name,
     mean_average_precision,
+    per_label_map,
     precision_at_k,
     precision_recall_by_radius,
 )
@@ -133,6 +134,32 @@ def test_average_precisions_match_loop(seed: int, top_k: int | None) -> None:
     np.testing.assert_allclose(got, expected, atol=1e-12)
     assert expected[0] == 0.0
     assert mean_average_precision(q, r, ql, rl, top_k) == pytest.approx(float(np.mean(expected)))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_per_label_map_matches_loop(seed: int) -> None:
+    """Per label: the mean of the loop's AP (whole ranking, ties by retrieval order) over the
+    queries carrying the label; NaN for a label no query carries."""
+    q, r, ql, rl = random_case(seed, n_labels=5)
+    ql[:, 4] = 0  # no query carries the last label
+    got = per_label_map(average_precisions(q, r, ql, rl), ql)
+    for label in range(ql.shape[1]):
+        aps = [
+            loop_ap(q[i].tolist(), r.tolist(), ql[i].tolist(), rl.tolist(), None) for i in range(len(q)) if ql[i, label]
+        ]
+        if aps:
+            assert got[label] == pytest.approx(sum(aps) / len(aps), abs=1e-12)
+        else:
+            assert np.isnan(got[label])
+    assert np.isnan(got[4]) and np.isfinite(got[:4]).sum() >= 3  # the case has labels with queries
+
+
+def test_hand_worked_per_label_map() -> None:
+    # Query 0 (label A, AP 8/15) is label A's only query; no query carries label B.
+    got = per_label_map(average_precisions(HAND_Q, HAND_R, HAND_QL, HAND_RL), HAND_QL)
+    assert got[0] == pytest.approx(8 / 15) and np.isnan(got[1])
+    with pytest.raises(ValueError):
+        per_label_map(np.zeros(3), HAND_QL)  # one AP per query
 
 
 def test_chunking_does_not_change_results(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -158,7 +158,7 @@ def test_committed_settings_never_tuned_on_a_reported_query_row() -> None:
             continue
         dataset, variant = quality.DATASETS[key]
         folder = {"wikipedia": "wikipedia", "mirflickr": "mirflickr25k"}[dataset]
-        ds = load_dataset(dataset, shared_data_root() / folder, **variant)
+        ds = load_dataset(dataset, shared_data_root() / folder, text_features=variant.get("text_features", "lda"))
         protocol = tune.PROTOCOLS[key]
         if protocol["kind"] == "folds":
             folds = make_folds(len(ds), protocol["folds"], protocol["seed"])
