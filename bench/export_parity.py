@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import shlex
@@ -32,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from flags import env
+from flags import env, write_result
 
 from model.runtime.encoder import Encoder
 from model.runtime.image import load_image, to_array
@@ -213,8 +212,7 @@ def main(argv: list[str] | None = None) -> dict:
             "ms_per_item_onnxruntime": ms_per_item(onnx_text, n, args.repeats),
         }
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "export_parity.json").write_text(json.dumps(report, indent=2))
+    print(f"written to {write_result('export_parity', report, None if args.out == DEFAULT_OUT else args.out)}")
     for modality in ("image", "text"):
         r = report[modality]
         print(

@@ -42,9 +42,10 @@ from typing import Any
 
 import httpx
 import numpy as np
-from flags import env, free_port, proc_field, wait_ready
+from flags import env, free_port, proc_field, wait_ready, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = ROOT / "bench" / "out"  # an explicit --out writes there; the default writes docs/results/ when clean
 HOST = "127.0.0.1"
 READY_TIMEOUT_S = 180.0
 ROUTES = ("text-to-image", "image-to-text", "add-text", "delete-text", "add-image", "delete-image")
@@ -109,7 +110,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument(
         "--out",
         type=Path,
-        default=Path(env("out", str(ROOT / "bench" / "out"))),
+        default=Path(env("out", str(DEFAULT_OUT))),
         help="output folder [CMHASH_BENCH_OUT]",
     )
     args = p.parse_args()
@@ -464,7 +465,7 @@ def main() -> None:
         )
     for problem in problems:
         print(f"PROBLEM: {problem}")
-    (args.out / "load.json").write_text(json.dumps(result, indent=1))
+    print(f"written to {write_result('load', result, None if args.out == DEFAULT_OUT else args.out)}")
     sys.exit(1 if problems else 0)
 
 

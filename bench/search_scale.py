@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import sys
 import time
@@ -31,7 +30,7 @@ from pathlib import Path
 
 import faiss
 import numpy as np
-from flags import boolean, command_line, env, ints, machine_base, positive
+from flags import boolean, command_line, env, ints, machine_base, positive, write_result
 
 from index.faiss_store import FaissCodeStore
 
@@ -497,13 +496,13 @@ def main() -> None:
         "settings": settings,
         "bandwidth_bytes_per_s": bandwidth,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / "search_scale.json"
-    path.write_text(json.dumps({**meta, "galleries": galleries, "results": rows}, indent=1))
+    path = write_result(
+        "search_scale", {**meta, "galleries": galleries, "results": rows}, None if args.out == DEFAULT_OUT else args.out
+    )
     print(report(meta, galleries, rows))
     if any(r["method"] == "faiss" for r in rows):
-        plot(rows, bandwidth, args.out / "search_scale.png")
-        print(f"\nwritten to {path} and {args.out / 'search_scale.png'}")
+        plot(rows, bandwidth, path.with_suffix(".png"))
+        print(f"\nwritten to {path} and {path.with_suffix('.png')}")
     else:
         print(f"\nwritten to {path}")
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import re
 import signal
@@ -39,7 +38,7 @@ from typing import Any
 
 import httpx
 import numpy as np
-from flags import command_line, env, free_port, ints, machine_base, positive, wait_ready
+from flags import command_line, env, free_port, ints, machine_base, positive, wait_ready, write_result
 
 from index.faiss_store import gpu_available
 from index.gallery import Gallery, GalleryInfo
@@ -463,7 +462,7 @@ def report(meta: dict) -> str:
         f"gallery: {meta['gallery']['size']:,} random codes, built in {meta['gallery']['build_s']:.1f} s; "
         f"{len(meta['queries'])} query texts, k={meta['settings']['k']}; server: CMHASH_BATCH_WINDOW_MS="
         f"{meta['server']['batch_window_ms']:g}, CMHASH_MAX_BATCH={meta['server']['max_batch']}, "
-        f"CMHASH_THREADS={meta['server']['threads'] or 'default'}, CMHASH_SPINNING={meta['server']['spinning']}, "
+        f"CMHASH_ENCODER_THREADS={meta['server']['encoder_threads'] or 'default'}, CMHASH_SPINNING={meta['server']['spinning']}, "
         f"OMP_WAIT_POLICY={meta['server']['omp_wait_policy']}",
         f"bare, one query per call, lower p50 of the passes before and after the server ran: encoder "
         f"{b['encode_p50_ms']:.3f} ms, FAISS store search {b['search_p50_ms']:.3f} ms (sum "
@@ -547,7 +546,7 @@ def main() -> None:
         "server": {
             "batch_window_ms": server.batch_window_ms,
             "max_batch": server.max_batch,
-            "threads": server.threads,
+            "encoder_threads": server.encoder_threads,
             "spinning": server.spinning,
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset"),
         },
@@ -556,9 +555,7 @@ def main() -> None:
         "results": rows,
         "ratios": ratios,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / "service_latency.json"
-    path.write_text(json.dumps(meta, indent=1))
+    path = write_result("service_latency", meta, None if args.out == DEFAULT_OUT else args.out)
     print(report(meta))
     print(f"\nwritten to {path}")
 
