@@ -1,0 +1,164 @@
+"""Levers past the tuned settings on the MIRFLICKR sample (issue 13), measured on validation only.
+
+For every fold of the k-fold protocol (bench/tune.py PROTOCOLS), each lever trains one method
+(Bi_NCMH by default) on 80% of THAT fold's training rows, with the fold's tuned settings from
+bench/settings.json and one thing changed, and scores it on the other 20% of those rows
+(`carve_validation`, the rows bench/tune.py tuned on): a fold's query rows are never looked at.
+The table gives, per lever, the mean validation MAP over folds (whole ranking, ties by retrieval
+order) in both directions and its difference to the baseline, with the per-fold values in the
+results file.
+
+Levers (--levers, comma list):
+  baseline      the fold's tuned settings, as bench/quality.py trains them
+  rerank-all    the baseline's model, every validation item ranked by the query's h . b
+  minilm-tags   text input: the tags through MiniLM (the `minilm` extra) instead of a bag of words
+  lite2         image features from EfficientNet-Lite2 (1,408-d) instead of Lite0 (1,280-d)
+  epochs-x2     twice the tuned epochs
+  wider         hidden layer 4096 wide instead of 2048
+  deeper        two hidden layers of 2048
+  dropout       dropout 0.2 after the hidden layers
+
+    .venv/bin/python bench/levers.py                        # every lever, 5 folds, 64 bits
+    .venv/bin/python bench/levers.py --levers baseline,rerank-all --folds 0
+
+Writes levers.json with bench/flags.write_result (docs/results/ from a clean tree) and prints a
+markdown table. Not measured here: fine-tuning the backbone (about 17 minutes a run on 2 CPU
+cores) and image augmentation (the trainer has none: features are cached per image).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flags import env, write_result
+from quality import _public, load_settings
+from tune import PROTOCOLS, split_record, tuning_config
+
+from model.training.config import TrainConfig
+from model.training.evaluate import evaluate_codes, split_codes
+from model.training.metrics import map_variant_name
+from model.training.rerank import evaluate_rerank, query_representations, rerank_variant_name
+from model.training.train import PreparedRun, prepare_run, train_model
+
+KEY = "mirflickr"
+DEFAULT_SETTINGS = Path(__file__).resolve().parent / "settings.json"
+# lever -> (TrainConfig fields changed from the tuned entry, or a function of the entry)
+LEVERS: dict[str, dict[str, Any]] = {
+    "baseline": {},
+    "rerank-all": {},  # same model as baseline, re-ranked evaluation
+    "minilm-tags": {"text_encoder": "minilm"},
+    "lite2": {"image_backbone": "efficientnet-lite2"},
+    "epochs-x2": {"epochs": "x2"},
+    "wider": {"hidden": [4096]},
+    "deeper": {"hidden": [2048, 2048]},
+    "dropout": {"dropout": 0.2},
+}
+# the TrainConfig fields prepare_run reads: levers that change one need their own PreparedRun
+DATA_FIELDS = ("text_encoder", "image_backbone")
+
+
+def lever_config(base: TrainConfig, entry: dict, method: str, lever: str) -> TrainConfig:
+    """The tuned entry on top of the fold's validation config, with `lever`'s change."""
+    fields = {**base.model_dump(), **_public(entry), "method": method}
+    for name, value in LEVERS[lever].items():
+        fields[name] = fields[name] * 2 if value == "x2" else value
+    return TrainConfig(**fields)
+
+
+def score(cfg: TrainConfig, run: PreparedRun, rerank: bool) -> dict[str, Any]:
+    """Validation MAPs of one trained model: {"plain": {i2t, t2i}, "chance": MAP} and, with
+    `rerank`, also {"rerank-all": {i2t, t2i}} from the same model."""
+    model, _ = train_model(cfg, run, progress=False)
+    split = run.eval_split
+    codes = split_codes(model, run.inputs, split.query, split.retrieval)
+    plain = evaluate_codes(codes)
+    out: dict[str, Any] = {"plain": {d: plain[d]["map"] for d in ("i2t", "t2i")}, "chance": plain["chance_map"]}
+    if rerank:
+        reranked = evaluate_rerank({**codes, **query_representations(model, run.inputs, split.query)}, None)
+        out["rerank-all"] = {d: reranked[d]["map"] for d in ("i2t", "t2i")}
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--levers", default=env("levers", ",".join(LEVERS)), help="comma list of levers")
+    p.add_argument("--method", default=env("method", "bi_ncmh"))
+    p.add_argument("--bits", type=int, default=int(env("bits", "64") or 64))
+    p.add_argument("--folds", default=env("folds", None), help="comma list of folds (default: every fold)")
+    p.add_argument("--threads", type=int, default=int(env("threads", "1") or 1))
+    p.add_argument("--settings", type=Path, default=Path(env("settings", str(DEFAULT_SETTINGS)) or DEFAULT_SETTINGS))
+    args = p.parse_args()
+    levers = [lever.strip() for lever in args.levers.split(",") if lever.strip()]
+    unknown = set(levers) - set(LEVERS)
+    if unknown:
+        p.error(f"unknown levers {sorted(unknown)}; expected some of {list(LEVERS)}")
+    torch.set_num_threads(args.threads)
+    settings = load_settings(args.settings)[KEY]
+    protocol = PROTOCOLS[KEY]
+    folds = [int(f) for f in args.folds.split(",")] if args.folds else list(range(protocol["folds"]))
+    per_fold: dict[str, list[dict[str, float]]] = {lever: [] for lever in levers}
+    for fold in folds:
+        entry = settings[f"fold-{fold}"][args.method]
+        base = tuning_config(KEY, args.bits, split_record(KEY, fold), args.threads)
+        prepared: dict[tuple, PreparedRun] = {}
+        for lever in levers:
+            if lever == "rerank-all":
+                continue  # scored with the baseline's model
+            cfg = lever_config(base, entry, args.method, lever)
+            data_key = tuple(getattr(cfg, f) for f in DATA_FIELDS)
+            if data_key not in prepared:
+                prepared[data_key] = prepare_run(cfg, progress=False)
+            start = time.perf_counter()
+            result = score(cfg, prepared[data_key], rerank=lever == "baseline" and "rerank-all" in levers)
+            per_fold[lever].append({"fold": fold, **result["plain"], "chance": result["chance"]})
+            if "rerank-all" in result:
+                per_fold["rerank-all"].append({"fold": fold, **result["rerank-all"]})
+            print(
+                f"fold {fold} {lever}: val MAP I->T {result['plain']['i2t']:.4f} T->I {result['plain']['t2i']:.4f}"
+                + (
+                    f" (re-ranked: {result['rerank-all']['i2t']:.4f} / {result['rerank-all']['t2i']:.4f})"
+                    if "rerank-all" in result
+                    else ""
+                )
+                + f"  {time.perf_counter() - start:.0f} s",
+                flush=True,
+            )
+    rows = []
+    for lever in levers:
+        mean = {d: float(np.mean([r[d] for r in per_fold[lever]])) for d in ("i2t", "t2i")}
+        rows.append({"lever": lever, "mean": mean, "per_fold": per_fold[lever]})
+    base_mean = next((r["mean"] for r in rows if r["lever"] == "baseline"), None)
+    print(f"\nvalidation MAP (mean over folds {folds}), {args.method}, {args.bits} bits\n")
+    print("| lever | I->T | T->I | vs baseline I->T / T->I |\n|---|---|---|---|")
+    for r in rows:
+        diff = (
+            f"{r['mean']['i2t'] - base_mean['i2t']:+.4f} / {r['mean']['t2i'] - base_mean['t2i']:+.4f}"
+            if base_mean
+            else ""
+        )
+        print(f"| {r['lever']} | {r['mean']['i2t']:.4f} | {r['mean']['t2i']:.4f} | {diff} |")
+    path = write_result(
+        "levers",
+        {
+            "dataset": KEY,
+            "protocol": protocol,
+            "evaluated_on": "validation: 20% of each fold's training rows (the rows bench/tune.py tuned on)",
+            "method": args.method,
+            "bits": args.bits,
+            "folds": folds,
+            "variants": {"map": map_variant_name(None), "rerank-all": rerank_variant_name(None, None)},
+            "levers": {lever: LEVERS[lever] for lever in levers},
+            "rows": rows,
+        },
+        out_dir=None if args.folds is None and set(levers) == set(LEVERS) else Path(__file__).parent / "out",
+    )
+    print(f"\nwritten to {path}")
+
+
+if __name__ == "__main__":
+    main()
