@@ -1,11 +1,11 @@
 """Our MAP beside the papers' published numbers, with the protocol of each, as markdown tables.
 
-    .venv/bin/python bench/published.py                       # reads docs/results.md
-    .venv/bin/python bench/published.py bench/out/quality-mirflickr/quality.md
+    .venv/bin/python bench/published.py              # reads docs/results/quality_<dataset>.json
+    .venv/bin/python bench/published.py bench/out/quality/quality_mirflickr.json
 
-Reads the quality tables that bench/quality.py writes (`## Results: <dataset>` sections with
-`seed (mean ± std)` cells; docs/results.md holds them) and prints, per dataset, each published
-row next to our mean over seeds for the same method, metric and code lengths. The published
+Reads the results files bench/quality.py writes (quality_<dataset>.json) and prints, per
+dataset, each published row next to our mean over seeds or folds for the same method, metric
+and code lengths. The published
 numbers are transcribed from the papers in ../shared/papers (table named in each row); they
 were measured on other splits, features and training sets, so a row pair shows where cmhash
 stands, not a like-for-like comparison. Never part of the test suite.
@@ -14,11 +14,11 @@ stands, not a like-for-like comparison. Never part of the test suite.
 from __future__ import annotations
 
 import argparse
-import re
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from flags import env
+import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 BITS = (16, 32, 64, 128)
@@ -108,14 +108,13 @@ PUBLISHED = (
 )
 
 OUR_PROTOCOL = {
-    "mirflickr": "730-pair sample, 100 queries against 630 (also the training set), 3 seeded splits; "
-    "frozen EfficientNet-Lite0; 1,386-tag BoW",
-    "wikipedia-lda": "official split, 693 queries against 2,173 (also the training set); 128-d SIFT; 10-d LDA",
+    "mirflickr": "730-pair sample, 5-fold (every item a query once; each fold 146 queries against the other 584, "
+    "also its training set); frozen EfficientNet-Lite0; 1,386-tag BoW; mean over the 5 folds",
+    "wikipedia-lda": "official split, 693 queries against 2,173 (also the training set); 128-d SIFT; 10-d LDA; "
+    "mean of 3 seeds",
 }
-
-SECTION = re.compile(r"^## Results: (\S+)\s*$")
-ROW = re.compile(r"^\| (\w+) \| (\d+) \| (.+) \|\s*$")
-MEAN = re.compile(r"\(([0-9.]+) ± [0-9.]+\)")
+RESULTS = ROOT / "docs" / "results"
+METRICS = {"MAP": "map", "MAP@50": "map@50"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -124,34 +123,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
     p.add_argument(
-        "tables",
+        "results",
         type=Path,
         nargs="*",
-        default=[Path(env("tables", str(ROOT / "docs/results.md")))],
-        help="markdown files holding bench/quality.py tables [CMHASH_BENCH_TABLES]",
+        default=[RESULTS / f"quality_{key}.json" for key in OUR_PROTOCOL],
+        help="quality_<dataset>.json files written by bench/quality.py",
     )
     return p.parse_args(argv)
 
 
 def read_ours(paths: list[Path]) -> dict[tuple[str, str, str, int], tuple[float, float]]:
-    """(dataset, method, metric, bits) -> (I->T, T->I) means over seeds, from quality tables
-    whose columns are I->T MAP, T->I MAP, I->T MAP@50, T->I MAP@50."""
-    ours: dict[tuple[str, str, str, int], tuple[float, float]] = {}
+    """(dataset, method, metric, bits) -> (I->T, T->I): the mean over a dataset's seeds or folds
+    of every run in bench/quality.py's quality_<dataset>.json files."""
+    runs: dict[tuple[str, str, str, int], list[tuple[float, float]]] = {}
     for path in paths:
-        dataset = None
-        for line in path.read_text().splitlines():
-            if match := SECTION.match(line):
-                dataset = match.group(1)
-            elif dataset and (row := ROW.match(line)):
-                cells = row.group(3).split(" | ")
-                means = [MEAN.search(c) for c in cells]
-                if len(cells) != 4 or not all(means):
-                    continue
-                values = [float(m.group(1)) for m in means if m]
-                method, bits = row.group(1), int(row.group(2))
-                ours[(dataset, method, "MAP", bits)] = (values[0], values[1])
-                ours[(dataset, method, "MAP@50", bits)] = (values[2], values[3])
-    return ours
+        data = json.loads(path.read_text())
+        for run in data["runs"]:
+            m = run["metrics"]
+            for metric, key in METRICS.items():
+                runs.setdefault((data["dataset"], run["method"], metric, run["bits"]), []).append(
+                    (m["i2t"][key], m["t2i"][key])
+                )
+    return {k: (float(np.mean([v[0] for v in vs])), float(np.mean([v[1] for v in vs]))) for k, vs in runs.items()}
 
 
 def cells(values: tuple[float | None, ...]) -> list[str]:
@@ -162,7 +155,7 @@ def table(dataset: str, ours: dict[tuple[str, str, str, int], tuple[float, float
     """Markdown lines: each published row of `dataset`, then ours for the same method and metric."""
     head = [f"{d} {b}" for d in ("I->T", "T->I") for b in BITS]
     lines = [
-        f"**{dataset}** (ours: {OUR_PROTOCOL[dataset]}; mean of 3 seeds)",
+        f"**{dataset}** (ours: {OUR_PROTOCOL[dataset]})",
         "",
         "| Method | Metric | Source | " + " | ".join(head) + " |",
         "|---|---|---|" + "---:|" * len(head),
@@ -187,9 +180,10 @@ def table(dataset: str, ours: dict[tuple[str, str, str, int], tuple[float, float
 
 def main() -> None:
     args = parse_args()
-    ours = read_ours(args.tables)
-    if not ours:
-        raise SystemExit(f"error: no quality tables (## Results: <dataset>) in {', '.join(map(str, args.tables))}")
+    missing = [str(path) for path in args.results if not path.exists()]
+    if missing:
+        raise SystemExit(f"error: no results file {', '.join(missing)}: run bench/quality.py first")
+    ours = read_ours(args.results)
     for dataset in dict.fromkeys(p.dataset for p in PUBLISHED):
         print("\n".join(table(dataset, ours)) + "\n")
     print("Published protocols:")
