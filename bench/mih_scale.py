@@ -70,6 +70,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--seed", type=int, default=env("seed", "0"))
     p.add_argument("--out", type=Path, default=env("out", str(DEFAULT_OUT)), help="output folder")
+    p.add_argument(
+        "--name",
+        default=env("name", "mih_scale"),
+        help="results file name (one per sweep: mih_scale, mih_scale_100m, ...)",
+    )
     p.add_argument("--quick", action="store_true", default=boolean(env("quick", "") or ""), help="smoke run")
     if p.parse_known_args(argv)[0].quick:
         p.set_defaults(**{k: v for k, v in QUICK.items() if env(k, None) is None})
@@ -249,7 +254,7 @@ def main() -> None:
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
     }
     path = write_result(
-        "mih_scale", {**meta, "galleries": galleries, "results": rows}, None if args.out == DEFAULT_OUT else args.out
+        args.name, {**meta, "galleries": galleries, "results": rows}, None if args.out == DEFAULT_OUT else args.out
     )
     plot(rows, path.with_suffix(".png"))
     print(f"command: {meta['command']}\n")
