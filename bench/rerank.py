@@ -64,6 +64,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=env("out", str(DEFAULT_OUT)), help="run directories go to OUT/runs")
     p.add_argument("--threads", type=int, default=env("threads", None))
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=env("device", "auto"))
+    p.add_argument("--name", default=env("name", "rerank"), help="results file name (one per sweep)")
     args = p.parse_args(argv)
     args.seeds = [args.seed]
     return args
@@ -186,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     md = table(records, args.candidates)
     path = write_result(
-        "rerank",
+        args.name,
         {
             "command": command_line(),
             "variants": {

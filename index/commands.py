@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from index.gallery import GALLERY_FILE, Gallery, open_or_create, read_info
+from index.journal import fold_journal, read_current
 from index.locks import WriterLock
 from index.mih import IndexType
 from index.pipeline import IndexReport, index_items
@@ -135,6 +136,7 @@ def build_gallery(
             writers.enter_context(WriterLock(out))
         gallery = _open_or_create(target, kind, encoder, milvus, index)
         writers.enter_context(WriterLock(target))
+        fold_journal(gallery)  # a killed server's journaled changes first, so this run's come after them
         removed = gallery.store.remove(remove or [])
         if prune:
             listed = {item.id for item in listing.items}
@@ -194,6 +196,7 @@ def search_gallery(
             f"no word of {text!r} is known to the model (its vocabulary is the words of its training texts)"
         )
     gallery = Gallery.open(gallery_dir, model_checksum=encoder.checksum, bits=encoder.bits, token=milvus_token)
+    read_current(gallery)  # what a server acknowledged since its last snapshot
     if text is not None:
         h = encoder.text_representations([text])
     else:

@@ -84,6 +84,58 @@ def read_journal(path: Path) -> list[dict[str, Any]]:
     return _parse(file.read_bytes(), file)[0] if file.is_file() else []
 
 
+def _apply_journal(gallery: Gallery) -> tuple[int, int]:
+    """Apply the journal's records that the current snapshot lacks to `gallery`'s store (see the
+    module doc: a compaction marker whose snapshot is no longer current means its records are in
+    the snapshot). Returns (the last sequence number, the records applied)."""
+    path = gallery.path
+    seq, skip_through, applied = 0, 0, 0
+    marker = path / MARKER_FILE
+    if marker.is_file():
+        state = json.loads(marker.read_text(encoding="utf-8"))
+        seq = int(state["seq"])  # new records must number past the marker's
+        if _current_snapshot(path) != state["before"]:
+            skip_through = seq
+    store = gallery.store
+    for record in read_journal(path):
+        seq = max(seq, int(record["seq"]))
+        if record["seq"] <= skip_through:
+            continue
+        if record["op"] == "add":
+            code = np.frombuffer(bytes.fromhex(record["code"]), dtype=np.uint8)[None, :]
+            store.remove([record["id"]])  # replay is an upsert, so re-applying a record is harmless
+            store.add([record["id"]], code, [record["metadata"]])
+        else:
+            store.remove([record["id"]])
+        applied += 1
+    return seq, applied
+
+
+def read_current(gallery: Gallery) -> int:
+    """Bring a FAISS gallery opened read-only from its snapshot up to date with the changes a
+    server journaled since (running, or killed before it compacted), in memory only: nothing on
+    disk changes and no lock is taken. Returns the records applied. A Milvus gallery's store
+    already holds every acknowledged change, so it is left as it is (0)."""
+    if gallery.info.backend != "faiss":
+        return 0
+    return _apply_journal(gallery)[1]
+
+
+def fold_journal(gallery: Gallery) -> int:
+    """For a writer other than a server (`cmhash index`), holding the gallery's writer lock:
+    replay the journal a server left (killed before it compacted) into `gallery`, save it and
+    empty the journal, so that the writer's own changes come after the server's acknowledged
+    ones and are never undone by a later replay. Returns the records replayed."""
+    if not read_journal(gallery.path) and not (gallery.path / MARKER_FILE).is_file():
+        return 0  # what a server leaves when it closes: an empty journal
+    journaled = JournaledGallery(gallery)
+    replayed = journaled.pending
+    if not replayed:  # a compaction that crashed after saving: its snapshot holds everything
+        journaled.compact()
+    journaled.close()
+    return replayed
+
+
 class JournaledGallery:
     """A `Gallery` whose adds and removes are durable when they return (see module doc).
 
@@ -171,30 +223,12 @@ class JournaledGallery:
     def _replay(self) -> None:
         file = self.path / JOURNAL_FILE
         data = file.read_bytes() if file.is_file() else b""
-        records, good = _parse(data, file)
+        good = _parse(data, file)[1]
         if good < len(data):  # drop a torn last line, so the next append starts a fresh line
             with open(file, "r+b") as f:
                 f.truncate(good)
                 os.fsync(f.fileno())
-        skip_through = 0
-        marker = self.path / MARKER_FILE
-        if marker.is_file():
-            state = json.loads(marker.read_text(encoding="utf-8"))
-            self._seq = int(state["seq"])  # new records must number past the marker's
-            if _current_snapshot(self.path) != state["before"]:
-                skip_through = self._seq
-        store = self.gallery.store
-        for record in records:
-            self._seq = max(self._seq, int(record["seq"]))
-            if record["seq"] <= skip_through:
-                continue
-            if record["op"] == "add":
-                code = np.frombuffer(bytes.fromhex(record["code"]), dtype=np.uint8)[None, :]
-                store.remove([record["id"]])  # replay is an upsert, so re-applying a record is harmless
-                store.add([record["id"]], code, [record["metadata"]])
-            else:
-                store.remove([record["id"]])
-            self._pending += 1
+        self._seq, self._pending = _apply_journal(self.gallery)
 
     @property
     def writable(self) -> bool:

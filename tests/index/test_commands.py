@@ -301,3 +301,47 @@ def test_cli_search_filter_is_the_ranking_restricted_to_matching_items(tiny_mode
             "search", "--model", tiny_model_dir, "--gallery", tmp_path / "t", "--text", "a red square", "--filter", bad
         )
         assert result.exit_code == 2 and "KEY=VALUE" in ANSI.sub("", result.output), result.output
+
+
+# A server that journals one add and one delete and is killed before it compacts them.
+_KILLED_SERVER = """
+import os, sys
+import numpy as np
+from index.gallery import Gallery
+from index.journal import JournaledGallery
+g = JournaledGallery(Gallery.open(sys.argv[1]))
+g.add(["api-x"], np.full((1, g.bits // 8), 0xAB, dtype=np.uint8), [{"via": "api"}])
+g.remove(["c0"])
+os._exit(0)  # no close, no compaction: the changes live only in journal.jsonl
+"""
+
+
+def test_index_after_a_killed_server_applies_its_journal_first(tiny_model_dir, tmp_path):
+    """`cmhash search` sees what a killed server acknowledged; `cmhash index --prune` replays the
+    server's journal before its own changes, so a later server start cannot undo them (the
+    pruned API item stays gone, the re-listed item stays back)."""
+    import subprocess
+    import sys
+
+    from index.journal import JOURNAL_FILE, JournaledGallery, read_journal
+
+    texts = tmp_path / "texts.jsonl"
+    texts.write_text("\n".join(json.dumps({"id": f"c{i}", "text": item_text(i)}) for i in range(6)))
+    gallery = tmp_path / "g"
+    build_gallery(tiny_model_dir, gallery, texts=texts, progress=False)
+    root = Path(__file__).resolve().parents[2]
+    subprocess.run([sys.executable, "-c", _KILLED_SERVER, str(gallery)], check=True, cwd=root)
+    assert [r["op"] for r in read_journal(gallery)] == ["add", "remove"]
+
+    found = {h.id for h in search_gallery(tiny_model_dir, gallery, text=item_text(1), k=10).hits}
+    assert found == {"api-x", "c1", "c2", "c3", "c4", "c5"}  # the journal, read without changing it
+    assert len(read_journal(gallery)) == 2
+
+    report = build_gallery(tiny_model_dir, gallery, texts=texts, prune=True, progress=False)
+    assert (report.removed, report.added, report.gallery_size) == (1, 1, 6)
+    assert (gallery / JOURNAL_FILE).read_bytes() == b""
+    restarted = JournaledGallery(Gallery.open(gallery))  # what a server does on start
+    try:
+        assert sorted(restarted.ids()) == [f"c{i}" for i in range(6)]
+    finally:
+        restarted.close()
