@@ -8,7 +8,7 @@ TEST_EXTRAS ?= cpu,train,test,minilm,milvus
 EXTRAS ?= $(TEST_EXTRAS)
 PIP_QUIET := -q --disable-pip-version-check
 
-.PHONY: venv venv-demo test test-fast lint demo demo-data bench-quality bench-perf results clean
+.PHONY: venv venv-demo test test-fast lint demo demo-data bench-quality results results-tune results-quality results-speed clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -70,24 +70,38 @@ $(DEMO)/model/model.json: $(DEMO)/run/checkpoint.pt
 bench-quality: $(VENV)/.installed-$(TEST_EXTRAS)
 	$(BIN)/python bench/quality.py $(BENCH_ARGS)
 
-# The speed and load benchmarks of docs/results.md, on the `make demo` model and galleries (run
-# `make demo` once first): search scale, indexing throughput, service latency, mixed load. Each
-# prints its table and writes JSON under bench/out; about 40 minutes on 2 cores.
-bench-perf: $(VENV)/.installed-$(TEST_EXTRAS) $(DEMO)/model/model.json
-	$(BIN)/python bench/search_scale.py
-	$(BIN)/python bench/index_throughput.py --model $(DEMO)/model
-	$(BIN)/python bench/service_latency.py --model $(DEMO)/model
-	$(BIN)/python bench/load.py --model $(DEMO)/model
-
 # The committed results behind docs/results.md (docs/results/*.json, written only from a clean
-# tree; check out the commit a file names and run its command to regenerate it). About 35
-# minutes on 2 cores; needs `make demo` once first (model, galleries, cached features).
-results: $(VENV)/.installed-$(TEST_EXTRAS) $(DEMO)/model/model.json
+# tree; check out the commit a file names and run its command to regenerate it). Needs `make
+# demo` once first (model, galleries, cached features). `results-quality` trains (about 1.5
+# hours on 2 cores after bench/tune.py's settings); `results-speed` times things, so run it on
+# an otherwise idle machine (about 45 minutes); `results-tune` re-tunes bench/settings.json
+# (about 2 hours; commit its output before results-quality).
+results: results-quality results-speed
+
+results-tune: $(VENV)/.installed-$(TEST_EXTRAS)
+	$(BIN)/python bench/tune.py --datasets wikipedia-lda,wikipedia-tfidf,mirflickr
+
+results-quality: $(VENV)/.installed-$(TEST_EXTRAS)
+	$(BIN)/python bench/quality.py --datasets wikipedia-lda --threads 1 --keep-runs --out bench/out/quality-wikipedia-lda
+	$(BIN)/python bench/quality.py --datasets wikipedia-tfidf --threads 1 --keep-runs --out bench/out/quality-wikipedia-tfidf
+	$(BIN)/python bench/quality.py --datasets mirflickr --threads 1 --keep-runs --out bench/out/quality-mirflickr
+	$(BIN)/python bench/levers.py
+	$(BIN)/python bench/rerank.py --datasets wikipedia-lda
+	$(BIN)/python bench/rerank.py --datasets wikipedia-tfidf --threads 1 --out bench/out/quality-wikipedia-tfidf --name rerank_wikipedia-tfidf
+	$(BIN)/python bench/rerank.py --datasets mirflickr --folds 0,1,2,3,4 --threads 1 --out bench/out/quality-mirflickr --name rerank_mirflickr
+
+results-speed: $(VENV)/.installed-$(TEST_EXTRAS) $(DEMO)/model/model.json
 	$(BIN)/python bench/serving_footprint.py --model $(DEMO)/model --galleries $(DEMO)
 	$(BIN)/python bench/reliability.py
 	$(BIN)/python bench/mutation.py
+	$(BIN)/python bench/index_throughput.py --model $(DEMO)/model
+	$(BIN)/python bench/export_parity.py --run $(DEMO)/run --model $(DEMO)/model --items 730
+	$(BIN)/python bench/service_latency.py --model $(DEMO)/model
+	$(BIN)/python bench/load.py --model $(DEMO)/model
 	$(BIN)/python bench/mih_scale.py --sizes 1000000,10000000 --bits 64 --queries 10 --radii 0,2,4,6
-	$(BIN)/python bench/rerank.py --datasets wikipedia-lda
+	$(BIN)/python bench/mih_scale.py --sizes 1000000,10000000 --bits 32,128 --queries 10 --radii 0,2,4,6,8 --name mih_scale_32_128
+	$(BIN)/python bench/mih_scale.py --raw --sizes 100000000 --bits 64 --queries 10 --radii 0,2,4,6 --name mih_scale_100m
+	$(BIN)/python bench/milvus_recall.py --sizes 200000 --nlist 256,1024 --nprobe 8,32,128 --queries 100
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
