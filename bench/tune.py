@@ -195,6 +195,9 @@ def tune_split(key: str, split: dict, methods: list[str], bits: int, threads: in
                 "split": split,
                 "n_fit": len(run.eval_split.train),
                 "n_validation": len(run.eval_split.query),
+                # every candidate's validation MAPs, so a claim about any of them (the papers' own
+                # values included) can be read from this committed file
+                "trials": [{"fields": c, "i2t": d["i2t"], "t2i": d["t2i"]} for _, c, d in trials],
             },
         }
         print(f"==> {label} {method}: {json.dumps(fields)}", flush=True)
