@@ -227,7 +227,8 @@ def _split_entries(key: str, entries: dict) -> dict[str, dict]:
 def load_settings(path: Path) -> dict[str, dict[str, dict[str, dict]]]:
     """Read settings.json: {dataset key: {method: entry}} for a preset-split dataset,
     {dataset key: {"fold-i": {method: entry}}} for a k-fold one; an entry is TrainConfig fields
-    plus its "_validation" record. Returns {key: {"" or "fold-i": {method: entry}}} with the
+    plus its "_validation" record; a key with "_same_as": OTHER uses OTHER's entries (a data
+    variant chosen on the same validation rows, e.g. by bench/levers.py). Returns {key: {"" or "fold-i": {method: entry}}} with the
     entries checked (keys, field names, the tuning split matching the dataset's protocol)."""
     try:
         raw = json.loads(path.read_text())
@@ -235,6 +236,8 @@ def load_settings(path: Path) -> dict[str, dict[str, dict[str, dict]]]:
         raise SystemExit(f"error: cannot read settings {path}: {exc}") from None
     settings: dict[str, dict[str, dict[str, dict]]] = {}
     for key, entries in _public(raw).items():
+        if "_same_as" in entries:  # a data variant run with another key's tuned settings
+            entries = {**raw[entries["_same_as"]], **entries}
         if key not in DATASETS:
             raise SystemExit(f"error: {path}: unknown dataset key {key!r}; expected one of {list(DATASETS)}")
         if entries.get("_protocol", PROTOCOLS[key]) != PROTOCOLS[key]:
