@@ -11,6 +11,7 @@
     galleryImages: $("gallery-images"),
     galleryTexts: $("gallery-texts"),
     k: $("k"),
+    rerank: $("rerank"),
     status: $("status"),
     error: $("error"),
     textForm: $("text-form"),
@@ -337,6 +338,12 @@
 
   // ---- search with text -----------------------------------------------------------------
 
+  /** The API's `rerank` from the Order selector: null (Hamming order), a count, or "all". */
+  function rerankValue() {
+    const value = els.rerank.value;
+    return value === "" ? null : value === "all" ? "all" : Number(value);
+  }
+
   function searchText(event) {
     if (event) event.preventDefault();
     const text = els.query.value.trim();
@@ -347,7 +354,7 @@
     }
     return runSearch(panels.text, async () => ({
       headers: { "Content-Type": "application/json", Accept: "application/json" },
-      body: JSON.stringify({ text, k: Number(els.k.value) }),
+      body: JSON.stringify({ text, k: Number(els.k.value), rerank: rerankValue() }),
     }), {
       start: () => {
         els.textSubmit.disabled = true;
@@ -396,6 +403,7 @@
       const form = new FormData();
       form.append("file", query, query.name || "image");
       form.append("k", els.k.value);
+      if (els.rerank.value) form.append("rerank", els.rerank.value);
       return { body: form };
     }, {
       start: () => els.dropzone.classList.add("busy"),
@@ -461,11 +469,11 @@
     if (lastFile && panels.image.searched) searchImage(lastFile, lastCaption);
   }
 
-  // Changing k re-runs the last searches so the lists match the selector.
-  els.k.addEventListener("change", () => {
+  // Changing k or the order re-runs the last searches so the lists match the selectors.
+  [els.k, els.rerank].forEach((select) => select.addEventListener("change", () => {
     rerunText();
     rerunImage();
-  });
+  }));
 
   // Switching what a panel finds re-runs its last search.
   document.querySelectorAll('input[name="text-target"]').forEach((radio) =>

@@ -362,6 +362,45 @@ def test_image_upload_lists_texts_matching_the_api(page, base_url, galleries, tm
     ]
 
 
+def test_order_selector_re_ranks_both_searches_as_the_api_does(page, base_url, galleries):
+    """The Order selector sends `rerank`: a text search and an image upload then list exactly
+    the API's re-ranked pages (h . b order, no longer sorted by distance), and switching it back
+    re-runs them in Hamming order."""
+    page.select_option("#k", str(K))
+    page.select_option("#rerank", "all")
+    page.fill("#query", QUERY)
+    page.press("#query", "Enter")
+    page.wait_for_selector("#text-query-results .image-grid .hit")
+    api = httpx.post(
+        f"{base_url}/search/text-to-image", json={"text": QUERY, "k": K, "rerank": "all"}, timeout=30
+    ).json()
+    shown = _shown(page, "#text-query-results .image-grid")
+    assert [s["idText"] for s in shown] == [h["id"] for h in api["results"]]
+    assert all(h["score"] is not None for h in api["results"])
+
+    red = galleries["queries"] / "red.png"
+    page.set_input_files("#image-file", str(red))
+    page.wait_for_selector("#image-query-results .text-list .hit")
+    with red.open("rb") as f:
+        api = httpx.post(
+            f"{base_url}/search/image-to-text",
+            files={"file": ("red.png", f, "image/png")},
+            data={"k": str(K), "rerank": "all"},
+            timeout=30,
+        ).json()
+    ids = "els => els.map(e => e.dataset.id)"
+    assert page.eval_on_selector_all("#image-query-results .text-list .hit", ids) == [h["id"] for h in api["results"]]
+
+    page.select_option("#rerank", "")  # back to Hamming order: the text search re-runs
+    plain = httpx.post(f"{base_url}/search/text-to-image", json={"text": QUERY, "k": K}, timeout=30).json()
+    page.wait_for_function(
+        "(want) => JSON.stringify([...document.querySelectorAll('#text-query-results .image-grid .hit')]"
+        ".map(e => e.dataset.id)) === JSON.stringify(want)",
+        arg=[h["id"] for h in plain["results"]],
+        timeout=15_000,
+    )
+
+
 def test_error_message_from_the_api_is_shown(page, base_url, galleries, tmp_path):
     notes = galleries["queries"] / "notes.txt"
     with notes.open("rb") as f:
