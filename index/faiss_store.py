@@ -30,6 +30,7 @@ import json
 import logging
 import sqlite3
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -427,7 +428,10 @@ class FaissCodeStore:
                     else:
                         res_d[j], res_i[j] = got
             if flat:
+                start = time.perf_counter()
                 res_d[flat], res_i[flat] = self._flat_knn(q[flat], kk)
+                if self.mih is not None and self._gpu is None:  # --- mih: keep its flat cost calibrated
+                    self.mih.observe_flat(time.perf_counter() - start, len(flat), n)
             names = self._names(res_i)
             out_ids = [[names[int(x)] for x in row] for row in res_i]
         return out_ids, res_d

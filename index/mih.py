@@ -30,10 +30,11 @@ grows or shrinks 4x. All of that happens lazily at the next search. Nothing is p
 a loaded store rebuilds the structure from its stored codes at the first search.
 
 Fallback: the cost of a probe is estimated (buckets read, candidates verified, Python steps,
-calibrated on one core, see the ``*_NS`` constants) against the cost of the flat scan. A
-query whose probe would cost more than ``BUDGET`` of the flat scan is given up
-(``None``), and the caller answers it with the flat scan: a query is never slower than the
-flat scan by more than about that fraction. After ``SKIP_AFTER`` give-ups in a row for the
+calibrated on one core, see the ``*_NS`` constants) against the cost of the flat scan, which
+the store keeps calibrated from the flat scans it times (``observe_flat``). A query whose
+probe would cost more than ``BUDGET`` of the flat scan, by that estimate before a step or by
+the clock after one, is given up (``None``), and the caller answers it with the flat scan: a
+query is never slower than the flat scan by more than about that fraction and one step. After ``SKIP_AFTER`` give-ups in a row for the
 same kind of query only every ``SKIP_PROBE_EVERY``-th such query tries MIH, so galleries
 where MIH cannot win (random long codes) run at the flat scan's speed.
 """
@@ -41,6 +42,7 @@ where MIH cannot win (random long codes) run at the flat scan's speed.
 from __future__ import annotations
 
 import math
+import time
 from functools import lru_cache
 from typing import Literal
 
@@ -68,6 +70,7 @@ BUCKET_NS = 800.0  # per probed bucket: offset, row and code reads, each a cache
 CANDIDATE_NS = 20.0  # per candidate: row and code reads, popcounts, its share of the results
 STEP_NS = 25_000.0  # per probing step: the numpy calls' fixed cost
 BUDGET = 0.15  # give a query up once its probe would cost more than this fraction of a flat scan
+FLAT_EMA = 0.25  # weight of each timed flat scan in the running flat cost per code (observe_flat)
 SKIP_AFTER = 4
 SKIP_PROBE_EVERY = 16
 
@@ -271,6 +274,15 @@ class MultiIndexHash:
             self._merge_tail()
 
     # ---------------------------------------------------------------- search
+    def observe_flat(self, seconds: float, queries: int, n: int) -> None:
+        """Calibrate the flat-scan cost the budget is a fraction of from a flat k-NN scan the
+        caller just timed (`queries` queries over `n` codes): the model's constants were
+        measured on one machine at 64 bits, and the bound must hold on any machine and length."""
+        if queries < 1 or n < 1:
+            return
+        per_code = max(0.05, (seconds * 1e9 / queries - FLAT_FIXED_NS) / n)
+        self.flat_ns_per_code += FLAT_EMA * (per_code - self.flat_ns_per_code)
+
     def flat_cost_ns(self, n: int) -> float:
         """Estimated cost of one flat-scan query over `n` codes."""
         return FLAT_FIXED_NS + self.flat_ns_per_code * n
@@ -344,6 +356,7 @@ class MultiIndexHash:
         self.prepare()
         tables = self._tables
         assert tables is not None
+        started = time.perf_counter_ns()  # the clock check: the estimate can be wrong on another machine
         spent = STEP_NS + CANDIDATE_NS * (self._n - tables.built)
         if spent > budget:
             return None
@@ -405,6 +418,8 @@ class MultiIndexHash:
                     found_d.append(d)
                     hist += np.bincount(d, minlength=self.bits + 1)
             probed[t] = min(s, b)
+            if time.perf_counter_ns() - started > budget:
+                return None
             within += int(hist[j])
             if radius is None and within >= kk:
                 break

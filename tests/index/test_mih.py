@@ -176,6 +176,40 @@ def test_hopeless_queries_skip_the_probe_after_a_streak(monkeypatch):
     assert h.range(random_codes(rng, 1, 64)[0], 3) is None
 
 
+def test_a_probe_that_overruns_the_clock_gives_up_and_stays_exact(monkeypatch):
+    """The cost model can be wrong on another machine or code length: a probe whose wall time
+    passes BUDGET of the flat scan is given up after that step, and the store answers with the
+    flat scan, the same results."""
+    rng = np.random.default_rng(7)
+    centres = rng.integers(0, 2, size=(8, 64), dtype=np.uint8).astype(bool)
+    codes = clustered_codes(rng, 3000, 64, centres, 0.05)
+    flat, multi = FaissCodeStore(64), FaissCodeStore(64, index="mih")
+    for store in (flat, multi):
+        store.add([str(i) for i in range(3000)], codes)
+    monkeypatch.setattr(mih, "FLAT_FIXED_NS", 1e7)  # the model affords every probe ...
+    ticks = iter(range(0, 10**15, 10**9))  # ... but each clock reading is a second later
+    monkeypatch.setattr(mih.time, "perf_counter_ns", lambda: next(ticks))
+    queries = clustered_codes(rng, 3, 64, centres, 0.05)
+    assert_same(flat, multi, queries, ks=(1, 10), radii=(2,))
+    assert multi.mih.stats["mih"] == 0 and multi.mih.stats["fallback"] > 0
+
+
+def test_timed_flat_scans_calibrate_the_budget():
+    """The store times its flat scans and the estimate of a flat scan's cost follows them."""
+    h = MultiIndexHash(64)
+    before = h.flat_cost_ns(1_000_000)
+    for _ in range(40):  # a machine where a scan costs 0.5 ns per code
+        h.observe_flat(seconds=(mih.FLAT_FIXED_NS + 0.5 * 1_000_000) * 1e-9, queries=1, n=1_000_000)
+    assert h.flat_ns_per_code == pytest.approx(0.5, rel=1e-3)
+    assert h.flat_cost_ns(1_000_000) < before
+    rng = np.random.default_rng(8)
+    store = FaissCodeStore(64, index="mih")
+    store.add([str(i) for i in range(2000)], random_codes(rng, 2000, 64))
+    store.mih.mode = "never"
+    store.search(random_codes(rng, 2, 64), 5)
+    assert store.mih.flat_ns_per_code != mih.FLAT_NS_PER_CODE  # the flat scan it ran was timed
+
+
 # --------------------------------------------------------------- galleries
 class _Model(SimpleNamespace):
     pass
