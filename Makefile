@@ -99,8 +99,7 @@ results-speed: $(VENV)/.installed-$(TEST_EXTRAS) $(DEMO)/model/model.json
 	$(BIN)/python bench/export_parity.py --run $(DEMO)/run --model $(DEMO)/model --items 730
 	$(BIN)/python bench/service_latency.py --model $(DEMO)/model
 	$(BIN)/python bench/load.py --model $(DEMO)/model
-	$(BIN)/python bench/mih_scale.py --sizes 1000000,10000000 --bits 64 --queries 10 --radii 0,2,4,6
-	$(BIN)/python bench/mih_scale.py --sizes 1000000,10000000 --bits 32,128 --queries 10 --radii 0,2,4,6,8 --name mih_scale_32_128
+	$(BIN)/python bench/mih_scale.py --sizes 1000000,10000000 --bits 32,64,128 --queries 10 --radii 0,2,4,6 --name mih_scale_1m_10m
 	$(BIN)/python bench/mih_scale.py --raw --sizes 100000000 --bits 64 --queries 10 --radii 0,2,4,6 --name mih_scale_100m
 	$(BIN)/python bench/milvus_recall.py --sizes 200000 --nlist 256,1024 --nprobe 8,32,128 --queries 100
 

@@ -501,7 +501,10 @@ class FaissCodeStore:
             else:  # --- mih: what it answers skips the scan
                 got = [self.mih.range(row, int(radius)) for row in q]
                 flat = [j for j, g in enumerate(got) if g is None]
+                start = time.perf_counter()
                 scanned = iter(self._range_raw(q[flat], int(radius) + 1) if flat else [])
+                if flat:  # keep its range-scan cost calibrated
+                    self.mih.observe_flat(time.perf_counter() - start, len(flat), self._index.ntotal, "range")
                 raw = [next(scanned) if g is None else g for g in got]
             names = self._names(np.concatenate([i for _, i in raw]))
             return [([names[int(x)] for x in i], d) for d, i in raw]

@@ -32,8 +32,8 @@ a loaded store rebuilds the structure from its stored codes at the first search.
 Fallback: the cost of a probe is estimated (buckets read, candidates verified, Python steps,
 calibrated on one core, see the ``*_NS`` constants) against the cost of the flat scan, which
 the store keeps calibrated from the flat scans it times (``observe_flat``). A query whose
-probe would cost more than ``BUDGET`` of the flat scan, by that estimate before a step or by
-the clock after one, is given up (``None``), and the caller answers it with the flat scan: a
+probe would cost more than ``BUDGET`` of the flat scan, by that estimate (scaled by how far
+the clock has run ahead of it in this query) before a step or by the clock after one, is given up (``None``), and the caller answers it with the flat scan: a
 query is never slower than the flat scan by more than about that fraction and one step. After ``SKIP_AFTER`` give-ups in a row for the
 same kind of query only every ``SKIP_PROBE_EVERY``-th such query tries MIH, so galleries
 where MIH cannot win (random long codes) run at the flat scan's speed.
@@ -149,7 +149,7 @@ class MultiIndexHash:
         self.code_bytes = bits // 8
         self.words = -(-self.code_bytes // 8)
         self.mode: Mode = mode
-        self.flat_ns_per_code = flat_ns_per_code
+        self.flat_ns_per_code = {"knn": flat_ns_per_code, "range": flat_ns_per_code}  # per kind of scan (observe_flat)
         self._codes = np.zeros((0, self.words), dtype=np.uint64)  # native-order words (for popcounts)
         self._iids = np.zeros(0, dtype=np.int64)
         self._mark = np.zeros(0, dtype=np.uint8)
@@ -274,18 +274,19 @@ class MultiIndexHash:
             self._merge_tail()
 
     # ---------------------------------------------------------------- search
-    def observe_flat(self, seconds: float, queries: int, n: int) -> None:
-        """Calibrate the flat-scan cost the budget is a fraction of from a flat k-NN scan the
-        caller just timed (`queries` queries over `n` codes): the model's constants were
-        measured on one machine at 64 bits, and the bound must hold on any machine and length."""
+    def observe_flat(self, seconds: float, queries: int, n: int, kind: str = "knn") -> None:
+        """Calibrate the flat-scan cost the budget is a fraction of from a flat scan of `kind`
+        ("knn" or "range") the caller just timed (`queries` queries over `n` codes): the model's
+        constants were measured on one machine at 64 bits, and the bound must hold on any
+        machine and code length."""
         if queries < 1 or n < 1:
             return
         per_code = max(0.05, (seconds * 1e9 / queries - FLAT_FIXED_NS) / n)
-        self.flat_ns_per_code += FLAT_EMA * (per_code - self.flat_ns_per_code)
+        self.flat_ns_per_code[kind] += FLAT_EMA * (per_code - self.flat_ns_per_code[kind])
 
-    def flat_cost_ns(self, n: int) -> float:
-        """Estimated cost of one flat-scan query over `n` codes."""
-        return FLAT_FIXED_NS + self.flat_ns_per_code * n
+    def flat_cost_ns(self, n: int, kind: str = "knn") -> float:
+        """Estimated cost of one flat-scan query of `kind` over `n` codes."""
+        return FLAT_FIXED_NS + self.flat_ns_per_code[kind] * n
 
     def _substring_masks(self, tables: _Tables) -> list[np.ndarray]:
         """Per table, the native-order words selecting its substring's bits."""
@@ -350,7 +351,8 @@ class MultiIndexHash:
     def _probe(self, query: np.ndarray, radius: int | None, kk: int, live: int) -> tuple[np.ndarray, np.ndarray] | None:
         """Progressive probing (module doc) up to step `radius`, or for k-NN until `kk` codes
         are within the step; None when it would cost more than BUDGET of a flat scan."""
-        budget = math.inf if self.mode == "always" else BUDGET * self.flat_cost_ns(live)
+        kind = "knn" if radius is None else "range"
+        budget = math.inf if self.mode == "always" else BUDGET * self.flat_cost_ns(live, kind)
         if budget < 2 * STEP_NS:  # a small gallery: not worth building tables for
             return None
         self.prepare()
@@ -385,7 +387,9 @@ class MultiIndexHash:
             if s <= b:
                 masks = _masks(b, s)
                 cost = STEP_NS + BUCKET_NS * len(masks)
-                if spent + cost > budget:
+                elapsed = time.perf_counter_ns() - started
+                scale = max(1.0, elapsed / spent)  # how far the model underestimates on this machine
+                if spent + cost > budget or elapsed + scale * cost > budget:
                     return None
                 offsets = tables.offsets[t]
                 keys = masks ^ qkeys[t] if s else np.array([qkeys[t]])
@@ -393,7 +397,7 @@ class MultiIndexHash:
                 lens = offsets[keys + 1] - starts
                 total = int(lens.sum())
                 cost += CANDIDATE_NS * total
-                if spent + cost > budget:
+                if spent + cost > budget or elapsed + scale * cost > budget:
                     return None
                 spent += cost
                 if total:
