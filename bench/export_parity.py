@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> dict:
             "ms_per_item_onnxruntime": ms_per_item(onnx_text, n, args.repeats),
         }
 
-    print(f"written to {write_result('export_parity', report, None if args.out == DEFAULT_OUT else args.out)}")
+    path = write_result("export_parity", report, None if args.out == DEFAULT_OUT else args.out)
     for modality in ("image", "text"):
         r = report[modality]
         print(
@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"onnxruntime {r['ms_per_item_onnxruntime']:.3f}"
             + (f"; decode {r['ms_per_image_decode']:.2f} ms/image" if r.get("ms_per_image_decode") else "")
         )
-    print(f"checksum {info.checksum}; written to {args.out / 'export_parity.json'}")
+    print(f"checksum {info.checksum}; written to {path}")
     return report
 
 
