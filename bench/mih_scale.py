@@ -10,7 +10,7 @@ insertion order)): "flat" with its MultiIndexHash switched to mode "never" (ever
 the flat scan), "mih" in mode "auto" (the tables, or the flat scan when the cost model says the
 probe would cost more). Every query's results are checked to be identical in both. The first
 MIH search (which builds the tables) is timed apart as build_s. Every flag can also be set by
-CMHASH_BENCH_<FLAG>. Writes OUT/mih_scale.json and OUT/mih_scale.png, prints a markdown table;
+CMHASH_BENCH_<FLAG>. Writes NAME.json and NAME.png (--name) with bench/flags.write_result, prints a markdown table;
 never part of the test suite.
 """
 
