@@ -86,6 +86,7 @@ results-quality: $(VENV)/.installed-$(TEST_EXTRAS)
 	$(BIN)/python bench/quality.py --datasets wikipedia-tfidf --threads 1 --keep-runs --out bench/out/quality-wikipedia-tfidf
 	$(BIN)/python bench/quality.py --datasets mirflickr --threads 1 --keep-runs --out bench/out/quality-mirflickr
 	$(BIN)/python bench/quality.py --datasets mirflickr-minilm --threads 1 --keep-runs --out bench/out/quality-mirflickr-minilm
+	$(BIN)/python bench/quality.py --datasets wikipedia-minilm --methods bi_ncmh --threads 2 --keep-runs --out bench/out/quality-wikipedia-minilm
 	$(BIN)/python bench/levers.py
 	$(BIN)/python bench/rerank.py --datasets wikipedia-lda
 	$(BIN)/python bench/rerank.py --datasets wikipedia-tfidf --threads 1 --out bench/out/quality-wikipedia-tfidf --name rerank_wikipedia-tfidf
