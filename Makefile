@@ -80,6 +80,7 @@ results: results-quality results-speed
 
 results-tune: $(VENV)/.installed-$(TEST_EXTRAS)
 	$(BIN)/python bench/tune.py --datasets wikipedia-lda,wikipedia-tfidf,mirflickr
+	$(BIN)/python bench/tune.py --datasets wikipedia-minilm --methods bi_ncmh --threads 2
 
 results-quality: $(VENV)/.installed-$(TEST_EXTRAS)
 	$(BIN)/python bench/quality.py --datasets wikipedia-lda --threads 1 --keep-runs --out bench/out/quality-wikipedia-lda
