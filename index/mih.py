@@ -33,10 +33,11 @@ Fallback: the cost of a probe is estimated (buckets read, candidates verified, P
 calibrated on one core, see the ``*_NS`` constants) against the cost of the flat scan, which
 the store keeps calibrated from the flat scans it times (``observe_flat``). A query whose
 probe would cost more than ``BUDGET`` of the flat scan, by that estimate (scaled by how far
-the clock has run ahead of it in this query) before a step or by the clock after one, is given up (``None``), and the caller answers it with the flat scan: a
-query is never slower than the flat scan by more than about that fraction and one step. After ``SKIP_AFTER`` give-ups in a row for the
-same kind of query only every ``SKIP_PROBE_EVERY``-th such query tries MIH, so galleries
-where MIH cannot win (random long codes) run at the flat scan's speed.
+the clock has run ahead of it in this query) before a step or by the clock after one, is
+given up (``None``), and the caller answers it with the flat scan: a query is never slower
+than the flat scan by more than about that fraction and one step. After ``SKIP_AFTER``
+give-ups in a row for the same kind of query only every ``SKIP_PROBE_EVERY``-th such query
+tries MIH, so galleries where MIH cannot win (random long codes) run at the flat scan's speed.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ __all__ = ["INDEX_TYPES", "IndexType", "Mode", "MultiIndexHash", "plan_tables"]
 
 IndexType = Literal["flat", "mih"]  # a gallery's search index: flat scan, or multi-index hashing (this module)
 INDEX_TYPES: tuple[str, ...] = ("flat", "mih")
+ScanKind = Literal["knn", "range"]  # the two kinds of flat scan whose cost is calibrated apart
 Mode = Literal["auto", "always", "never"]  # auto: cost-based fallback; always / never: tests, benchmarks
 
 MIN_SUBSTRING_BITS = 8
@@ -149,7 +151,7 @@ class MultiIndexHash:
         self.code_bytes = bits // 8
         self.words = -(-self.code_bytes // 8)
         self.mode: Mode = mode
-        self.flat_ns_per_code = {"knn": flat_ns_per_code, "range": flat_ns_per_code}  # per kind of scan (observe_flat)
+        self.flat_ns_per_code: dict[ScanKind, float] = {"knn": flat_ns_per_code, "range": flat_ns_per_code}
         self._codes = np.zeros((0, self.words), dtype=np.uint64)  # native-order words (for popcounts)
         self._iids = np.zeros(0, dtype=np.int64)
         self._mark = np.zeros(0, dtype=np.uint8)
@@ -274,7 +276,7 @@ class MultiIndexHash:
             self._merge_tail()
 
     # ---------------------------------------------------------------- search
-    def observe_flat(self, seconds: float, queries: int, n: int, kind: str = "knn") -> None:
+    def observe_flat(self, seconds: float, queries: int, n: int, kind: ScanKind = "knn") -> None:
         """Calibrate the flat-scan cost the budget is a fraction of from a flat scan of `kind`
         ("knn" or "range") the caller just timed (`queries` queries over `n` codes): the model's
         constants were measured on one machine at 64 bits, and the bound must hold on any
@@ -284,7 +286,7 @@ class MultiIndexHash:
         per_code = max(0.05, (seconds * 1e9 / queries - FLAT_FIXED_NS) / n)
         self.flat_ns_per_code[kind] += FLAT_EMA * (per_code - self.flat_ns_per_code[kind])
 
-    def flat_cost_ns(self, n: int, kind: str = "knn") -> float:
+    def flat_cost_ns(self, n: int, kind: ScanKind = "knn") -> float:
         """Estimated cost of one flat-scan query of `kind` over `n` codes."""
         return FLAT_FIXED_NS + self.flat_ns_per_code[kind] * n
 
@@ -351,7 +353,7 @@ class MultiIndexHash:
     def _probe(self, query: np.ndarray, radius: int | None, kk: int, live: int) -> tuple[np.ndarray, np.ndarray] | None:
         """Progressive probing (module doc) up to step `radius`, or for k-NN until `kk` codes
         are within the step; None when it would cost more than BUDGET of a flat scan."""
-        kind = "knn" if radius is None else "range"
+        kind: ScanKind = "knn" if radius is None else "range"
         budget = math.inf if self.mode == "always" else BUDGET * self.flat_cost_ns(live, kind)
         if budget < 2 * STEP_NS:  # a small gallery: not worth building tables for
             return None
