@@ -369,7 +369,9 @@ def test_order_selector_re_ranks_both_searches_as_the_api_does(page, base_url, g
     page.select_option("#k", str(K))
     page.select_option("#rerank", "all")
     page.fill("#query", QUERY)
-    page.press("#query", "Enter")
+    with page.expect_request(lambda r: r.url.endswith("/search/text-to-image")) as sent:
+        page.press("#query", "Enter")
+    assert json.loads(sent.value.post_data or "{}")["rerank"] == "all"  # the selector reached the request
     page.wait_for_selector("#text-query-results .image-grid .hit")
     api = httpx.post(
         f"{base_url}/search/text-to-image", json={"text": QUERY, "k": K, "rerank": "all"}, timeout=30
