@@ -6,6 +6,7 @@ through `tokenize` and a `BagOfWords` saved with the model (`to_json` / `from_js
 
 from __future__ import annotations
 
+import math
 import re
 import unicodedata
 from collections import Counter
@@ -76,7 +77,9 @@ def tokenize(text: str) -> list[str]:
 
 @dataclass
 class BagOfWords:
-    """Fixed vocabulary -> n x V float32 vectors (tag presence 0/1 when `binary`, else counts).
+    """Fixed vocabulary -> n x V float32 vectors (tag presence 0/1 when `binary`, else counts;
+    with `idf`, those times each word's inverse document frequency, rows scaled to unit length:
+    tf-idf, which keeps words common to every text from drowning the telling ones).
 
     Vocabulary entries are matched after `tokenize`, so an entry given from outside (e.g.
     the MIRFLICKR tag list) that tokenizes into several tokens, like a CJK word, matches
@@ -85,10 +88,15 @@ class BagOfWords:
 
     vocabulary: list[str]
     binary: bool = True
+    idf: list[float] | None = None  # per-column weights (tf-idf); None: the raw presence / counts
     _words: dict[str, list[int]] = field(init=False, repr=False, compare=False)
     _phrases: dict[tuple[str, ...], list[int]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        if self.idf is not None and (
+            len(self.idf) != len(self.vocabulary) or not all(math.isfinite(w) and w > 0 for w in self.idf)
+        ):
+            raise ValueError("bag of words 'idf' must hold one finite positive weight per vocabulary word")
         self._words = {}
         self._phrases = {}
         for column, word in enumerate(self.vocabulary):
@@ -106,15 +114,26 @@ class BagOfWords:
         max_size: int | None = None,
         *,
         binary: bool = True,
+        max_share: float = 1.0,
+        tfidf: bool = False,
     ) -> BagOfWords:
-        """Vocabulary of the words in at least `min_count` texts (document frequency, so one
-        long text cannot promote a word), most frequent first, ties by word; at most
-        `max_size` words."""
+        """Vocabulary of the words in at least `min_count` texts and at most a `max_share` of
+        them (document frequency, so one long text cannot promote a word; the share cut drops
+        stop words), most frequent first, ties by word; at most `max_size` words. With `tfidf`,
+        counts weighted by the smoothed inverse document frequency ln((1 + n) / (1 + df)) + 1."""
         counts: Counter[str] = Counter()
+        n = 0
         for text in texts:
             counts.update(set(tokenize(text)))
-        ranked = sorted((w for w, c in counts.items() if c >= min_count), key=lambda w: (-counts[w], w))
-        return cls(vocabulary=ranked[:max_size] if max_size is not None else ranked, binary=binary)
+            n += 1
+        ranked = sorted(
+            (w for w, c in counts.items() if min_count <= c <= max_share * n), key=lambda w: (-counts[w], w)
+        )
+        vocabulary = ranked[:max_size] if max_size is not None else ranked
+        if not tfidf:
+            return cls(vocabulary=vocabulary, binary=binary)
+        idf = [math.log((1 + n) / (1 + counts[w])) + 1.0 for w in vocabulary]
+        return cls(vocabulary=vocabulary, binary=False, idf=idf)
 
     def transform(self, texts: Sequence[str]) -> np.ndarray:
         """n x V float32 bag-of-words matrix of `texts`."""
@@ -130,6 +149,10 @@ class BagOfWords:
                 out[row, columns] = 1.0
             else:
                 np.add.at(out[row], columns, 1.0)
+        if self.idf is not None:
+            out *= np.asarray(self.idf, dtype=np.float32)
+            norms = np.linalg.norm(out, axis=1, keepdims=True)
+            np.divide(out, norms, out=out, where=norms > 0)
         return out
 
     def unknown_words(self, text: str) -> list[str]:
@@ -145,7 +168,14 @@ class BagOfWords:
 
     def to_json(self) -> dict[str, Any]:
         """JSON-serialisable form, saved with a model so serving rebuilds the same vectors."""
-        return {"tokenizer": TOKENIZER_VERSION, "binary": self.binary, "vocabulary": list(self.vocabulary)}
+        obj: dict[str, Any] = {
+            "tokenizer": TOKENIZER_VERSION,
+            "binary": self.binary,
+            "vocabulary": list(self.vocabulary),
+        }
+        if self.idf is not None:
+            obj["idf"] = list(self.idf)
+        return obj
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> BagOfWords:
@@ -156,7 +186,12 @@ class BagOfWords:
         vocabulary = obj["vocabulary"]
         if not isinstance(vocabulary, list) or not all(isinstance(w, str) for w in vocabulary):
             raise ValueError("bag of words 'vocabulary' must be a list of strings")
-        return cls(vocabulary=vocabulary, binary=bool(obj["binary"]))
+        idf = obj.get("idf")
+        if idf is not None and (not isinstance(idf, list) or not all(isinstance(w, int | float) for w in idf)):
+            raise ValueError("bag of words 'idf' must be a list of numbers")
+        return cls(
+            vocabulary=vocabulary, binary=bool(obj["binary"]), idf=None if idf is None else [float(w) for w in idf]
+        )
 
     def __len__(self) -> int:
         return len(self.vocabulary)

@@ -20,6 +20,7 @@ MethodName = Literal["bi_ncmh", "dcmh", "djsrh", "cca_itq"]
 OptimizerName = Literal["adam", "sgd"]
 TextFeatures = Literal["lda", "tfidf", "raw"]  # raw: the articles, read by --text-encoder
 TextEncoderName = Literal["bow", "minilm"]
+TextWeighting = Literal["binary", "tfidf"]
 BackboneName = Literal["efficientnet-lite0", "efficientnet-lite2"]
 
 
@@ -56,6 +57,9 @@ class TrainConfig(BaseModel):
     text_features: TextFeatures = "lda"  # Wikipedia text: LDA / tf-idf vectors, or raw articles (see text_encoder)
     text_encoder: TextEncoderName = "bow"  # bag of words, or MiniLM sentence embeddings
     min_word_count: int = Field(1, ge=1)  # vocabulary cut-off when a BoW is built from raw texts
+    max_word_share: float = Field(1.0, gt=0, le=1)  # raw-text BoW: drop words in more than this share of texts
+    max_words: int = Field(5000, ge=1)  # raw-text BoW: keep only this many most frequent words
+    text_weighting: TextWeighting = "binary"  # raw-text BoW: word presence, or tf-idf (counts x idf, unit rows)
     image_backbone: BackboneName = "efficientnet-lite0"  # pixels only
     finetune_backbone: bool = False  # also train the image backbone (slow on CPU)
     backbone_lr: float = Field(1e-5, gt=0)  # learning rate of the backbone when fine-tuned

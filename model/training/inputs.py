@@ -57,11 +57,25 @@ class PreparedInputs:
     pixels: PixelImages | None = None  # the image files as backbone inputs, when there are any
 
 
+def _vocabulary_settings(cfg: TrainConfig) -> list[str]:
+    """The raw-text vocabulary options set away from their defaults, as command-line flags."""
+    return [
+        "--" + name.replace("_", "-")
+        for name in ("min_word_count", "max_word_share", "max_words", "text_weighting")
+        if getattr(cfg, name) != TrainConfig.model_fields[name].default
+    ]
+
+
 def prepare_inputs(
-    ds: CrossModalDataset, train_rows: np.ndarray, cfg: TrainConfig, progress: bool = True
+    ds: CrossModalDataset,
+    train_rows: np.ndarray,
+    cfg: TrainConfig,
+    progress: bool = True,
+    bag_of_words: BagOfWords | None = None,
 ) -> PreparedInputs:
     """Compute (or read from the cache) the inputs of every item; a BoW vocabulary is fitted on
-    the training rows only, so query texts never shape it."""
+    the training rows only, so query texts never shape it, unless `bag_of_words` (a trained
+    run's) is given."""
     if ds.image_features is not None:
         image = np.asarray(ds.image_features, dtype=np.float32)
     else:
@@ -70,6 +84,13 @@ def prepare_inputs(
         assert ds.image_paths is not None  # CrossModalDataset holds image features or image paths
         image = image_features(ds.image_paths, cfg.image_backbone, cfg.cache_dir, progress=progress)
     bow: BagOfWords | None = None
+    fits_vocabulary = cfg.text_encoder == "bow" and ds.text_features is None
+    if not fits_vocabulary and _vocabulary_settings(cfg):
+        raise DataError(
+            f"{', '.join(_vocabulary_settings(cfg))} shape a bag of words built from raw texts; "
+            f"{ds.name} with --text-encoder {cfg.text_encoder} builds none"
+            + (" (its text input is given vectors)" if ds.text_features is not None else "")
+        )
     if cfg.text_encoder == "minilm":
         if ds.texts is None:
             raise DataError(f"{ds.name}: --text-encoder minilm needs raw texts, this dataset has only text features")
@@ -85,7 +106,15 @@ def prepare_inputs(
             bow = BagOfWords(vocabulary=list(ds.vocabulary), binary=True)
     else:
         assert ds.texts is not None
-        bow = BagOfWords.fit([ds.texts[i] for i in train_rows], min_count=cfg.min_word_count)
+        bow = bag_of_words
+        if bow is None:
+            bow = BagOfWords.fit(
+                [ds.texts[i] for i in train_rows],
+                min_count=cfg.min_word_count,
+                max_size=cfg.max_words,
+                max_share=cfg.max_word_share,
+                tfidf=cfg.text_weighting == "tfidf",
+            )
         if len(bow) == 0:
             raise DataError(f"{ds.name}: the training texts produced an empty vocabulary")
         text = bow.transform(ds.texts)

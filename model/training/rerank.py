@@ -230,7 +230,7 @@ def evaluate_run_rerank(run_dir: Path, candidates: int | None, progress: bool = 
     from model.training.data import Split
     from model.training.evaluate import aggregate_folds, split_codes
     from model.training.run import fold_dir
-    from model.training.train import load_checkpoint, prepare_run
+    from model.training.train import checkpoint_bag_of_words, load_checkpoint, prepare_run
 
     run_dir = Path(run_dir)
     if not (run_dir / "checkpoint.pt").exists() and (fold_dir(run_dir, 0) / "checkpoint.pt").exists():
@@ -250,8 +250,8 @@ def evaluate_run_rerank(run_dir: Path, candidates: int | None, progress: bool = 
         }
         (run_dir / "metrics-rerank.json").write_text(json.dumps(metrics, indent=2))
         return metrics
-    model, cfg, _ = load_checkpoint(run_dir / "checkpoint.pt")
-    run = prepare_run(cfg, progress)
+    model, cfg, ckpt = load_checkpoint(run_dir / "checkpoint.pt")
+    run = prepare_run(cfg, progress, checkpoint_bag_of_words(ckpt))
     if cfg.validation_fraction == 0:
         run.eval_split = Split.load(run_dir / "split.json")
     split = run.eval_split

@@ -22,6 +22,7 @@ from model.training.evaluate import aggregate_folds, split_codes, write_evaluati
 from model.training.train import (
     PreparedRun,
     TrainHistory,
+    checkpoint_bag_of_words,
     load_checkpoint,
     prepare_run,
     save_checkpoint,
@@ -117,8 +118,8 @@ def evaluate_run(run_dir: Path, progress: bool = True) -> dict[str, Any]:
         cfg = TrainConfig.model_validate_json((run_dir / "config.json").read_text())
         assert cfg.folds is not None
         return write_fold_aggregate(cfg, [evaluate_run(fold_dir(run_dir, i), progress) for i in range(cfg.folds)])
-    model, cfg, _ = load_checkpoint(run_dir / "checkpoint.pt")
-    run = prepare_run(cfg, progress)
+    model, cfg, ckpt = load_checkpoint(run_dir / "checkpoint.pt")
+    run = prepare_run(cfg, progress, checkpoint_bag_of_words(ckpt))
     saved = Split.load(run_dir / "split.json")
     if cfg.validation_fraction == 0:
         run.eval_split = saved

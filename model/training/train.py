@@ -15,6 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from model.runtime.errors import UserError
+from model.runtime.text import BagOfWords
 from model.training.config import TrainConfig
 from model.training.data import (
     CrossModalDataset,
@@ -201,8 +202,9 @@ def evaluation_split(ds: CrossModalDataset, cfg: TrainConfig) -> Split:
     return make_folds(len(ds), cfg.folds, cfg.seed)[cfg.fold]
 
 
-def prepare_run(cfg: TrainConfig, progress: bool = True) -> PreparedRun:
-    """Load the dataset, draw (or take) the split and compute the inputs."""
+def prepare_run(cfg: TrainConfig, progress: bool = True, bag_of_words: BagOfWords | None = None) -> PreparedRun:
+    """Load the dataset, draw (or take) the split and compute the inputs (raw texts through
+    `bag_of_words` when given: a trained run's own vocabulary, instead of fitting one anew)."""
     check_hyper_parameters(cfg)
     ds = load_dataset(cfg.dataset, cfg.data_path(), text_features=cfg.text_features)
     split = evaluation_split(ds, cfg)
@@ -210,7 +212,7 @@ def prepare_run(cfg: TrainConfig, progress: bool = True) -> PreparedRun:
     if cfg.validation_fraction > 0:
         fit_rows, val_rows = carve_validation(split.train, cfg.validation_fraction, cfg.seed)
         eval_split = Split(query=val_rows, retrieval=fit_rows, train=fit_rows, seed=cfg.seed)
-    inputs = prepare_inputs(ds, eval_split.train, cfg, progress=progress)
+    inputs = prepare_inputs(ds, eval_split.train, cfg, progress=progress, bag_of_words=bag_of_words)
     return PreparedRun(ds, split, eval_split, inputs)
 
 
@@ -276,3 +278,11 @@ def load_checkpoint(path: Path) -> tuple[CrossModalHasher, TrainConfig, dict[str
     model.load_state_dict(ckpt["state_dict"])
     model.eval()
     return model, TrainConfig(**ckpt["config"]), ckpt
+
+
+def checkpoint_bag_of_words(ckpt: dict[str, Any]) -> BagOfWords | None:
+    """The vocabulary a run was trained with (None when its text input is not a bag of words):
+    re-evaluating with it, rather than fitting one from the config, reads the texts as training
+    did even when the vocabulary options' defaults have changed since."""
+    saved = ckpt.get("bag_of_words")
+    return None if saved is None else BagOfWords.from_json(saved)

@@ -15,6 +15,7 @@ from model.training.config import (
     OptimizerName,
     TextEncoderName,
     TextFeatures,
+    TextWeighting,
     TrainConfig,
 )
 from service.cli.common import env_option, flag_option, needs_training_extra, user_errors
@@ -68,6 +69,15 @@ def run(
     text_features: Annotated[TextFeatures, env_option("Wikipedia text features.", "TEXT_FEATURES")] = "lda",
     text_encoder: Annotated[TextEncoderName, env_option("Text input: bag of words or MiniLM.", "TEXT_ENCODER")] = "bow",
     min_word_count: Annotated[int, env_option("Vocabulary cut-off for raw texts.", "MIN_WORD_COUNT")] = 1,
+    max_word_share: Annotated[
+        float, env_option("Raw-text bag of words: drop words in more than this share of texts.", "MAX_WORD_SHARE")
+    ] = 1.0,
+    max_words: Annotated[
+        int, env_option("Raw-text bag of words: keep only this many most frequent words.", "MAX_WORDS", min=1)
+    ] = 5000,
+    text_weighting: Annotated[
+        TextWeighting, env_option("Raw-text bag of words: word presence or tf-idf.", "TEXT_WEIGHTING")
+    ] = "binary",
     image_backbone: Annotated[
         BackboneName, env_option("Image backbone (pixel inputs).", "IMAGE_BACKBONE")
     ] = "efficientnet-lite0",
@@ -124,6 +134,9 @@ def run(
         text_features=text_features,
         text_encoder=text_encoder,
         min_word_count=min_word_count,
+        max_word_share=max_word_share,
+        max_words=max_words,
+        text_weighting=text_weighting,
         image_backbone=image_backbone,
         finetune_backbone=finetune_backbone,
         backbone_lr=backbone_lr,

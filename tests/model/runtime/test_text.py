@@ -47,6 +47,37 @@ def test_transform_binary_and_counts() -> None:
     np.testing.assert_array_equal(counts, [[2, 1, 0], [0, 0, 0], [0, 0, 0], [1, 1, 1]])
 
 
+def test_fit_max_share_drops_words_in_too_many_texts() -> None:
+    texts = ["the sky", "the sea", "the sky and sea", "tree"]  # df: the 3, sky 2, sea 2, and 1, tree 1
+    assert BagOfWords.fit(texts, max_share=0.5).vocabulary == ["sea", "sky", "and", "tree"]
+    assert BagOfWords.fit(texts, max_share=0.75).vocabulary[0] == "the"
+    assert BagOfWords.fit(texts, min_count=2, max_share=0.5, max_size=1).vocabulary == ["sea"]
+
+
+def test_tfidf_matches_scikit_learn() -> None:
+    # oracle: scikit-learn's TfidfVectorizer (smooth idf, l2 rows) on the same tokens and vocabulary
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    train = ["Sky over the sea, the sea!", "a tree by the sea", "SKY and tree and sky", "東京 sky", "the"]
+    queries = [*train, "unknown words only", "", "sea sea sea tree 東"]
+    bow = BagOfWords.fit(train, tfidf=True)
+    assert bow.idf is not None and bow.binary is False
+    oracle = TfidfVectorizer(tokenizer=tokenize, lowercase=False, token_pattern=None, vocabulary=bow.vocabulary)
+    oracle.fit(train)
+    ours = bow.transform(queries)
+    np.testing.assert_allclose(ours, oracle.transform(queries).toarray(), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(np.linalg.norm(ours[:4], axis=1), 1.0, rtol=1e-6)
+    assert not ours[5:7].any()  # texts with no known word stay all zero, not NaN
+    restored = BagOfWords.from_json(json.loads(json.dumps(bow.to_json())))
+    np.testing.assert_array_equal(restored.transform(queries), ours)
+
+
+@pytest.mark.parametrize("idf", [[1.0], [1.0, float("nan")], [1.0, 0.0], "x"])
+def test_from_json_refuses_bad_idf(idf: object) -> None:
+    with pytest.raises(ValueError, match="idf"):
+        BagOfWords.from_json({"binary": False, "vocabulary": ["a", "b"], "idf": idf})
+
+
 def test_external_vocabulary_entries_spanning_several_tokens() -> None:
     # MIRFLICKR tags such as 東京 or 360° tokenize into other tokens; they must still match.
     bow = BagOfWords(vocabulary=["東京", "360°", "sky", "京"], binary=True)
