@@ -32,7 +32,7 @@ from pathlib import Path
 import matplotlib
 from flags import boolean, command_line, env, machine_base, usable_cpus, write_result
 from tune import DATASETS as TUNE_DATASETS
-from tune import PROTOCOLS, tuning_rows
+from tune import PROTOCOLS, ensure_data, tuning_rows
 
 matplotlib.use("Agg")
 
@@ -308,6 +308,7 @@ def make_jobs(args: argparse.Namespace, settings: dict[str, dict[str, dict[str, 
     jobs = []
     for key in args.datasets:
         dataset, variant = DATASETS[key]
+        ensure_data(key)
         for method in args.methods:
             for bits in args.bits:
                 for part, split_fields in replicas(key, args):

@@ -41,6 +41,7 @@ from model.training.evaluate import evaluate_codes, split_codes
 from model.training.train import evaluation_split, prepare_run, train_model
 
 SETTINGS = Path(__file__).resolve().parent / "settings.json"
+MANIFESTS = Path(__file__).resolve().parent / "out" / "manifests"  # manifests the benchmarks write
 # Benchmark dataset keys: the TrainConfig fields that select the data and its text input.
 # bench/quality.py and bench/rerank.py read the same table. wikipedia-minilm reads the article
 # sections themselves through MiniLM, mean-pooled over 200-word chunks (the `minilm` extra).
@@ -62,6 +63,10 @@ DATASETS: dict[str, dict] = {
     # the tags through MiniLM, with mirflickr's tuned settings (the lever bench/levers.py measured
     # on the folds' validation rows; settings.json: "_same_as": "mirflickr")
     "mirflickr-minilm": {"dataset": "mirflickr", "text_encoder": "minilm"},
+    # a user's manifest: the MIRFLICKR sample as `cmhash sources` writes it (images, raw tags, label
+    # names, in dataset order), read by the manifest loader with a bag of the training rows' tags.
+    # Same 730 rows in the same order, so the same k folds: settings.json "_same_as": "mirflickr".
+    "mirflickr-manifest": {"dataset": "manifest", "data": str(MANIFESTS / "mirflickr" / "images.jsonl")},
 }
 # The evaluation protocol of each benchmark dataset: the published split, or k folds of the
 # 730-item MIRFLICKR sample (every item a query once). bench/quality.py reads the same table.
@@ -99,6 +104,20 @@ BUDGET = len(LR_GRID) * 4 + len(REFINE_GRID)
 assert all(len(g) == 4 for g in METHOD_GRID.values()) and len(CCA_GRID) == BUDGET, "same budget per method"
 
 
+def ensure_data(key: str) -> None:
+    """Write a manifest dataset key's manifest from its source dataset when it is missing."""
+    fields = DATASETS[key]
+    if fields["dataset"] != "manifest" or Path(fields["data"]).exists():
+        return
+    from model.training.data import load_dataset
+    from model.training.data.sources import write_dataset_sources
+
+    source = Path(fields["data"]).parent.name  # MANIFESTS/<dataset>/images.jsonl
+    write_dataset_sources(
+        load_dataset(source, TrainConfig(dataset=source, out=MANIFESTS).data_path()), MANIFESTS / source
+    )
+
+
 def candidates(method: str, dataset: str, defaults_only: bool = False) -> list[dict]:
     """Stage 1: the TrainConfig fields tried for one method on one dataset (with
     `defaults_only`, only those at the `cmhash train` optimiser defaults)."""
@@ -123,6 +142,7 @@ def split_record(key: str, fold: int | None) -> dict:
 
 def tuning_config(key: str, bits: int, split: dict, threads: int, **extra) -> TrainConfig:
     """The config whose `prepare_run` gives the validation split of `split`'s training rows."""
+    ensure_data(key)
     fields: dict = {
         **DATASETS[key],
         "out": "/tmp/cmhash-tune",
