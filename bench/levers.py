@@ -17,18 +17,24 @@ Levers (--levers, comma list):
   wider         hidden layer 4096 wide instead of 2048
   deeper        two hidden layers of 2048
   dropout       dropout 0.2 after the hidden layers
+  tencrop       image augmentation: the image head trains on ten-crop views of each image (the
+                four corner and the centre 224 crops of the 256-pixel resize, each also mirrored;
+                Lite0 features cached in bench/out), one view drawn per row and step; the
+                validation items are encoded from the centre crop, as serving does
 
     .venv/bin/python bench/levers.py                        # every lever, 5 folds, 64 bits
     .venv/bin/python bench/levers.py --levers baseline,rerank-all --folds 0
 
 Writes levers.json with bench/flags.write_result (docs/results/ from a clean tree) and prints a
 markdown table. Not measured here: fine-tuning the backbone (about 17 minutes a run on 2 CPU
-cores) and image augmentation (the trainer has none: features are cached per image).
+cores).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -41,9 +47,10 @@ from tune import PROTOCOLS, split_record, tuning_config
 
 from model.training.config import TrainConfig
 from model.training.evaluate import evaluate_codes, split_codes
+from model.training.methods import build_method
 from model.training.metrics import map_variant_name
 from model.training.rerank import evaluate_rerank, query_representations, rerank_variant_name
-from model.training.train import PreparedRun, prepare_run, train_model
+from model.training.train import PreparedRun, build_model, fit_hasher, prepare_run, seed_everything, train_model
 
 KEY = "mirflickr"
 DEFAULT_SETTINGS = Path(__file__).resolve().parent / "settings.json"
@@ -57,7 +64,9 @@ LEVERS: dict[str, dict[str, Any]] = {
     "wider": {"hidden": [4096]},
     "deeper": {"hidden": [2048, 2048]},
     "dropout": {"dropout": 0.2},
+    "tencrop": {},  # trained by train_tencrop
 }
+VIEWS_DIR = Path(__file__).resolve().parent / "out" / "tencrop"  # cached ten-crop view features
 # the TrainConfig fields prepare_run reads: levers that change one need their own PreparedRun
 DATA_FIELDS = ("text_encoder", "image_backbone")
 
@@ -70,10 +79,79 @@ def lever_config(base: TrainConfig, entry: dict, method: str, lever: str) -> Tra
     return TrainConfig(**fields)
 
 
-def score(cfg: TrainConfig, run: PreparedRun, rerank: bool) -> dict[str, Any]:
+def tencrop_views(paths: list[Path], backbone_name: str) -> torch.Tensor:
+    """10 x n x d backbone features of each image's ten crops (corners and centre of the resize,
+    each also mirrored; view 8 is the centre crop the cached features hold), cached on disk."""
+    from PIL import Image
+
+    from model.runtime.image import load_image
+    from model.training.backbones import build_backbone, preprocess_for
+
+    key = hashlib.sha256(json.dumps([backbone_name, [str(p) for p in paths]]).encode()).hexdigest()[:16]
+    cache = VIEWS_DIR / f"{backbone_name}-{key}.npy"
+    if cache.exists():
+        return torch.from_numpy(np.load(cache))
+    pre = preprocess_for(backbone_name)
+    assert pre.resize is not None  # resolved by ImagePreprocess
+    backbone = build_backbone(backbone_name).eval().requires_grad_(False)
+    out = []
+    for path in paths:
+        img = load_image(path)
+        scale = pre.resize / min(img.size)
+        img = img.resize(
+            (max(pre.resize, round(img.size[0] * scale)), max(pre.resize, round(img.size[1] * scale))),
+            Image.Resampling.BILINEAR,
+        )
+        crops = []
+        for fx, fy in ((0, 0), (1, 0), (0, 1), (1, 1), (0.5, 0.5)):
+            left, top = round((img.size[0] - pre.size) * fx), round((img.size[1] - pre.size) * fy)
+            crop = img.crop((left, top, left + pre.size, top + pre.size))
+            for view in (crop, crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)):
+                crops.append(np.asarray(view, dtype=np.float32).transpose(2, 0, 1) / 255 * 2 - 1)
+        with torch.inference_mode():
+            out.append(backbone(torch.from_numpy(np.stack(crops))).numpy())
+    views = np.ascontiguousarray(np.stack(out, axis=1))
+    VIEWS_DIR.mkdir(parents=True, exist_ok=True)
+    np.save(cache, views)
+    return torch.from_numpy(views)
+
+
+class RandomView:
+    """Image rows for `fit_hasher`: each row indexed gets one of its views, drawn at random."""
+
+    def __init__(self, views: torch.Tensor, generator: torch.Generator) -> None:
+        self.views, self.generator = views, generator
+
+    def __len__(self) -> int:
+        return self.views.shape[1]
+
+    def __getitem__(self, rows: torch.Tensor) -> torch.Tensor:
+        pick = torch.randint(len(self.views), (len(rows),), generator=self.generator)
+        return self.views[pick, rows]
+
+
+def train_tencrop(cfg: TrainConfig, run: PreparedRun) -> Any:
+    """`train_model` with the image head reading a random ten-crop view of each row per step."""
+    assert run.dataset.image_paths is not None and not cfg.finetune_backbone
+    views = tencrop_views(list(run.dataset.image_paths), cfg.image_backbone)
+    if not torch.allclose(views[8], run.inputs.image, atol=1e-4):
+        raise SystemExit("error: the centre view does not reproduce the cached features")
+    generator = seed_everything(cfg.seed)
+    rows = torch.from_numpy(run.eval_split.train)
+    image, text, labels = run.inputs.image[rows], run.inputs.text[rows], run.inputs.labels[rows]
+    model = build_model(cfg, run.inputs)
+    model.image_head.standardize.fit(image)
+    model.text_head.standardize.fit(text)
+    sampler = RandomView(views[:, rows], torch.Generator().manual_seed(cfg.seed))  # batch order stays the baseline's
+    method = build_method(cfg.method, cfg.hp)
+    fit_hasher(model, method, sampler, image, text, labels, cfg, generator, progress=False)  # type: ignore[arg-type]
+    return model.cpu()
+
+
+def score(cfg: TrainConfig, run: PreparedRun, rerank: bool, tencrop: bool = False) -> dict[str, Any]:
     """Validation MAPs of one trained model: {"plain": {i2t, t2i}, "chance": MAP} and, with
     `rerank`, also {"rerank-all": {i2t, t2i}} from the same model."""
-    model, _ = train_model(cfg, run, progress=False)
+    model = train_tencrop(cfg, run) if tencrop else train_model(cfg, run, progress=False)[0]
     split = run.eval_split
     codes = split_codes(model, run.inputs, split.query, split.retrieval)
     plain = evaluate_codes(codes)
@@ -114,7 +192,12 @@ def main() -> None:
             if data_key not in prepared:
                 prepared[data_key] = prepare_run(cfg, progress=False)
             start = time.perf_counter()
-            result = score(cfg, prepared[data_key], rerank=lever == "baseline" and "rerank-all" in levers)
+            result = score(
+                cfg,
+                prepared[data_key],
+                rerank=lever == "baseline" and "rerank-all" in levers,
+                tencrop=lever == "tencrop",
+            )
             per_fold[lever].append({"fold": fold, **result["plain"], "chance": result["chance"]})
             if "rerank-all" in result:
                 per_fold["rerank-all"].append({"fold": fold, **result["rerank-all"]})
