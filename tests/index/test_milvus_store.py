@@ -109,6 +109,21 @@ class AdversarialTies:
         return [sorted(hits, key=lambda h: (h["distance"], -h["id"]))[:limit] for hits in res]
 
 
+class ShortHits:
+    """Wraps the MilvusClient: every search returns at most its first `cap` hits, like an IVF
+    search whose probed lists hold only `cap` items."""
+
+    def __init__(self, inner: MilvusClient, cap: int) -> None:
+        self._inner = inner
+        self._cap = cap
+
+    def __getattr__(self, name: str):
+        return getattr(self._inner, name)
+
+    def search(self, collection_name: str, **kwargs) -> list[list]:
+        return [hits[: self._cap] for hits in self._inner.search(collection_name, **kwargs)]
+
+
 # ------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
 def uri(tmp_path_factory) -> Iterator[str]:
@@ -222,6 +237,27 @@ def test_result_cap_is_worked_around_by_pk_windows(make_store: MakeStore, monkey
     for r in (0, 2, 16):
         assert_range(store, faiss, codes, ids, queries, r)
     assert store.ids() == faiss.ids() == ids
+
+
+def test_short_search_results_are_answered_exactly(make_store: MakeStore, monkeypatch):
+    """Searches that come back with fewer than k hits (as BIN_IVF_FLAT's may) are redone by the
+    exact path over every pk window (cap lowered to 32: sparse windows after removals), tie
+    order included, and counted in ``stats``."""
+    monkeypatch.setattr(milvus_store, "MAX_TOPK", 32)
+    rng = np.random.default_rng(9)
+    codes = tie_heavy_codes(rng, 200, 16, n_distinct=4)
+    ids = [f"s{i}" for i in range(200)]
+    store, faiss = make_store(16), FaissCodeStore(16)
+    fill([store, faiss], ids, codes)
+    gone = set(rng.choice(ids, size=60, replace=False).tolist())
+    assert store.remove(gone) == faiss.remove(gone) == 60
+    keep = [p for p in range(200) if ids[p] not in gone]
+    codes, ids = codes[keep], [ids[p] for p in keep]
+    store._client = ShortHits(store._client, 3)
+    queries = codes[rng.integers(0, len(ids), 6)]
+    for n_search, k in enumerate((4, 10, 33, len(ids), len(ids) + 5), start=1):
+        assert_knn(store, faiss, codes, ids, queries, k)
+        assert store.stats["exact_fallbacks"] == n_search * len(queries)
 
 
 def test_real_topk_cap(make_store: MakeStore):
