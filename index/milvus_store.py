@@ -74,6 +74,11 @@ _VARCHAR_MAX = 65535
 _RESULT_BUDGET = 1 << 20  # hits per search call, bounds one response's size
 _LOOKUP_BATCH = 1000  # ids per `in [...]` filter
 _INSERT_BYTES = 16 << 20  # per insert call, well under Milvus's 64 MB request limit
+# Rows per insert call. pymilvus (2.5) packs row inserts by appending each binary vector to a
+# protobuf bytes field (`binary_vector += ...`), which copies the field every time: memory and
+# time grow as rows^2 * bytes/code / 2 per call (10 GB of transient client memory for one
+# call of 50k 64-bit codes). 2048 rows keep that at 2 MiB per code byte.
+_INSERT_ROWS = 2048
 _EXACT_QUERIES = 256  # queries per distance block in the exact fallback (256 x MAX_TOPK int64: 32 MiB)
 _STRONG = "Strong"
 _NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")
@@ -340,14 +345,14 @@ class MilvusCodeStore:
             present = self._lookup(keys)
             if present:
                 raise DuplicateIdError(f"ids already present: {[i for i, k in zip(ids, keys) if k in present][:10]}")
-            self._pk_end()
+            base = self._pk_end()
             batch: list[dict[str, Any]] = []
             size = 0
             for j, (sid, key, m, mj) in enumerate(zip(ids, keys, metas, meta_json)):
-                row = {_PK: self._next_id + j, _EXT: sid, _KEY: key, _CODE: arr[j].tobytes(), _META: m}
+                row = {_PK: base + j, _EXT: sid, _KEY: key, _CODE: arr[j].tobytes(), _META: m}
                 batch.append(row)
                 size += 64 + self.code_bytes + 2 * len(key) + len(mj)  # key + raw id < 2 * key
-                if size >= _INSERT_BYTES or j == len(ids) - 1:
+                if size >= _INSERT_BYTES or len(batch) == _INSERT_ROWS or j == len(ids) - 1:
                     self._client.insert(self.collection, batch)
                     self._next_id = batch[-1][_PK] + 1
                     batch, size = [], 0

@@ -282,6 +282,25 @@ def test_real_topk_cap(make_store: MakeStore):
 
 
 # ---------------------------------------------------------------- items and ids
+def test_large_adds_insert_in_bounded_batches_with_consecutive_pks(make_store: MakeStore, monkeypatch):
+    """An add larger than the per-call row cap goes in several insert calls (pymilvus's row
+    packing is quadratic in rows per call), and the pks stay consecutive across them."""
+    monkeypatch.setattr(milvus_store, "_INSERT_ROWS", 7)
+    rng = np.random.default_rng(12)
+    codes = rng.integers(0, 256, size=(35, 4), dtype=np.uint8)
+    ids = [f"b{i}" for i in range(35)]
+    store, faiss = make_store(32), FaissCodeStore(32)
+    sizes: list[int] = []
+    insert = store._client.insert
+    monkeypatch.setattr(store._client, "insert", lambda name, rows: sizes.append(len(rows)) or insert(name, rows))
+    for st in (store, faiss):
+        st.add(ids[:30], codes[:30])
+        st.add(ids[30:], codes[30:])
+    assert sizes == [7, 7, 7, 7, 2, 5]
+    assert store._next_id == 35 and store._max_pk() == 34 and store.ids() == ids
+    assert_knn(store, faiss, codes, ids, codes[:4], 12)
+
+
 def test_add_remove_get_and_awkward_ids(make_store: MakeStore):
     store = make_store(16)
     odd = ['quote"d', "single'q", "back\\slash", "new\nline", "cr\rx", "nul\x00x", "ünï😀", "a,b]", ""]
