@@ -12,8 +12,15 @@ use), one collection per (data, nlist); nprobe is a search-time setting, so ever
 measured on the same built index. recall@10 is tie-aware: the share of the 10 results whose
 distance is at most the oracle's 10th distance (any item at that distance is a correct 10th
 neighbour); id_recall@10 is the plain overlap of ids with the oracle's (distance, insertion
-order) top 10. Queries are gallery codes with a few bits flipped, one query per call. Every
-flag can also be set by CMHASH_BENCH_<FLAG>. Writes OUT/milvus_recall.json and prints a
+order) top 10. Queries are gallery codes with a few bits flipped, one query per call;
+exact_fallbacks counts the queries IVF answered short and the store redid exactly.
+
+The store reads with consistency Strong, and a Strong read waits for the server's next time
+tick: the server runs with a 20 ms tick (``--time-tick-ms``; Milvus's default 200 ms adds about
+0.2 s to every Milvus request a search makes, whatever the index). A guard samples the
+resident memory of this process and of the server and aborts the run cleanly (server stopped,
+data removed, exit status 3) once their sum passes ``--max-rss-gib``; the peaks are reported.
+Every flag can also be set by CMHASH_BENCH_<FLAG>. Writes OUT/milvus_recall.json and prints a
 markdown table; never part of the test suite.
 """
 

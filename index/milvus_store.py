@@ -527,11 +527,14 @@ class MilvusCodeStore:
                 for j, (d, _, _) in enumerate(rows):
                     if len(d) > kk and d[kk - 1] == d[kk]:
                         by_radius.setdefault(int(d[kk - 1]), []).append(j)
+                # On BIN_IVF_FLAT the range search is approximate too and may come back with
+                # fewer than kk hits: the k-NN hits (kk + 1 of them) then stand.
                 for radius, js in by_radius.items():
                     for j, h in zip(js, self._range([q[j] for j in js], radius, kk)):
-                        rows[j] = h
-            # An IVF search (or its tie-settling range search) probes only nprobe lists, which
-            # may hold fewer than kk items: answer those queries exactly instead.
+                        if len(h[0]) >= kk:
+                            rows[j] = h
+            # An IVF search probes only nprobe lists, which may hold fewer than kk items:
+            # answer those queries exactly instead.
             short = [j for j, (d, _, _) in enumerate(rows) if len(d) < kk]
             if short:
                 self.stats["exact_fallbacks"] += len(short)

@@ -194,9 +194,9 @@ def test_ivf_flat_on_a_server(server: LocalMilvus, stores: list[MilvusCodeStore]
 
 
 def test_ivf_short_results_are_answered_exactly(server: LocalMilvus, stores: list[MilvusCodeStore]):
-    """20k random codes in 64 IVF lists: where the probed lists hold fewer than k items (and
-    where the range search settling ties at the cut comes back short) the query is answered
-    exactly, as by a brute-force oracle, instead of raising."""
+    """20k random codes in 64 IVF lists: a range search settling ties at the cut that comes
+    back short leaves the k-NN hits standing, and where the probed lists hold fewer than k
+    items the query is answered exactly, as by a brute-force oracle, instead of raising."""
     rng = np.random.default_rng(29)
     n = 20_000
     codes = random_codes(rng, n, 64)
