@@ -12,18 +12,28 @@ use), one collection per (data, nlist); nprobe is a search-time setting, so ever
 measured on the same built index. recall@10 is tie-aware: the share of the 10 results whose
 distance is at most the oracle's 10th distance (any item at that distance is a correct 10th
 neighbour); id_recall@10 is the plain overlap of ids with the oracle's (distance, insertion
-order) top 10. Queries are gallery codes with a few bits flipped, one query per call. Every
-flag can also be set by CMHASH_BENCH_<FLAG>. Writes OUT/milvus_recall.json and prints a
+order) top 10. Queries are gallery codes with a few bits flipped, one query per call;
+exact_fallbacks counts the queries IVF answered short and the store redid exactly.
+
+The store reads with consistency Strong, and a Strong read waits for the server's next time
+tick: the server runs with a 20 ms tick (``--time-tick-ms``; Milvus's default 200 ms adds about
+0.2 s to every Milvus request a search makes, whatever the index). A guard samples the
+resident memory of this process and of the server and aborts the run cleanly (server stopped,
+data removed, exit status 3) once their sum passes ``--max-rss-gib``; the peaks are reported.
+Every flag can also be set by CMHASH_BENCH_<FLAG>. Writes OUT/milvus_recall.json and prints a
 markdown table; never part of the test suite.
 """
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import ctypes
 import os
 import queue
+import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -43,17 +53,21 @@ _PROXY_PORT = 19530  # inside the server's own network namespace, so always free
 _HEALTH_PORT = 9091
 # Run in the child before exec: a private network namespace whose only interface is its own
 # loopback, so every port Milvus opens (its gRPC servers bind every interface) is unreachable
-# from outside; the parent reaches the proxy through LocalMilvus's 127.0.0.1 forwarder.
+# from outside; the parent reaches the proxy through LocalMilvus's 127.0.0.1 forwarder. The
+# server is also killed when its parent dies (PR_SET_PDEATHSIG), so a crashed or killed test
+# or benchmark leaves no orphan server behind.
 _ISOLATE = r"""
-import ctypes, fcntl, os, socket, struct, sys
+import ctypes, fcntl, os, signal, socket, struct, sys
 libc = ctypes.CDLL(None, use_errno=True)
+if libc.prctl(1, signal.SIGKILL) != 0 or os.getppid() != int(sys.argv[2]):
+    sys.exit(98)
 if libc.unshare(0x40000000) != 0:
     sys.stderr.write("unshare(CLONE_NEWNET): " + os.strerror(ctypes.get_errno()) + "\n")
     sys.exit(97)
 with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
     flags = struct.unpack("16sh22x", fcntl.ioctl(s, 0x8913, struct.pack("16sh22x", b"lo", 0)))[1]
     fcntl.ioctl(s, 0x8914, struct.pack("16sh22x", b"lo", flags | 1))
-os.execv(sys.argv[1], sys.argv[1:])
+os.execv(sys.argv[1], [sys.argv[1], *sys.argv[3:]])
 """
 
 
@@ -66,8 +80,11 @@ class LocalMilvus:
     root) and a small forwarder in this process listens on 127.0.0.1 and connects into it.
     :meth:`stop` then :meth:`start` restarts it on the same data and the same port."""
 
-    def __init__(self, base_dir: Path | str, port: int = 0) -> None:
+    def __init__(self, base_dir: Path | str, port: int = 0, settings: dict[str, int | str] | None = None) -> None:
+        """`settings`: server config items by dotted path (``proxy.timeTickInterval``), on top
+        of the package's template; each must name an item the template has."""
         self.base_dir = Path(base_dir).resolve()
+        self.settings = dict(settings or {})
         self._listener = socket.create_server(("127.0.0.1", port))
         self.port = int(self._listener.getsockname()[1])
         self.uri = f"http://127.0.0.1:{self.port}"
@@ -79,7 +96,8 @@ class LocalMilvus:
     # -------------------------------------------------------------- lifecycle
     def start(self, timeout_s: float = 120.0) -> None:
         """Start the server process and return once it answers; RuntimeError (with the end of
-        its log) when it exits or does not answer within `timeout_s`."""
+        its log) when it exits or does not answer within `timeout_s`. The server dies with the
+        calling thread, so call this from one that outlives it (the main thread)."""
         from milvus import MilvusServerConfig, _initialize_data_files
 
         if self._proc is not None:
@@ -88,10 +106,20 @@ class LocalMilvus:
         config.resolve_storage()  # data, logs, configs under base_dir; ports keep their defaults
         for component in ("rootCoord", "proxy", "queryCoord", "queryNode", "indexNode", "dataCoord", "dataNode"):
             config.set(f"{component}.ip", "127.0.0.1")
+        for key, value in self.settings.items():
+            config.set(key, value)
         unresolved = [k for k, (_, v) in config.configurable_items.items() if v is None]
         if unresolved:
             raise RuntimeError(f"milvus config items without a value: {unresolved}")
         config.write_config()
+        written = (self.base_dir / "configs" / "milvus.yaml").read_text()
+        missing = [
+            k
+            for k, v in self.settings.items()
+            if not re.search(rf"^ *{re.escape(k.rsplit('.', 1)[-1])}: {re.escape(str(v))}( |$)", written, re.M)
+        ]
+        if missing:
+            raise RuntimeError(f"milvus config items not in the template: {missing}")
         _initialize_data_files(str(self.base_dir))
         exe = self.base_dir / "bin" / "milvus"
         env = {
@@ -104,7 +132,7 @@ class LocalMilvus:
         self.log = self.base_dir / "logs" / "milvus-stdout.log"
         with open(self.log, "ab") as out:
             self._proc = subprocess.Popen(
-                [sys.executable, "-c", _ISOLATE, str(exe), "run", "standalone"],
+                [sys.executable, "-c", _ISOLATE, str(exe), str(os.getpid()), "run", "standalone"],
                 cwd=self.base_dir,
                 env=env,
                 stdout=out,
@@ -150,6 +178,11 @@ class LocalMilvus:
         self.stop()
         self._closed = True
         self._listener.close()
+
+    @property
+    def pid(self) -> int | None:
+        """The server process's id while it runs."""
+        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
 
     def __enter__(self) -> LocalMilvus:
         self.start()
@@ -245,16 +278,62 @@ class LocalMilvus:
 
 
 @contextlib.contextmanager
-def temporary_server(timeout_s: float = 120.0) -> Any:
+def temporary_server(timeout_s: float = 120.0, settings: dict[str, int | str] | None = None) -> Any:
     """A LocalMilvus in a fresh temporary directory, removed afterwards."""
     base = tempfile.mkdtemp(prefix="cmhash-milvus-")
-    server = LocalMilvus(base)
+    server = LocalMilvus(base, settings=settings)
     try:
         server.start(timeout_s)
         yield server
     finally:
         server.close()
         shutil.rmtree(base, ignore_errors=True)
+
+
+# ------------------------------------------------------------------ the memory guard
+def rss_bytes(pid: int) -> int:
+    """Resident set size of process `pid` (0 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            return next((int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:")), 0)
+    except OSError:
+        return 0
+
+
+class MemoryGuard:
+    """Samples the RSS of this process and of the server twice a second and keeps the peaks;
+    once their sum passes `limit_bytes` it interrupts the main thread (KeyboardInterrupt), so
+    the run ends through its context managers (server stopped, data directory removed)
+    instead of eating the machine. `tripped` then says what was seen."""
+
+    def __init__(self, limit_bytes: int) -> None:
+        self.limit_bytes = limit_bytes
+        self.peak = {"bench": 0, "server": 0, "total": 0}
+        self.tripped: str | None = None
+
+    @contextlib.contextmanager
+    def watching(self, server: LocalMilvus) -> Any:
+        """Guard while the block runs."""
+        stop = threading.Event()
+        thread = threading.Thread(target=self._run, args=(server, stop), daemon=True, name="memory-guard")
+        thread.start()
+        try:
+            yield self
+        finally:
+            stop.set()
+            thread.join()
+
+    def _run(self, server: LocalMilvus, stop: threading.Event) -> None:
+        while not stop.wait(0.5):
+            pid = server.pid
+            now = {"bench": rss_bytes(os.getpid()), "server": rss_bytes(pid) if pid is not None else 0}
+            now["total"] = now["bench"] + now["server"]
+            self.peak = {k: max(v, now[k]) for k, v in self.peak.items()}
+            if now["total"] > self.limit_bytes:
+                gib = {k: round(v / 2**30, 2) for k, v in now.items()}
+                self.tripped = f"RSS above the {self.limit_bytes / 2**30:.1f} GiB limit (GiB: {gib}); run aborted"
+                _thread.interrupt_main()
+                return
 
 
 # ------------------------------------------------------------------ the benchmark
@@ -316,17 +395,65 @@ def measure(store: Any, queries: Any, ref_ids: list[list[str]], ref_d: Any, k: i
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    import argparse
+def run_grid(args: Any, kinds: list[str], bits: int, k: int, server: LocalMilvus, rows: list[dict[str, Any]]) -> None:
+    """Measure every (size, data, index, nlist, nprobe) of the grid on `server` into `rows`,
+    printing each row as it is measured."""
     import json
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     import numpy as np
-    from flags import env, ints, positive, write_result
 
     from index.faiss_store import FaissCodeStore
     from index.milvus_store import MilvusCodeStore
+
+    for n in args.sizes:
+        for kind in kinds:
+            rng = np.random.default_rng(n + len(kind))
+            codes = make_codes(rng, kind, n, bits)
+            ids = [f"c{i}" for i in range(n)]
+            q = codes[rng.integers(0, n, args.queries)].copy()
+            flip = rng.integers(0, bits, size=(len(q), 3))  # 3 bits flipped (maybe the same one)
+            for j, bs in enumerate(flip):
+                for b in bs:
+                    q[j, b // 8] ^= np.uint8(1 << (7 - b % 8))
+            oracle = FaissCodeStore(bits)
+            oracle.add(ids, codes)
+            t0 = time.perf_counter()
+            ref_ids, ref_d = oracle.search(q, k)
+            flat_oracle_ms = (time.perf_counter() - t0) * 1e3 / len(q)
+            for index_type, nlist in [("BIN_FLAT", 0)] + [("BIN_IVF_FLAT", nl) for nl in args.nlist]:
+                store = MilvusCodeStore(
+                    bits, server.uri, f"bench_{kind}_{n}_{nlist}", index_type=index_type, nlist=max(nlist, 1)
+                )
+                t0 = time.perf_counter()
+                for s in range(0, n, 100_000):
+                    store.add(ids[s : s + 100_000], codes[s : s + 100_000])
+                load_s = time.perf_counter() - t0
+                index_s = wait_indexed(store)
+                for nprobe in [0] if index_type == "BIN_FLAT" else args.nprobe:
+                    if nprobe > nlist and index_type == "BIN_IVF_FLAT":
+                        continue
+                    store.nprobe = max(nprobe, 1)
+                    fallbacks = store.stats["exact_fallbacks"]
+                    row = {
+                        "n": n, "data": kind, "bits": bits, "index": index_type,
+                        "nlist": nlist or None, "nprobe": nprobe or None,
+                        "load_s": round(load_s, 1), "index_s": round(index_s, 1),
+                        "faiss_flat_ms": round(flat_oracle_ms, 3),
+                        **measure(store, q, ref_ids, ref_d, k),
+                    }  # fmt: skip
+                    row["exact_fallbacks"] = store.stats["exact_fallbacks"] - fallbacks
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+                store._client.drop_collection(store.collection)
+                store.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from flags import env, ints, positive, write_result
 
     p = argparse.ArgumentParser(
         description=(__doc__ or "").split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
@@ -338,6 +465,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nprobe", type=ints, default=env("nprobe", "8,32,128"), help="clusters probed per search")
     p.add_argument("--queries", type=positive, default=env("queries", "200"), help="queries per measurement")
     p.add_argument("-k", type=positive, default=env("k", "10"), help="neighbours per query")
+    p.add_argument(
+        "--time-tick-ms",
+        type=positive,
+        default=env("time_tick_ms", "20"),
+        help="the server's proxy.timeTickInterval (Milvus's default is 200): every Strong read waits for the next tick",
+    )
+    p.add_argument(
+        "--max-rss-gib", type=float, default=env("max_rss_gib", "8"), help="abort once bench + server RSS passes this"
+    )
     p.add_argument("--quick", action="store_true", help=f"the quick run: {QUICK}")
     p.add_argument("--out", type=Path, default=Path(env("out", str(DEFAULT_OUT)) or DEFAULT_OUT))
     args = p.parse_args(argv)
@@ -348,59 +484,37 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--data is a comma list of random, clustered; --bits a multiple of 8")
     bits, k = int(args.bits), int(args.k)
     rows: list[dict[str, Any]] = []
-    with temporary_server() as server:
-        for n in args.sizes:
-            for kind in kinds:
-                rng = np.random.default_rng(n + len(kind))
-                codes = make_codes(rng, kind, n, bits)
-                ids = [f"c{i}" for i in range(n)]
-                q = codes[rng.integers(0, n, args.queries)].copy()
-                flip = rng.integers(0, bits, size=(len(q), 3))  # 3 bits flipped (maybe the same one)
-                for j, bs in enumerate(flip):
-                    for b in bs:
-                        q[j, b // 8] ^= np.uint8(1 << (7 - b % 8))
-                oracle = FaissCodeStore(bits)
-                oracle.add(ids, codes)
-                t0 = time.perf_counter()
-                ref_ids, ref_d = oracle.search(q, k)
-                flat_oracle_ms = (time.perf_counter() - t0) * 1e3 / len(q)
-                for index_type, nlist in [("BIN_FLAT", 0)] + [("BIN_IVF_FLAT", nl) for nl in args.nlist]:
-                    store = MilvusCodeStore(
-                        bits, server.uri, f"bench_{kind}_{n}_{nlist}", index_type=index_type, nlist=max(nlist, 1)
-                    )
-                    t0 = time.perf_counter()
-                    for s in range(0, n, 100_000):
-                        store.add(ids[s : s + 100_000], codes[s : s + 100_000])
-                    load_s = time.perf_counter() - t0
-                    index_s = wait_indexed(store)
-                    for nprobe in [0] if index_type == "BIN_FLAT" else args.nprobe:
-                        if nprobe > nlist and index_type == "BIN_IVF_FLAT":
-                            continue
-                        store.nprobe = max(nprobe, 1)
-                        row = {
-                            "n": n, "data": kind, "bits": bits, "index": index_type,
-                            "nlist": nlist or None, "nprobe": nprobe or None,
-                            "load_s": round(load_s, 1), "index_s": round(index_s, 1),
-                            "faiss_flat_ms": round(flat_oracle_ms, 3),
-                            **measure(store, q, ref_ids, ref_d, k),
-                        }  # fmt: skip
-                        rows.append(row)
-                        print(json.dumps(row), flush=True)
-                    store._client.drop_collection(store.collection)
-                    store.close()
+    settings: dict[str, int | str] = {"proxy.timeTickInterval": args.time_tick_ms}
+    guard = MemoryGuard(int(args.max_rss_gib * 2**30))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a kill stops the server too
+    t_run = time.perf_counter()
+    try:
+        with temporary_server(settings=settings) as server, guard.watching(server):
+            run_grid(args, kinds, bits, k, server, rows)
+    except KeyboardInterrupt:
+        if guard.tripped is None:
+            raise
+        print(guard.tripped, file=sys.stderr)
+        return 3
+    wall_s = time.perf_counter() - t_run
+    peak_gib = {name: round(v / 2**30, 2) for name, v in guard.peak.items()}
     header = ["n", "data", "index", "nlist", "nprobe", "recall_at_k", "id_recall_at_k", "ms_mean", "ms_p95",
-              "faiss_flat_ms", "load_s", "index_s"]  # fmt: skip
+              "exact_fallbacks", "faiss_flat_ms", "load_s", "index_s"]  # fmt: skip
     print(f"\nrecall@{k} against the FAISS flat oracle, {bits}-bit codes, {args.queries} queries (1 per call)\n")
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for row in rows:
         print("| " + " | ".join("" if row[h] is None else str(row[h]) for h in header) + " |")
+    print(f"\nwall {wall_s:.0f} s; peak RSS GiB: {peak_gib}")
     result = {
         "benchmark": "milvus_recall",
         "server": "PyPI milvus 2.3.5 standalone (embedded etcd + rocksmq), one process, 127.0.0.1",
         "k": k,
         "queries": args.queries,
         "recall": "recall_at_k: share of results within the oracle's k-th distance; id_recall_at_k: id overlap",
+        "server_settings": settings,
+        "wall_s": round(wall_s, 1),
+        "peak_rss_gib": peak_gib,
         "rows": rows,
     }
     path = write_result("milvus_recall", result, out_dir=args.out if args.out != DEFAULT_OUT or args.quick else None)

@@ -15,7 +15,10 @@ One collection holds one store. Its schema:
 
 Index: ``BIN_FLAT`` (exact; the only binary index Milvus Lite supports) or, on a server,
 ``BIN_IVF_FLAT`` (``nlist`` clusters, ``nprobe`` probed per search). IVF is approximate: it
-may miss neighbours, so only ``BIN_FLAT`` has exact parity with the FAISS backend.
+may miss neighbours, so only ``BIN_FLAT`` has exact parity with the FAISS backend. A query
+that IVF answers with fewer than k hits (its probed lists hold too few items) is answered
+exactly instead, from the codes read window by window over the pk space and ranked in numpy;
+``stats["exact_fallbacks"]`` counts such queries.
 
 Exactness with ``BIN_FLAT``: k-NN fetches k+1 hits and, when ties straddle the k cut,
 completes with an inclusive range search; results are ordered by (distance, pk). Milvus
@@ -52,7 +55,7 @@ import numpy as np
 
 from index.errors import DuplicateIdError
 from index.store import MilvusIndexType
-from model.runtime.codes import check_packed
+from model.runtime.codes import check_packed, hamming_distance_matrix
 from model.runtime.errors import UserError
 
 try:
@@ -71,6 +74,12 @@ _VARCHAR_MAX = 65535
 _RESULT_BUDGET = 1 << 20  # hits per search call, bounds one response's size
 _LOOKUP_BATCH = 1000  # ids per `in [...]` filter
 _INSERT_BYTES = 16 << 20  # per insert call, well under Milvus's 64 MB request limit
+# Rows per insert call. pymilvus (2.5) packs row inserts by appending each binary vector to a
+# protobuf bytes field (`binary_vector += ...`), which copies the field every time: memory and
+# time grow as rows^2 * bytes/code / 2 per call (10 GB of transient client memory for one
+# call of 50k 64-bit codes). 2048 rows keep that at 2 MiB per code byte.
+_INSERT_ROWS = 2048
+_EXACT_QUERIES = 256  # queries per distance block in the exact fallback (256 x MAX_TOPK int64: 32 MiB)
 _STRONG = "Strong"
 _NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")
 _SERVER_SCHEMES = ("unix", "http", "https", "tcp", "grpc")
@@ -193,6 +202,7 @@ class MilvusCodeStore:
         self.uri = uri
         self.collection = collection
         self.nprobe = nprobe
+        self.stats = {"exact_fallbacks": 0}  # queries an approximate search answered short, redone exactly
         self._lock = threading.RLock()
         # A private connection alias: pymilvus otherwise shares one connection per uri, and
         # closing any client on that uri would cut off every other store using it.
@@ -335,14 +345,14 @@ class MilvusCodeStore:
             present = self._lookup(keys)
             if present:
                 raise DuplicateIdError(f"ids already present: {[i for i, k in zip(ids, keys) if k in present][:10]}")
-            self._pk_end()
+            base = self._pk_end()
             batch: list[dict[str, Any]] = []
             size = 0
             for j, (sid, key, m, mj) in enumerate(zip(ids, keys, metas, meta_json)):
-                row = {_PK: self._next_id + j, _EXT: sid, _KEY: key, _CODE: arr[j].tobytes(), _META: m}
+                row = {_PK: base + j, _EXT: sid, _KEY: key, _CODE: arr[j].tobytes(), _META: m}
                 batch.append(row)
                 size += 64 + self.code_bytes + 2 * len(key) + len(mj)  # key + raw id < 2 * key
-                if size >= _INSERT_BYTES or j == len(ids) - 1:
+                if size >= _INSERT_BYTES or len(batch) == _INSERT_ROWS or j == len(ids) - 1:
                     self._client.insert(self.collection, batch)
                     self._next_id = batch[-1][_PK] + 1
                     batch, size = [], 0
@@ -463,6 +473,34 @@ class MilvusCodeStore:
                 hits[j] = h
         return [(d[:keep], pk[:keep], ids[:keep]) for d, pk, ids in hits]
 
+    def _exact(self, q: list[bytes], keep: int) -> list[_Hits]:
+        """The first `keep` items per query by (distance, pk), ranked here from the codes.
+
+        The codes are read window by window over the pk space with scalar queries, which are
+        exact whatever the index (a filtered search on BIN_IVF_FLAT would still probe only
+        nprobe lists); Hamming distances are computed in numpy."""
+        qa = np.frombuffer(b"".join(q), dtype=np.uint8).reshape(len(q), self.code_bytes)
+        acc = [_empty_hits() for _ in q]
+        for lo in range(0, self._pk_end(), MAX_TOPK):
+            rows = self._client.query(
+                self.collection,
+                filter=f"{_PK} >= {lo} and {_PK} < {lo + MAX_TOPK}",
+                output_fields=[_PK, _EXT, _CODE],
+                limit=MAX_TOPK,
+                consistency_level=_STRONG,
+            )
+            if not rows:
+                continue
+            pk = np.asarray([r[_PK] for r in rows], dtype=np.int64)
+            ext = [r[_EXT] for r in rows]
+            codes = np.stack([_code_bytes(r[_CODE]) for r in rows])
+            for s in range(0, len(q), _EXACT_QUERIES):
+                dist = hamming_distance_matrix(qa[s : s + _EXACT_QUERIES], codes)
+                for j, d in enumerate(dist, start=s):
+                    order = np.lexsort((pk, d))[:keep]
+                    acc[j] = _merge(acc[j], (d[order], pk[order], [ext[i] for i in order]), keep)
+        return acc
+
     def search(self, codes: np.ndarray, k: int) -> tuple[list[list[str]], np.ndarray]:
         """k nearest ids per query, ordered by (Hamming distance, insertion order).
 
@@ -489,13 +527,22 @@ class MilvusCodeStore:
                 for j, (d, _, _) in enumerate(rows):
                     if len(d) > kk and d[kk - 1] == d[kk]:
                         by_radius.setdefault(int(d[kk - 1]), []).append(j)
+                # On BIN_IVF_FLAT the range search is approximate too and may come back with
+                # fewer than kk hits: the k-NN hits (kk + 1 of them) then stand.
                 for radius, js in by_radius.items():
                     for j, h in zip(js, self._range([q[j] for j in js], radius, kk)):
-                        rows[j] = h
+                        if len(h[0]) >= kk:
+                            rows[j] = h
+            # An IVF search probes only nprobe lists, which may hold fewer than kk items:
+            # answer those queries exactly instead.
+            short = [j for j, (d, _, _) in enumerate(rows) if len(d) < kk]
+            if short:
+                self.stats["exact_fallbacks"] += len(short)
+                for j, h in zip(short, self._exact([q[j] for j in short], kk)):
+                    rows[j] = h
         short = [j for j, (d, _, _) in enumerate(rows) if len(d) < kk]
-        if short:
-            hint = " (BIN_IVF_FLAT is approximate: raise nprobe)" if self.index_type == "BIN_IVF_FLAT" else ""
-            raise RuntimeError(f"Milvus returned fewer than {kk} hits for queries {short[:10]}{hint}")
+        if short:  # only when another handle removed items between the count and the search
+            raise RuntimeError(f"the collection holds fewer than {kk} items for queries {short[:10]}")
         return [ids[:kk] for _, _, ids in rows], np.stack([d[:kk] for d, _, _ in rows])
 
     def range_search(self, codes: np.ndarray, radius: int) -> list[tuple[list[str], np.ndarray]]:

@@ -21,7 +21,7 @@ with warnings.catch_warnings():
 pytest.importorskip("milvus")  # the embedded standalone server package
 pytest.importorskip("faiss")
 
-from bench.milvus_recall import LocalMilvus
+from bench.milvus_recall import LocalMilvus, wait_indexed
 from index.errors import DuplicateIdError
 from index.faiss_store import FaissCodeStore
 from index.milvus_store import MilvusCodeStore
@@ -191,6 +191,39 @@ def test_ivf_flat_on_a_server(server: LocalMilvus, stores: list[MilvusCodeStore]
     got, d = few.search(queries, 10)
     assert d.shape == (8, 10) and (d[:, 0] == 0).all()  # a gallery code's own list is the one probed
     assert all(len(set(row)) == 10 for row in got)
+
+
+def test_ivf_short_results_are_answered_exactly(server: LocalMilvus, stores: list[MilvusCodeStore]):
+    """20k random codes in 64 IVF lists: a range search settling ties at the cut that comes
+    back short leaves the k-NN hits standing, and where the probed lists hold fewer than k
+    items the query is answered exactly, as by a brute-force oracle, instead of raising."""
+    rng = np.random.default_rng(29)
+    n = 20_000
+    codes = random_codes(rng, n, 64)
+    ids = [f"s{i}" for i in range(n)]
+    store = new_store(server, stores, 64, index_type="BIN_IVF_FLAT", nlist=64, nprobe=8)
+    store.add(ids, codes)
+    wait_indexed(store)  # sealed segments with their IVF index, as served
+    queries = np.concatenate([codes[rng.integers(0, n, 12)], rng.integers(0, 256, (12, 8), dtype=np.uint8)])
+    dist = hamming_distance_matrix(queries, codes)
+    pos = {sid: p for p, sid in enumerate(ids)}
+
+    got_ids, got_d = store.search(queries, 10)  # approximate, but k results in (distance, insertion) order
+    assert got_d.shape == (len(queries), 10)
+    for j, (row, d) in enumerate(zip(got_ids, got_d)):
+        p = [pos[sid] for sid in row]
+        np.testing.assert_array_equal(d, dist[j, p])
+        assert len(set(p)) == 10 and sorted(zip(d, p)) == list(zip(d, p))
+
+    store.nprobe = 1  # one list of ~n/64 items: every query is short of k
+    before = store.stats["exact_fallbacks"]
+    k = 5000
+    got_ids, got_d = store.search(queries, k)
+    assert store.stats["exact_fallbacks"] - before == len(queries)
+    for j, (row, d) in enumerate(zip(got_ids, got_d)):
+        want = np.lexsort((np.arange(n), dist[j]))[:k]
+        assert row == [ids[p] for p in want], j
+        np.testing.assert_array_equal(d, dist[j, want])
 
 
 # ------------------------------------------------------------------ restart (last: it restarts the server)

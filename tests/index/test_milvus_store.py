@@ -109,6 +109,21 @@ class AdversarialTies:
         return [sorted(hits, key=lambda h: (h["distance"], -h["id"]))[:limit] for hits in res]
 
 
+class ShortHits:
+    """Wraps the MilvusClient: every search returns at most its first `cap` hits, like an IVF
+    search whose probed lists hold only `cap` items."""
+
+    def __init__(self, inner: MilvusClient, cap: int) -> None:
+        self._inner = inner
+        self._cap = cap
+
+    def __getattr__(self, name: str):
+        return getattr(self._inner, name)
+
+    def search(self, collection_name: str, **kwargs) -> list[list]:
+        return [hits[: self._cap] for hits in self._inner.search(collection_name, **kwargs)]
+
+
 # ------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
 def uri(tmp_path_factory) -> Iterator[str]:
@@ -224,6 +239,27 @@ def test_result_cap_is_worked_around_by_pk_windows(make_store: MakeStore, monkey
     assert store.ids() == faiss.ids() == ids
 
 
+def test_short_search_results_are_answered_exactly(make_store: MakeStore, monkeypatch):
+    """Searches that come back with fewer than k hits (as BIN_IVF_FLAT's may) are redone by the
+    exact path over every pk window (cap lowered to 32: sparse windows after removals), tie
+    order included, and counted in ``stats``."""
+    monkeypatch.setattr(milvus_store, "MAX_TOPK", 32)
+    rng = np.random.default_rng(9)
+    codes = tie_heavy_codes(rng, 200, 16, n_distinct=4)
+    ids = [f"s{i}" for i in range(200)]
+    store, faiss = make_store(16), FaissCodeStore(16)
+    fill([store, faiss], ids, codes)
+    gone = set(rng.choice(ids, size=60, replace=False).tolist())
+    assert store.remove(gone) == faiss.remove(gone) == 60
+    keep = [p for p in range(200) if ids[p] not in gone]
+    codes, ids = codes[keep], [ids[p] for p in keep]
+    store._client = ShortHits(store._client, 3)
+    queries = codes[rng.integers(0, len(ids), 6)]
+    for n_search, k in enumerate((4, 10, 33, len(ids), len(ids) + 5), start=1):
+        assert_knn(store, faiss, codes, ids, queries, k)
+        assert store.stats["exact_fallbacks"] == n_search * len(queries)
+
+
 def test_real_topk_cap(make_store: MakeStore):
     """More items than Milvus's 16384 cap at distance 0: the straddling tie, k above the cap
     and the range search all need every one of them."""
@@ -246,6 +282,25 @@ def test_real_topk_cap(make_store: MakeStore):
 
 
 # ---------------------------------------------------------------- items and ids
+def test_large_adds_insert_in_bounded_batches_with_consecutive_pks(make_store: MakeStore, monkeypatch):
+    """An add larger than the per-call row cap goes in several insert calls (pymilvus's row
+    packing is quadratic in rows per call), and the pks stay consecutive across them."""
+    monkeypatch.setattr(milvus_store, "_INSERT_ROWS", 7)
+    rng = np.random.default_rng(12)
+    codes = rng.integers(0, 256, size=(35, 4), dtype=np.uint8)
+    ids = [f"b{i}" for i in range(35)]
+    store, faiss = make_store(32), FaissCodeStore(32)
+    sizes: list[int] = []
+    insert = store._client.insert
+    monkeypatch.setattr(store._client, "insert", lambda name, rows: sizes.append(len(rows)) or insert(name, rows))
+    for st in (store, faiss):
+        st.add(ids[:30], codes[:30])
+        st.add(ids[30:], codes[30:])
+    assert sizes == [7, 7, 7, 7, 2, 5]
+    assert store._next_id == 35 and store._max_pk() == 34 and store.ids() == ids
+    assert_knn(store, faiss, codes, ids, codes[:4], 12)
+
+
 def test_add_remove_get_and_awkward_ids(make_store: MakeStore):
     store = make_store(16)
     odd = ['quote"d', "single'q", "back\\slash", "new\nline", "cr\rx", "nul\x00x", "ünï😀", "a,b]", ""]
