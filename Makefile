@@ -80,18 +80,23 @@ results: results-quality results-speed
 
 results-tune: $(VENV)/.installed-$(TEST_EXTRAS)
 	$(BIN)/python bench/tune.py --datasets wikipedia-lda,wikipedia-tfidf,mirflickr
-	$(BIN)/python bench/tune.py --datasets wikipedia-minilm --methods bi_ncmh --threads 2
+	$(BIN)/python bench/tune.py --datasets wikipedia-minilm
+	$(BIN)/python bench/tune.py --datasets wikipedia-bow --methods bi_ncmh
 
 results-quality: $(VENV)/.installed-$(TEST_EXTRAS)
 	$(BIN)/python bench/quality.py --datasets wikipedia-lda --threads 1 --keep-runs --out bench/out/quality-wikipedia-lda
 	$(BIN)/python bench/quality.py --datasets wikipedia-tfidf --threads 1 --keep-runs --out bench/out/quality-wikipedia-tfidf
 	$(BIN)/python bench/quality.py --datasets mirflickr --threads 1 --keep-runs --out bench/out/quality-mirflickr
 	$(BIN)/python bench/quality.py --datasets mirflickr-minilm --threads 1 --keep-runs --out bench/out/quality-mirflickr-minilm
-	$(BIN)/python bench/quality.py --datasets wikipedia-minilm --methods bi_ncmh --threads 2 --keep-runs --out bench/out/quality-wikipedia-minilm
+	$(BIN)/python bench/quality.py --datasets wikipedia-minilm --threads 1 --keep-runs --out bench/out/quality-wikipedia-minilm
+	$(BIN)/python bench/quality.py --datasets wikipedia-bow --methods bi_ncmh --bits 64 --threads 2 --keep-runs --out bench/out/quality-wikipedia-bow
+	$(BIN)/python bench/quality.py --datasets mirflickr-manifest --methods bi_ncmh,dcmh --threads 1 --keep-runs --out bench/out/quality-mirflickr-manifest
 	$(BIN)/python bench/levers.py
+	$(BIN)/python bench/levers.py --levers baseline,tencrop --name levers_tencrop
 	$(BIN)/python bench/rerank.py --datasets wikipedia-lda
 	$(BIN)/python bench/rerank.py --datasets wikipedia-tfidf --threads 1 --out bench/out/quality-wikipedia-tfidf --name rerank_wikipedia-tfidf
 	$(BIN)/python bench/rerank.py --datasets mirflickr --folds 0,1,2,3,4 --threads 1 --out bench/out/quality-mirflickr --name rerank_mirflickr
+	$(BIN)/python bench/rerank.py --datasets mirflickr-manifest --folds 0,1,2,3,4 --threads 1 --out bench/out/quality-mirflickr-manifest --name rerank_mirflickr-manifest
 
 results-speed: $(VENV)/.installed-$(TEST_EXTRAS) $(DEMO)/model/model.json
 	$(BIN)/python bench/serving_footprint.py --model $(DEMO)/model --galleries $(DEMO)

@@ -170,6 +170,7 @@ def main() -> None:
     p.add_argument("--folds", default=env("folds", None), help="comma list of folds (default: every fold)")
     p.add_argument("--threads", type=int, default=int(env("threads", "1") or 1))
     p.add_argument("--settings", type=Path, default=Path(env("settings", str(DEFAULT_SETTINGS)) or DEFAULT_SETTINGS))
+    p.add_argument("--name", default=env("name", "levers"), help="results file name (a later lever set: its own name)")
     args = p.parse_args()
     levers = [lever.strip() for lever in args.levers.split(",") if lever.strip()]
     unknown = set(levers) - set(LEVERS)
@@ -226,7 +227,7 @@ def main() -> None:
         )
         print(f"| {r['lever']} | {r['mean']['i2t']:.4f} | {r['mean']['t2i']:.4f} | {diff} |")
     path = write_result(
-        "levers",
+        args.name,
         {
             "dataset": KEY,
             "protocol": protocol,
@@ -238,7 +239,8 @@ def main() -> None:
             "levers": {lever: LEVERS[lever] for lever in levers},
             "rows": rows,
         },
-        out_dir=None if args.folds is None and set(levers) == set(LEVERS) else Path(__file__).parent / "out",
+        # published (docs/results/ from a clean tree) when every fold ran, with the baseline beside the levers
+        out_dir=None if args.folds is None and "baseline" in levers else Path(__file__).parent / "out",
     )
     print(f"\nwritten to {path}")
 
