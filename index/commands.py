@@ -45,7 +45,7 @@ class MilvusTarget:
     token: str | None = None  # server credentials, never written to disk
     index_type: str = "BIN_FLAT"  # BIN_FLAT (exact) or BIN_IVF_FLAT (approximate; a server, not Lite)
     nlist: int = 1024  # BIN_IVF_FLAT: clusters, fixed when the collection is created
-    nprobe: int = 16  # BIN_IVF_FLAT: clusters probed per search, kept in the gallery's store.json
+    nprobe: int = 128  # BIN_IVF_FLAT: clusters probed per search (recall: docs/results.md), kept in store.json
 
 
 def _open_or_create(

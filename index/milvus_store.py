@@ -172,7 +172,7 @@ class MilvusCodeStore:
         token: str | None = None,
         index_type: str = "BIN_FLAT",
         nlist: int = 1024,
-        nprobe: int = 16,
+        nprobe: int = 128,
         create: bool = True,
     ) -> None:
         """Open `collection` at `uri`, creating it when absent and `create` is true.

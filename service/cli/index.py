@@ -51,7 +51,7 @@ def run(
         ),
     ] = "BIN_FLAT",
     milvus_nlist: Annotated[int, flag_option("BIN_IVF_FLAT clusters of a new gallery.", min=1)] = 1024,
-    milvus_nprobe: Annotated[int, flag_option("BIN_IVF_FLAT clusters probed per search.", min=1)] = 16,
+    milvus_nprobe: Annotated[int, flag_option("BIN_IVF_FLAT clusters probed per search.", min=1)] = 128,
     progress: Annotated[bool, env_option("Show progress bars.", "PROGRESS")] = True,
     index: Annotated[
         IndexType | None,
