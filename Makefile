@@ -89,7 +89,7 @@ results-quality: $(VENV)/.installed-$(TEST_EXTRAS)
 	$(BIN)/python bench/quality.py --datasets mirflickr --threads 1 --keep-runs --out bench/out/quality-mirflickr
 	$(BIN)/python bench/quality.py --datasets mirflickr-minilm --threads 1 --keep-runs --out bench/out/quality-mirflickr-minilm
 	$(BIN)/python bench/quality.py --datasets wikipedia-minilm --threads 1 --keep-runs --out bench/out/quality-wikipedia-minilm
-	$(BIN)/python bench/quality.py --datasets wikipedia-bow --methods bi_ncmh --bits 64 --threads 2 --keep-runs --out bench/out/quality-wikipedia-bow
+	$(BIN)/python bench/quality.py --datasets wikipedia-bow --methods bi_ncmh --threads 1 --keep-runs --out bench/out/quality-wikipedia-bow
 	$(BIN)/python bench/quality.py --datasets mirflickr-manifest --methods bi_ncmh,dcmh --threads 1 --keep-runs --out bench/out/quality-mirflickr-manifest
 	$(BIN)/python bench/levers.py
 	$(BIN)/python bench/levers.py --levers baseline,tencrop --name levers_tencrop
@@ -103,6 +103,7 @@ results-speed: $(VENV)/.installed-$(TEST_EXTRAS) $(DEMO)/model/model.json
 	$(BIN)/python bench/reliability.py
 	$(BIN)/python bench/mutation.py
 	$(BIN)/python bench/index_throughput.py --model $(DEMO)/model
+	$(BIN)/python bench/decode_scale.py --model $(DEMO)/model
 	$(BIN)/python bench/export_parity.py --run $(DEMO)/run --model $(DEMO)/model --items 730
 	$(BIN)/python bench/service_latency.py --model $(DEMO)/model
 	$(BIN)/python bench/load.py --model $(DEMO)/model
