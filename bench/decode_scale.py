@@ -1,7 +1,9 @@
-"""Cheaper decoding for indexing (issue 12): what decoding the MIRFLICKR-sample JPEGs at half
-scale from the DCT (then the usual bilinear resize up to the model's 256 pixels) saves, and
-what it costs in codes, against the exact path `cmhash index` takes (`load_for_model`: these
-photos, at most 500 x 375, are below the 2 x 256 pixels where draft decoding starts).
+"""Cheaper decoding for indexing (issue 12): what two cheaper paths save on the MIRFLICKR-sample
+JPEGs and what they cost in codes, against the exact path `cmhash index` takes
+(`load_for_model`: these photos, at most 500 x 375, are below the 2 x 256 pixels where draft
+decoding starts): decoding at half scale from the DCT (then the usual bilinear resize up to
+the model's 256 pixels), and resizing only the centre crop's source box instead of the whole
+image (the same filter over about half the output pixels; rounding differs by one level).
 
     .venv/bin/python bench/decode_scale.py --model runs/demo/model
 
@@ -41,6 +43,22 @@ def draft_half(data: bytes, pre: ImagePreprocess) -> np.ndarray:
     return to_array(img.convert("RGB"), pre)
 
 
+def box_resize(data: bytes, pre: ImagePreprocess) -> np.ndarray:
+    """`load_for_model`'s resize and centre crop done as one resize of the crop's source box
+    (the same bilinear filter over fewer output pixels), then the same scaling to [-1, 1]."""
+    img = Image.open(io.BytesIO(data)).convert("RGB")
+    assert pre.resize is not None  # resolved by ImagePreprocess
+    w, h = img.size
+    scale = pre.resize / min(w, h)
+    new_w, new_h = max(pre.resize, round(w * scale)), max(pre.resize, round(h * scale))
+    left, top = round((new_w - pre.size) / 2), round((new_h - pre.size) / 2)
+    sx, sy = w / new_w, h / new_h
+    box = (left * sx, top * sy, (left + pre.size) * sx, (top + pre.size) * sy)
+    out = img.resize((pre.size, pre.size), Image.Resampling.BILINEAR, box=box)
+    x = np.asarray(out, dtype=np.float32).transpose(2, 0, 1)
+    return np.ascontiguousarray((x / np.float32(255.0)) * np.float32(2.0) - np.float32(1.0))
+
+
 def best_ms(fn: Callable[[bytes], np.ndarray], data: list[bytes], repeats: int) -> tuple[float, np.ndarray]:
     """Best-of-`repeats` milliseconds per image of `fn` over `data`, and its arrays."""
     best, arrays = float("inf"), np.empty(0)
@@ -68,7 +86,11 @@ def main() -> None:
     data = [Path(path).read_bytes() for path in ds.image_paths]
     encoder = Encoder.load(args.model, device="cpu", threads=args.threads)
     pre = ImagePreprocess.from_json(encoder.info.image.preprocess or {})
-    paths = {"exact (load_for_model)": lambda d: load_for_model(d, pre), "draft 1/2": lambda d: draft_half(d, pre)}
+    paths = {
+        "exact (load_for_model)": lambda d: load_for_model(d, pre),
+        "draft 1/2": lambda d: draft_half(d, pre),
+        "crop-box resize": lambda d: box_resize(d, pre),
+    }
     text = signs(encoder.encode_texts(list(ds.texts)))
     labels = np.asarray(ds.labels)
     rows, exact = [], None
