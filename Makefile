@@ -82,6 +82,7 @@ results-tune: $(VENV)/.installed-$(TEST_EXTRAS)
 	$(BIN)/python bench/tune.py --datasets wikipedia-lda,wikipedia-tfidf,mirflickr
 	$(BIN)/python bench/tune.py --datasets wikipedia-minilm
 	$(BIN)/python bench/tune.py --datasets wikipedia-bow --methods bi_ncmh
+	$(BIN)/python bench/tune.py --datasets mirflickr-minilm --methods bi_ncmh,dcmh
 
 results-quality: $(VENV)/.installed-$(TEST_EXTRAS)
 	$(BIN)/python bench/quality.py --datasets wikipedia-lda --threads 1 --keep-runs --out bench/out/quality-wikipedia-lda
