@@ -47,10 +47,9 @@ from tune import PROTOCOLS, split_record, tuning_config
 
 from model.training.config import TrainConfig
 from model.training.evaluate import evaluate_codes, split_codes
-from model.training.methods import build_method
 from model.training.metrics import map_variant_name
 from model.training.rerank import evaluate_rerank, query_representations, rerank_variant_name
-from model.training.train import PreparedRun, build_model, fit_hasher, prepare_run, seed_everything, train_model
+from model.training.train import PreparedRun, prepare_run, train_model
 
 KEY = "mirflickr"
 DEFAULT_SETTINGS = Path(__file__).resolve().parent / "settings.json"
@@ -117,7 +116,8 @@ def tencrop_views(paths: list[Path], backbone_name: str) -> torch.Tensor:
 
 
 class RandomView:
-    """Image rows for `fit_hasher`: each row indexed gets one of its views, drawn at random."""
+    """Image rows for `train_model` (an `ImageRows`): each row indexed gets one of its views,
+    drawn at random."""
 
     def __init__(self, views: torch.Tensor, generator: torch.Generator) -> None:
         self.views, self.generator = views, generator
@@ -136,16 +136,10 @@ def train_tencrop(cfg: TrainConfig, run: PreparedRun) -> Any:
     views = tencrop_views(list(run.dataset.image_paths), cfg.image_backbone)
     if not torch.allclose(views[8], run.inputs.image, atol=1e-4):
         raise SystemExit("error: the centre view does not reproduce the cached features")
-    generator = seed_everything(cfg.seed)
     rows = torch.from_numpy(run.eval_split.train)
-    image, text, labels = run.inputs.image[rows], run.inputs.text[rows], run.inputs.labels[rows]
-    model = build_model(cfg, run.inputs)
-    model.image_head.standardize.fit(image)
-    model.text_head.standardize.fit(text)
-    sampler = RandomView(views[:, rows], torch.Generator().manual_seed(cfg.seed))  # batch order stays the baseline's
-    method = build_method(cfg.method, cfg.hp)
-    fit_hasher(model, method, sampler, image, text, labels, cfg, generator, progress=False)  # type: ignore[arg-type]
-    return model.cpu()
+    # its own generator, so the batch order stays the baseline's
+    sampler = RandomView(views[:, rows], torch.Generator().manual_seed(cfg.seed))
+    return train_model(cfg, run, progress=False, image_rows=sampler)[0]
 
 
 def score(cfg: TrainConfig, run: PreparedRun, rerank: bool, tencrop: bool = False) -> dict[str, Any]:

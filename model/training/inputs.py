@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -24,6 +25,15 @@ def batch_tensor(images: Sequence[Image.Image], pre: ImagePreprocess) -> torch.T
     if not images:
         return torch.empty(0, 3, pre.size, pre.size)
     return torch.from_numpy(np.stack([to_array(img, pre) for img in images]))
+
+
+class ImageRows(Protocol):
+    """What the image head reads in training, indexed by row: feature vectors (a tensor), image
+    files decoded on demand (`PixelImages`), or any other source of one input per row."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, rows: torch.Tensor, /) -> torch.Tensor: ...
 
 
 @dataclass
@@ -84,10 +94,10 @@ def prepare_inputs(
         assert ds.image_paths is not None  # CrossModalDataset holds image features or image paths
         image = image_features(ds.image_paths, cfg.image_backbone, cfg.cache_dir, progress=progress)
     bow: BagOfWords | None = None
-    fits_vocabulary = cfg.text_encoder == "bow" and ds.text_features is None
-    if not fits_vocabulary and _vocabulary_settings(cfg):
+    vocabulary_settings = _vocabulary_settings(cfg)
+    if vocabulary_settings and not (cfg.text_encoder == "bow" and ds.text_features is None):
         raise DataError(
-            f"{', '.join(_vocabulary_settings(cfg))} shape a bag of words built from raw texts; "
+            f"{', '.join(vocabulary_settings)} shape a bag of words built from raw texts; "
             f"{ds.name} with --text-encoder {cfg.text_encoder} builds none"
             + (" (its text input is given vectors)" if ds.text_features is not None else "")
         )

@@ -26,7 +26,7 @@ from model.training.data import (
 )
 from model.training.data.base import make_folds
 from model.training.encoders import CrossModalHasher, build_hasher
-from model.training.inputs import PixelImages, PreparedInputs, prepare_inputs
+from model.training.inputs import ImageRows, PreparedInputs, prepare_inputs
 from model.training.methods import build_method
 from model.training.methods.base import Batch, HashMethod, TrainState
 from model.training.methods.cca_itq import CcaItqParams, fit_cca_itq
@@ -66,7 +66,7 @@ def _peak_rss_mib() -> float:
 
 
 @torch.no_grad()
-def encode_rows(model: CrossModalHasher, x: torch.Tensor | PixelImages, modality: str) -> torch.Tensor:
+def encode_rows(model: CrossModalHasher, x: ImageRows, modality: str) -> torch.Tensor:
     """Continuous representations of all rows of `x` in eval mode and in batches: image
     features, or pixels (a PixelImages source) when a backbone is attached."""
     model.eval()
@@ -80,7 +80,7 @@ def encode_rows(model: CrossModalHasher, x: torch.Tensor | PixelImages, modality
 def fit_hasher(
     model: CrossModalHasher,
     method: HashMethod,
-    image: torch.Tensor | PixelImages,
+    image: ImageRows,
     image_features: torch.Tensor,
     text: torch.Tensor,
     labels: torch.Tensor,
@@ -222,8 +222,12 @@ def build_model(cfg: TrainConfig, inputs: PreparedInputs) -> CrossModalHasher:
     return build_hasher(inputs.image.shape[1], inputs.text.shape[1], cfg.bits, hidden, cfg.dropout)
 
 
-def train_model(cfg: TrainConfig, run: PreparedRun, progress: bool = True) -> tuple[CrossModalHasher, TrainHistory]:
-    """Build and train the hasher on the run's training rows."""
+def train_model(
+    cfg: TrainConfig, run: PreparedRun, progress: bool = True, image_rows: ImageRows | None = None
+) -> tuple[CrossModalHasher, TrainHistory]:
+    """Build and train the hasher on the run's training rows. `image_rows`, when given, is what
+    the image head reads for those rows (in their order) instead of their features, e.g. a
+    source of augmented views; the features still fit the standardisation and the targets."""
     generator = seed_everything(cfg.seed)
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
@@ -234,8 +238,10 @@ def train_model(cfg: TrainConfig, run: PreparedRun, progress: bool = True) -> tu
         return model, fit_cca_itq_hasher(model, image, text, cfg)
     model.image_head.standardize.fit(image)
     model.text_head.standardize.fit(text)
-    image_input: torch.Tensor | PixelImages = image
+    image_input: ImageRows = image if image_rows is None else image_rows
     if cfg.finetune_backbone:
+        if image_rows is not None:
+            raise ValueError("image_rows replaces the features; a fine-tuned backbone reads the pixels")
         if run.inputs.pixels is None:
             raise UserError("--finetune-backbone needs image files; this dataset gives image feature vectors")
         from model.training.backbones import build_backbone

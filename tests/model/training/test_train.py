@@ -120,6 +120,21 @@ def test_djsrh_never_reads_labels(run, tmp_path):
     np.testing.assert_array_equal(_codes(a, run)["query_image_codes"], _codes(b, run)["query_image_codes"])
 
 
+def test_image_rows_replace_what_the_image_head_reads(run, tmp_path):
+    # The training rows' own features given as image_rows train the same model as the default;
+    # other rows (the features shuffled across items) train a different one; a fine-tuned
+    # backbone reads pixels, so both together are refused.
+    cfg = _cfg("bi_ncmh", tmp_path, epochs=3)
+    rows = torch.from_numpy(run.eval_split.train)
+    a, _ = train_model(cfg, run, progress=False)
+    b, _ = train_model(cfg, run, progress=False, image_rows=run.inputs.image[rows])
+    c, _ = train_model(cfg, run, progress=False, image_rows=run.inputs.image[rows.flip(0)])
+    np.testing.assert_array_equal(_codes(a, run)["query_image_codes"], _codes(b, run)["query_image_codes"])
+    assert not np.array_equal(_codes(a, run)["query_image_codes"], _codes(c, run)["query_image_codes"])
+    with pytest.raises(ValueError, match="image_rows"):
+        train_model(cfg.model_copy(update={"finetune_backbone": True}), run, image_rows=run.inputs.image[rows])
+
+
 def test_checkpoint_round_trip(run, tmp_path):
     cfg = _cfg("bi_ncmh", tmp_path, epochs=2)
     model, _ = train_model(cfg, run, progress=False)
