@@ -217,19 +217,28 @@ def test_tie_order_does_not_depend_on_milvus_tie_order(make_store: MakeStore, bi
     assert_range(store, faiss, codes, ids, queries, bits // 4)
 
 
+def tie_heavy_pair_with_gaps(
+    make_store: MakeStore, rng: np.random.Generator, n: int, n_distinct: int, removed: int, prefix: str
+) -> tuple[MilvusCodeStore, FaissCodeStore, np.ndarray, list[str]]:
+    """A 16-bit Milvus store and its FAISS oracle holding the same tie-heavy codes, with
+    `removed` random items then removed from both (gaps in the pk space); returns the stores
+    and the codes and ids left, in insertion order."""
+    codes = tie_heavy_codes(rng, n, 16, n_distinct=n_distinct)
+    ids = [f"{prefix}{i}" for i in range(n)]
+    store, faiss = make_store(16), FaissCodeStore(16)
+    fill([store, faiss], ids, codes)
+    gone = set(rng.choice(ids, size=removed, replace=False).tolist())
+    assert store.remove(gone) == faiss.remove(gone) == removed
+    keep = [p for p in range(n) if ids[p] not in gone]
+    return store, faiss, codes[keep], [ids[p] for p in keep]
+
+
 def test_result_cap_is_worked_around_by_pk_windows(make_store: MakeStore, monkeypatch):
     """With the cap lowered to 32, capped range searches, ties straddling the cut beyond the
     cap, and k above the cap all go through the pk-window scan, over sparse windows."""
     monkeypatch.setattr(milvus_store, "MAX_TOPK", 32)
     rng = np.random.default_rng(7)
-    codes = tie_heavy_codes(rng, 300, 16, n_distinct=3)
-    ids = [f"w{i}" for i in range(300)]
-    store, faiss = make_store(16), FaissCodeStore(16)
-    fill([store, faiss], ids, codes)
-    gone = set(rng.choice(ids, size=90, replace=False).tolist())
-    assert store.remove(gone) == faiss.remove(gone) == 90
-    keep = [p for p in range(300) if ids[p] not in gone]
-    codes, ids = codes[keep], [ids[p] for p in keep]
+    store, faiss, codes, ids = tie_heavy_pair_with_gaps(make_store, rng, 300, 3, 90, "w")
     store._client = AdversarialTies(store._client)
     queries = codes[rng.integers(0, len(ids), 5)]
     for k in (5, 31, 32, 40, len(ids), 1000):
@@ -245,14 +254,7 @@ def test_short_search_results_are_answered_exactly(make_store: MakeStore, monkey
     order included, and counted in ``stats``."""
     monkeypatch.setattr(milvus_store, "MAX_TOPK", 32)
     rng = np.random.default_rng(9)
-    codes = tie_heavy_codes(rng, 200, 16, n_distinct=4)
-    ids = [f"s{i}" for i in range(200)]
-    store, faiss = make_store(16), FaissCodeStore(16)
-    fill([store, faiss], ids, codes)
-    gone = set(rng.choice(ids, size=60, replace=False).tolist())
-    assert store.remove(gone) == faiss.remove(gone) == 60
-    keep = [p for p in range(200) if ids[p] not in gone]
-    codes, ids = codes[keep], [ids[p] for p in keep]
+    store, faiss, codes, ids = tie_heavy_pair_with_gaps(make_store, rng, 200, 4, 60, "s")
     store._client = ShortHits(store._client, 3)
     queries = codes[rng.integers(0, len(ids), 6)]
     for n_search, k in enumerate((4, 10, 33, len(ids), len(ids) + 5), start=1):
