@@ -348,14 +348,22 @@ class MilvusCodeStore:
             base = self._pk_end()
             batch: list[dict[str, Any]] = []
             size = 0
-            for j, (sid, key, m, mj) in enumerate(zip(ids, keys, metas, meta_json)):
-                row = {_PK: base + j, _EXT: sid, _KEY: key, _CODE: arr[j].tobytes(), _META: m}
-                batch.append(row)
-                size += 64 + self.code_bytes + 2 * len(key) + len(mj)  # key + raw id < 2 * key
-                if size >= _INSERT_BYTES or len(batch) == _INSERT_ROWS or j == len(ids) - 1:
-                    self._client.insert(self.collection, batch)
-                    self._next_id = batch[-1][_PK] + 1
-                    batch, size = [], 0
+            try:
+                for j, (sid, key, m, mj) in enumerate(zip(ids, keys, metas, meta_json)):
+                    row = {_PK: base + j, _EXT: sid, _KEY: key, _CODE: arr[j].tobytes(), _META: m}
+                    batch.append(row)
+                    size += 64 + self.code_bytes + 2 * len(key) + len(mj)  # key + raw id < 2 * key
+                    if size >= _INSERT_BYTES or len(batch) == _INSERT_ROWS or j == len(ids) - 1:
+                        self._client.insert(self.collection, batch)
+                        self._next_id = batch[-1][_PK] + 1
+                        batch, size = [], 0
+            except BaseException:
+                # An add spans several insert calls: a failed one leaves the earlier calls' rows
+                # (and perhaps part of its own) stored. Delete every pk this add could have used,
+                # so a refused add leaves nothing behind; its pks are not reused.
+                self._next_id = base + len(ids)
+                self._client.delete(self.collection, filter=f"{_PK} >= {base} and {_PK} < {base + len(ids)}")
+                raise
 
     def remove(self, ids: Iterable[str]) -> int:
         """Remove items by id; unknown ids are ignored. Returns the number removed."""

@@ -303,6 +303,39 @@ def test_large_adds_insert_in_bounded_batches_with_consecutive_pks(make_store: M
     assert_knn(store, faiss, codes, ids, codes[:4], 12)
 
 
+def test_add_failing_in_a_later_insert_call_leaves_nothing(make_store: MakeStore, monkeypatch):
+    """An add whose third insert call fails has stored its first two calls' rows: they are
+    deleted before the error propagates, so the store reads as before (oracle: FAISS with the
+    first add only), and the same ids can be added again."""
+    monkeypatch.setattr(milvus_store, "_INSERT_ROWS", 5)
+    rng = np.random.default_rng(13)
+    codes = rng.integers(0, 256, size=(30, 4), dtype=np.uint8)
+    ids = [f"f{i}" for i in range(30)]
+    store, faiss = make_store(32), FaissCodeStore(32)
+    for st in (store, faiss):
+        st.add(ids[:8], codes[:8])
+    calls: list[int] = []
+    insert = store._client.insert
+
+    def failing_insert(name: str, rows: list) -> object:
+        calls.append(len(rows))
+        if len(calls) == 3:
+            raise ConnectionError("server went away")
+        return insert(name, rows)
+
+    monkeypatch.setattr(store._client, "insert", failing_insert)
+    with pytest.raises(ConnectionError):
+        store.add(ids[8:], codes[8:])
+    assert calls == [5, 5, 5]
+    assert len(store) == 8 and store.ids() == ids[:8]
+    assert_knn(store, faiss, codes[:8], ids[:8], codes[8:12], 8)
+    monkeypatch.setattr(store._client, "insert", insert)
+    for st in (store, faiss):
+        st.add(ids[8:], codes[8:])
+    assert store.ids() == faiss.ids() == ids
+    assert_knn(store, faiss, codes, ids, codes[:4], 12)
+
+
 def test_add_remove_get_and_awkward_ids(make_store: MakeStore):
     store = make_store(16)
     odd = ['quote"d', "single'q", "back\\slash", "new\nline", "cr\rx", "nul\x00x", "ünï😀", "a,b]", ""]
