@@ -21,13 +21,15 @@ Levers (--levers, comma list):
                 four corner and the centre 224 crops of the 256-pixel resize, each also mirrored;
                 Lite0 features cached in bench/out), one view drawn per row and step; the
                 validation items are encoded from the centre crop, as serving does
+  finetune      the image backbone (EfficientNet-Lite0) trained with the heads on the pixels
+                (`--finetune-backbone`, backbone learning rate 1e-5; about 17 minutes a run on
+                one CPU thread)
 
     .venv/bin/python bench/levers.py                        # every lever, 5 folds, 64 bits
     .venv/bin/python bench/levers.py --levers baseline,rerank-all --folds 0
 
 Writes levers.json with bench/flags.write_result (docs/results/ from a clean tree) and prints a
-markdown table. Not measured here: fine-tuning the backbone (about 17 minutes a run on 2 CPU
-cores).
+markdown table.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ LEVERS: dict[str, dict[str, Any]] = {
     "deeper": {"hidden": [2048, 2048]},
     "dropout": {"dropout": 0.2},
     "tencrop": {},  # trained by train_tencrop
+    "finetune": {"finetune_backbone": True},
 }
 VIEWS_DIR = Path(__file__).resolve().parent / "out" / "tencrop"  # cached ten-crop view features
 # the TrainConfig fields prepare_run reads: levers that change one need their own PreparedRun
