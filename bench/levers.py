@@ -27,7 +27,7 @@ Levers (--levers, comma list):
 
     .venv/bin/python bench/levers.py                        # every lever, 5 folds, 64 bits
     .venv/bin/python bench/levers.py --levers baseline,rerank-all --folds 0
-    .venv/bin/python bench/levers.py --levers baseline,finetune --folds 0,1,2 --publish-folds --threads 2 --name levers_finetune
+    .venv/bin/python bench/levers.py --levers baseline,finetune --folds 0 --publish-folds --threads 2 --name levers_finetune
 
 Writes levers.json with bench/flags.write_result (docs/results/ from a clean tree) and prints a
 markdown table.
