@@ -72,8 +72,8 @@ bench-quality: $(VENV)/.installed-$(TEST_EXTRAS)
 
 # The committed results behind docs/results.md (docs/results/*.json, written only from a clean
 # tree; check out the commit a file names and run its command to regenerate it). Needs `make
-# demo` once first (model, galleries, cached features). `results-quality` trains (about 3.5
-# hours on 2 cores after bench/tune.py's settings, 1 of them fine-tuning the backbone);
+# demo` once first (model, galleries, cached features). `results-quality` trains (about 4
+# hours on 2 cores after bench/tune.py's settings, 1.3 of them fine-tuning the backbone);
 # `results-speed` times things, so run it on an otherwise idle machine (about 45 minutes);
 # `results-tune` re-tunes bench/settings.json (about 3 hours; commit its output before
 # results-quality).

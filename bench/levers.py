@@ -22,8 +22,8 @@ Levers (--levers, comma list):
                 Lite0 features cached in bench/out), one view drawn per row and step; the
                 validation items are encoded from the centre crop, as serving does
   finetune      the image backbone (EfficientNet-Lite0) trained with the heads on the pixels
-                (`--finetune-backbone`, backbone learning rate 1e-5; about 35 minutes a run on
-                one CPU thread)
+                (`--finetune-backbone`, backbone learning rate 1e-5; about 80 minutes a run on
+                2 CPU cores)
 
     .venv/bin/python bench/levers.py                        # every lever, 5 folds, 64 bits
     .venv/bin/python bench/levers.py --levers baseline,rerank-all --folds 0
