@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from flags import command_line, env, usable_cpus, write_result
-from quality import DATASETS, PreparedRuns, _choices, _ints, load_settings, make_jobs
+from quality import DATASETS, METHODS, PreparedRuns, _choices, _ints, add_run_flags, load_settings, make_jobs
 from rerank import model_of
 
 from model.training.evaluate import split_codes
@@ -36,7 +36,6 @@ from model.training.metrics import map_variant_name, mean_average_precision
 
 WIKIPEDIA = tuple(key for key in DATASETS if key.startswith("wikipedia-"))  # single-label, preset split
 DEFAULT_OUT = Path(__file__).resolve().parent / "out" / "i2t_ceiling"
-DEFAULT_SETTINGS = Path(__file__).resolve().parent / "settings.json"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -44,17 +43,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
     p.add_argument("--datasets", type=_choices(WIKIPEDIA), default=env("datasets", ",".join(WIKIPEDIA)))
-    p.add_argument(
-        "--methods", type=_choices(("bi_ncmh", "dcmh", "djsrh", "cca_itq")), default=env("methods", "bi_ncmh")
-    )
+    p.add_argument("--methods", type=_choices(METHODS), default=env("methods", "bi_ncmh"))
     p.add_argument("--bits", type=_ints, default=env("bits", "64"))
     p.add_argument("--seeds", type=_ints, default=env("seeds", "0,1,2"))
-    p.add_argument("--epochs", type=int, default=env("epochs", None), help="override (smoke tests only)")
-    p.add_argument("--settings", type=Path, default=env("settings", str(DEFAULT_SETTINGS)))
-    p.add_argument("--out", type=Path, default=env("out", str(DEFAULT_OUT)), help="run directories go to OUT/runs")
-    p.add_argument("--threads", type=int, default=env("threads", None))
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=env("device", "auto"))
-    p.add_argument("--name", default=env("name", "i2t_ceiling"), help="results file name")
+    add_run_flags(p, DEFAULT_OUT, "i2t_ceiling")
     return p.parse_args(argv)
 
 

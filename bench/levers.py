@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 from flags import env, write_result
-from quality import _public, load_settings
+from quality import DEFAULT_SETTINGS, _public, load_settings
 from tune import PROTOCOLS, split_record, tuning_config
 
 from model.training.config import TrainConfig
@@ -55,7 +55,6 @@ from model.training.rerank import evaluate_rerank, query_representations, rerank
 from model.training.train import PreparedRun, prepare_run, train_model
 
 KEY = "mirflickr"
-DEFAULT_SETTINGS = Path(__file__).resolve().parent / "settings.json"
 # lever -> (TrainConfig fields changed from the tuned entry, or a function of the entry)
 LEVERS: dict[str, dict[str, Any]] = {
     "baseline": {},

@@ -211,6 +211,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def add_run_flags(p: argparse.ArgumentParser, out: Path, name: str) -> None:
+    """The flags a script that trains `make_jobs`' runs and measures them shares (bench/rerank.py,
+    bench/i2t_ceiling.py), besides its own --datasets, --methods, --bits and seeds or folds."""
+    p.add_argument("--epochs", type=int, default=env("epochs", None), help="override (smoke tests only)")
+    p.add_argument("--settings", type=Path, default=env("settings", str(DEFAULT_SETTINGS)))
+    p.add_argument("--out", type=Path, default=env("out", str(out)), help="run directories go to OUT/runs")
+    p.add_argument("--threads", type=int, default=env("threads", None))
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=env("device", "auto"))
+    p.add_argument("--name", default=env("name", name), help="results file name (one per sweep)")
+
+
 # ---------------------------------------------------------------------------------------------
 # Settings and jobs
 

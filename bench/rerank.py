@@ -25,7 +25,17 @@ from pathlib import Path
 import numpy as np
 import torch
 from flags import command_line, env, machine_base, usable_cpus, write_result
-from quality import DATASETS, PreparedRuns, _choices, _ints, load_settings, make_jobs, replicas
+from quality import (
+    DATASETS,
+    METHODS,
+    PreparedRuns,
+    _choices,
+    _ints,
+    add_run_flags,
+    load_settings,
+    make_jobs,
+    replicas,
+)
 
 from index.faiss_store import FaissCodeStore
 from index.search import search_pages
@@ -37,7 +47,6 @@ from model.training.run import train_summary, write_run_dir
 from model.training.train import load_checkpoint, train_model
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "out" / "rerank"
-DEFAULT_SETTINGS = Path(__file__).resolve().parent / "settings.json"
 DIRECTIONS = (
     ("i2t", "I->T", "query_image_h", "retrieval_text_codes"),
     ("t2i", "T->I", "query_text_h", "retrieval_image_codes"),
@@ -49,9 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
     p.add_argument("--datasets", type=_choices(tuple(DATASETS)), default=env("datasets", ",".join(DATASETS)))
-    p.add_argument(
-        "--methods", type=_choices(("bi_ncmh", "dcmh", "djsrh", "cca_itq")), default=env("methods", "bi_ncmh,dcmh")
-    )
+    p.add_argument("--methods", type=_choices(METHODS), default=env("methods", "bi_ncmh,dcmh"))
     p.add_argument("--bits", type=_ints, default=env("bits", "16,32,64,128"))
     p.add_argument("--seed", type=int, default=int(env("seed", "0") or 0), help="seed of the Wikipedia runs")
     p.add_argument("--folds", type=_ints, default=env("folds", "0"), help="MIRFLICKR-sample folds to run")
@@ -59,12 +66,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--candidates", type=int, default=int(env("candidates", "100") or 100), help="R of the top-R re-ranking"
     )
     p.add_argument("--timing-queries", type=int, default=int(env("timing-queries", "200") or 200))
-    p.add_argument("--epochs", type=int, default=env("epochs", None), help="override (smoke tests only)")
-    p.add_argument("--settings", type=Path, default=env("settings", str(DEFAULT_SETTINGS)))
-    p.add_argument("--out", type=Path, default=env("out", str(DEFAULT_OUT)), help="run directories go to OUT/runs")
-    p.add_argument("--threads", type=int, default=env("threads", None))
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=env("device", "auto"))
-    p.add_argument("--name", default=env("name", "rerank"), help="results file name (one per sweep)")
+    add_run_flags(p, DEFAULT_OUT, "rerank")
     args = p.parse_args(argv)
     args.seeds = [args.seed]
     return args
